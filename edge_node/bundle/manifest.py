@@ -1,0 +1,206 @@
+"""The model bundle manifest: the contract between the toolchain, the node, OTA and Ansible.
+
+docs/model-bundles.md describes the format; this module is its single source of truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_node.errors import BundleError, BundleIntegrityError
+
+__all__ = [
+    "MANIFEST",
+    "SCHEMA_VERSION",
+    "SIGNATURE",
+    "BuildInfo",
+    "FileEntry",
+    "Manifest",
+    "Preprocess",
+    "Variant",
+    "file_digest",
+    "read_manifest",
+    "verify_files",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+
+Precision = Literal["fp32", "int8"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _safe_name(name: str) -> str:
+    """Bundle paths are plain relative POSIX names: no absolute paths, no '..', no backslashes."""
+    path = PurePosixPath(name)
+    if not name or "\\" in name or path.is_absolute() or ".." in path.parts or name != str(path):
+        raise ValueError(f"unsafe file name in manifest: {name!r}")
+    return name
+
+
+class Preprocess(_Model):
+    """How a frame becomes the model's input tensor.
+
+    Resize the shorter side to ``round(resolution / crop_pct)``, centre-crop ``resolution`` square,
+    then (for float32 inputs) ``(pixel / 255 - mean) / std`` in ``color`` order.
+    """
+
+    color: Literal["RGB", "BGR"] = "RGB"
+    resize: Literal["shorter_side"] = "shorter_side"
+    crop: Literal["center"] = "center"
+    crop_pct: float = Field(0.875, gt=0.1, le=1.0)
+    interpolation: Literal["linear", "area", "cubic"] = "linear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    input_dtype: Literal["float32", "uint8"] = "float32"  # uint8: the model normalises itself
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(v <= 0 for v in value):
+            raise ValueError("std values must be positive")
+        return value
+
+
+class Variant(_Model):
+    """One ONNX file serving one input resolution at one precision."""
+
+    resolution: int = Field(ge=32, le=1024)
+    precision: Precision
+    file: str
+
+    _file = field_validator("file")(classmethod(lambda cls, v: _safe_name(v)))
+
+
+class FileEntry(_Model):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class BuildInfo(_Model):
+    created: str  # ISO 8601, UTC
+    weights: str = ""
+    toolchain: dict[str, str] = Field(default_factory=dict)
+    calibration: dict[str, object] = Field(default_factory=dict)
+
+
+class Manifest(_Model):
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    arch: str
+    precision: Precision  # the precision the node runs by default
+    num_classes: int = Field(gt=1)
+    labels: str = "labels.txt"
+    input_name: str = "input"
+    preprocess: Preprocess
+    variants: list[Variant] = Field(min_length=1)
+    files: dict[str, FileEntry]
+    metrics: list[dict[str, object]] = Field(default_factory=list)
+    build: BuildInfo
+
+    _labels = field_validator("labels")(classmethod(lambda cls, v: _safe_name(v)))
+
+    @field_validator("schema_version")
+    @classmethod
+    def _schema(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {value} is not supported (this node reads {SCHEMA_VERSION})")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _names(cls, value: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        for name in value:
+            _safe_name(name)
+            if name in (MANIFEST, SIGNATURE):
+                raise ValueError(f"{name} cannot list itself")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        listed = set(self.files)
+        missing = {v.file for v in self.variants} - listed
+        if self.labels not in listed:
+            missing.add(self.labels)
+        if missing:
+            raise ValueError(f"files referenced but not hashed in 'files': {sorted(missing)}")
+        if not any(v.precision == self.precision for v in self.variants):
+            raise ValueError(f"no variant has the default precision {self.precision}")
+        return self
+
+    def resolutions(self, precision: str) -> list[int]:
+        """Resolutions available at ``precision``, largest first."""
+        return sorted({v.resolution for v in self.variants if v.precision == precision}, reverse=True)
+
+    def variant(self, resolution: int, precision: str) -> Variant:
+        for v in self.variants:
+            if v.resolution == resolution and v.precision == precision:
+                return v
+        raise BundleError(
+            f"bundle {self.name} {self.version} has no {precision} model at {resolution}px; "
+            f"it has {[(v.precision, v.resolution) for v in self.variants]}"
+        )
+
+    def to_bytes(self) -> bytes:
+        """Canonical bytes: what gets signed and written as manifest.json."""
+        return (json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
+
+
+def file_digest(path: Path) -> FileEntry:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return FileEntry(sha256=h.hexdigest(), size=size)
+
+
+def read_manifest(directory: Path) -> tuple[Manifest, bytes]:
+    """Parse ``manifest.json``; return the model and the exact bytes (the signature covers those)."""
+    path = directory / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"{directory} is not a model bundle: {MANIFEST} is missing") from exc
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+    try:
+        return Manifest.model_validate_json(raw), raw
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise BundleError(f"{path} is invalid at {where}: {first['msg']}") from exc
+
+
+def verify_files(directory: Path, manifest: Manifest) -> None:
+    """Check the size and sha256 of every listed file; the error names the first file that differs."""
+    root = directory.resolve()
+    for name, entry in sorted(manifest.files.items()):
+        path = (directory / name).resolve()
+        if root not in path.parents:
+            raise BundleIntegrityError(f"{name} escapes the bundle directory")
+        if not path.is_file():
+            raise BundleIntegrityError(f"bundle file {name} is missing from {directory}")
+        size = path.stat().st_size
+        if size != entry.size:
+            raise BundleIntegrityError(
+                f"bundle file {name} has {size} bytes, the manifest says {entry.size}: the bundle is "
+                "corrupt or was modified; rebuild or re-download it"
+            )
+        if file_digest(path).sha256 != entry.sha256:
+            raise BundleIntegrityError(
+                f"bundle file {name} does not match its sha256 in the manifest: the bundle is corrupt or "
+                "was modified; rebuild or re-download it"
+            )

@@ -1,0 +1,278 @@
+"""The node's one typed configuration.
+
+Every setting comes from ``EDGE_*`` environment variables (``__`` separates nesting, e.g.
+``EDGE_MQTT__HOST``) or a ``.env`` file. Secrets may instead come from files: ``EDGE_MQTT__PASSWORD_FILE``
+or systemd's ``$CREDENTIALS_DIRECTORY``. Components receive their own sub-config, never the root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from edge_node.errors import ConfigError
+
+__all__ = [
+    "AutoModeConfig",
+    "CameraConfig",
+    "HaConfig",
+    "HeartbeatConfig",
+    "Mode",
+    "ModelConfig",
+    "MqttConfig",
+    "OtaConfig",
+    "PublishConfig",
+    "PublishPolicy",
+    "Settings",
+    "cache_dir",
+    "default_node_id",
+    "load_settings",
+    "state_dir",
+]
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Mode(StrEnum):
+    """Resolution modes; ``auto`` lets the node pick by measured FPS."""
+
+    HIGH = "high"
+    BALANCED = "balanced"
+    PERFORMANCE = "performance"
+    AUTO = "auto"
+
+
+class PublishPolicy(StrEnum):
+    EVERY = "every"  # every processed frame
+    RATE = "rate"  # at most ``max_hz`` messages per second
+    CHANGE = "change"  # only when the top-1 label changes
+
+
+def default_node_id() -> str:
+    """The hostname, reduced to characters that are safe in an MQTT topic level."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip("-.") or "node"
+    return name[:64]
+
+
+def cache_dir() -> Path:
+    """Where downloaded and built artefacts are cached (the demo bundle, checkpoints)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ghostpi"
+
+
+def state_dir() -> Path:
+    """Default state directory: systemd's ``$STATE_DIRECTORY`` or a per-user folder."""
+    if env := os.environ.get("STATE_DIRECTORY"):
+        return Path(env.split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ghostpi"
+
+
+def _credential(name: str) -> str | None:
+    """Read a secret from systemd's ``LoadCredential=`` directory, if the unit provides one."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    return path.read_text().strip() if path.is_file() else None
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Section):
+    """Broker connection. With no ``host`` the node starts an embedded broker (demo extra)."""
+
+    host: str | None = None
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    protocol: Literal["3.1.1", "5"] = "5"
+    client_id: str | None = None  # default: ghostpi-<node_id>
+    keepalive: int = Field(30, ge=5, le=3600)
+    connect_timeout: float = Field(10.0, gt=0)
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False  # disables hostname checking: for lab use only
+    reconnect_min: float = Field(0.5, gt=0)
+    reconnect_max: float = Field(30.0, gt=0)
+    max_control_bytes: int = Field(16384, ge=256)
+    control_rate: float = Field(5.0, gt=0, description="control messages per second, bursts of 2x allowed")
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both for mutual TLS, or neither")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
+
+    def resolved_password(self) -> str | None:
+        """The password from the environment, a file, or a systemd credential named ``mqtt_password``."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read EDGE_MQTT__PASSWORD_FILE {self.password_file}: {exc}") from exc
+        return _credential("mqtt_password")
+
+
+class CameraConfig(_Section):
+    """Frame source. ``source`` is picamera2, a device index, a file, an rtsp:// URL, dir:<path>, demo or
+    synthetic."""
+
+    source: str = "demo"
+    width: int = Field(640, ge=16, le=8192)
+    height: int = Field(480, ge=16, le=8192)
+    fps: float = Field(30.0, gt=0, le=240)
+    stall_timeout: float = Field(5.0, gt=0, description="seconds without a frame before the camera is 'stalled'")
+    reopen_delay: float = Field(2.0, gt=0)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("camera source is empty; use demo, synthetic, picamera2, 0, dir:<path>, a file or a URL")
+        if value.startswith("dir:") and len(value) == 4:
+            raise ValueError("dir: needs a folder, e.g. dir:/srv/images")
+        return value
+
+
+class ModelConfig(_Section):
+    """Which bundle to run and how."""
+
+    bundle: Path | None = None  # default: the cached demo bundle, built on first use
+    precision: Literal["int8", "fp32"] = "int8"
+    threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads")
+    top_k: int = Field(5, ge=1, le=20)
+
+
+class AutoModeConfig(_Section):
+    """The auto controller steps down below ``low_fps`` and up above ``high_fps``."""
+
+    low_fps: float = Field(8.0, gt=0)
+    high_fps: float = Field(15.0, gt=0)
+    cooldown: float = Field(10.0, ge=0, description="seconds between two switches")
+    window: float = Field(3.0, gt=0, description="seconds of FPS history a decision needs")
+
+    @model_validator(mode="after")
+    def _order(self) -> AutoModeConfig:
+        if self.high_fps <= self.low_fps:
+            raise ValueError(f"auto.high_fps ({self.high_fps}) must be above auto.low_fps ({self.low_fps})")
+        return self
+
+
+class PublishConfig(_Section):
+    policy: PublishPolicy = PublishPolicy.EVERY
+    max_hz: float = Field(2.0, gt=0, le=1000)
+    print: bool = Field(False, description="also print each published prediction on stdout")
+
+
+class HeartbeatConfig(_Section):
+    interval: float = Field(10.0, ge=0.5, le=3600)
+
+
+class OtaConfig(_Section):
+    """Over-the-air model updates; see docs/ota.md."""
+
+    trusted_keys: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    allow_unsigned_models: bool = False
+    allow_http: bool = False
+    max_bundle_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    download_timeout: float = Field(30.0, gt=0, description="seconds without progress before a retry")
+    download_attempts: int = Field(5, ge=1, le=50)
+    health_frames: int = Field(20, ge=1)
+    health_max_latency_ms: float = Field(1000.0, gt=0)
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_list(value)
+
+
+class HaConfig(_Section):
+    """Home Assistant MQTT discovery (off by default)."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Root settings. Components get the sub-model they need."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        frozen=True,
+    )
+
+    node_id: str = Field(default_factory=default_node_id)
+    topic_prefix: str = "ghostpi"
+    mode: Mode = Mode.HIGH
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    state_dir: Path = Field(default_factory=state_dir)
+    mqtt: MqttConfig = MqttConfig()
+    camera: CameraConfig = CameraConfig()
+    model: ModelConfig = ModelConfig()
+    auto: AutoModeConfig = AutoModeConfig()
+    publish: PublishConfig = PublishConfig()
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    ota: OtaConfig = OtaConfig()
+    ha: HaConfig = HaConfig()
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        if value == "all" or not _NODE_ID.match(value):
+            raise ValueError(
+                f"node_id {value!r} is not usable in a topic: use 1-64 letters, digits, '-', '_' or '.', "
+                "and not 'all'"
+            )
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(ch in value for ch in "+#") or value.startswith("/") or value.endswith("/"):
+            raise ValueError(f"topic_prefix {value!r} must be non-empty, without '+', '#' or a leading/trailing '/'")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into one readable ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = "__".join(str(part) for part in err["loc"]).upper()
+            name = f"EDGE_{loc}" if loc else "settings"
+            lines.append(f"  {name}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from exc

@@ -1,0 +1,227 @@
+"""Typed wire messages: every payload the node publishes or accepts.
+
+Published models serialise with ``to_bytes``; commands arrive as a discriminated union on ``cmd``.
+docs/mqtt-api.md shows an example of each.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from edge_node.config import Mode, PublishPolicy
+from edge_node.errors import CommandError
+
+__all__ = [
+    "Camera",
+    "ClassScore",
+    "Command",
+    "Event",
+    "Heartbeat",
+    "LatencyMs",
+    "ModelRef",
+    "NodeState",
+    "OtaPhase",
+    "OtaStatus",
+    "Ping",
+    "Prediction",
+    "Rollback",
+    "SetMode",
+    "SetPublish",
+    "UpdateModel",
+    "parse_command",
+]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class ClassScore(_Wire):
+    label: str
+    class_id: int
+    confidence: float
+
+
+class LatencyMs(_Wire):
+    preprocess: float
+    inference: float
+    total: float
+
+
+class ModelRef(_Wire):
+    name: str
+    version: str
+    precision: str
+
+
+class Prediction(_Wire):
+    node: str
+    seq: int
+    ts: float
+    label: str
+    class_id: int
+    confidence: float
+    top_k: list[ClassScore]
+    fps: float
+    latency_ms: LatencyMs
+    resolution: int
+    mode: Mode
+    model: ModelRef
+
+
+Camera = Literal["starting", "ok", "stalled", "error", "stopped"]
+
+
+class Heartbeat(_Wire):
+    node: str
+    ts: float
+    uptime_s: float
+    fps: float
+    inference_ms_avg: float
+    cpu_percent: float
+    cpu_temp_c: float | None = None
+    rss_mb: float
+    frames_captured: int
+    frames_processed: int
+    frames_dropped: int
+    reconnects: int
+    model_version: str
+    model_source: str = "active"  # active, previous or factory: where start-up found a valid bundle
+    mode: Mode
+    resolution: int
+    camera: Camera
+    camera_last_frame_age_s: float | None = None
+
+
+class NodeState(_Wire):
+    """Retained: what the node is set to right now."""
+
+    node: str
+    ts: float
+    mode: Mode
+    resolution: int
+    model: ModelRef
+    publish: PublishPolicy
+    publish_max_hz: float
+    version: str  # edge-node software version
+
+
+class Event(_Wire):
+    """Result of a command, or a notable node event (``cmd`` names the cause)."""
+
+    id: str | None = None
+    cmd: str
+    ok: bool
+    error: str | None = None
+    detail: dict[str, object] | None = None
+    ts: float = Field(default_factory=time.time)
+
+
+OtaPhase = Literal["idle", "downloading", "verifying", "activating", "active", "failed", "rolled_back"]
+
+
+class OtaStatus(_Wire):
+    """Retained on ``<prefix>/<node>/ota``."""
+
+    node: str
+    ts: float
+    phase: OtaPhase
+    version: str | None = None
+    progress: float | None = None  # 0..100 while downloading
+    error: str | None = None
+    id: str | None = None
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+_ID = Annotated[str, Field(min_length=1, max_length=128)]
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: _ID | None = None
+
+
+class SetMode(_Command):
+    cmd: Literal["set_mode"]
+    mode: Mode
+
+
+class Ping(_Command):
+    cmd: Literal["ping"]
+
+
+class SetPublish(_Command):
+    cmd: Literal["set_publish"]
+    policy: PublishPolicy
+    max_hz: float | None = Field(None, gt=0, le=1000)
+
+
+class UpdateModel(_Command):
+    cmd: Literal["update_model"]
+    url: Annotated[str, Field(min_length=8, max_length=2048)]
+    sha256: str
+    size: int | None = Field(None, gt=0)
+    version: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not _HEX64.match(value):
+            raise ValueError("sha256 must be 64 hexadecimal characters")
+        return value.lower()
+
+
+class Rollback(_Command):
+    cmd: Literal["rollback"]
+
+
+Command = Annotated[SetMode | Ping | SetPublish | UpdateModel | Rollback, Field(discriminator="cmd")]
+_COMMAND: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+def parse_command(payload: bytes, max_bytes: int = 16384) -> Command:
+    """Validate a control payload; raise CommandError with a message fit for an error event."""
+    if len(payload) > max_bytes:
+        raise CommandError(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        return _COMMAND.validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "json_invalid":
+            raise CommandError(f"invalid JSON: {first['msg']}") from exc
+        if first["type"] == "union_tag_invalid":
+            raise CommandError(f"unknown command; expected one of {', '.join(_names())}") from exc
+        if first["type"] == "union_tag_not_found":
+            raise CommandError("missing 'cmd' field") from exc
+        raise CommandError(f"{where}: {first['msg']}" if where else first["msg"]) from exc
+
+
+def _names() -> list[str]:
+    return ["set_mode", "ping", "set_publish", "update_model", "rollback"]
+
+
+def command_id(payload: bytes) -> tuple[str | None, str]:
+    """Best-effort (id, cmd) of an invalid payload, so that its error event can be correlated."""
+    import json
+
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None, "invalid"
+    if not isinstance(data, dict):
+        return None, "invalid"
+    raw_id, raw_cmd = data.get("id"), data.get("cmd")
+    ident = raw_id[:128] if isinstance(raw_id, str) else None
+    cmd = raw_cmd[:64] if isinstance(raw_cmd, str) else "invalid"
+    return ident, cmd

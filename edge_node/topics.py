@@ -1,0 +1,78 @@
+"""Every MQTT topic string, built in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FLEET", "Topics"]
+
+FLEET = "all"  # the pseudo node id that addresses every node
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topics of one node under ``<prefix>/<node_id>/``."""
+
+    prefix: str
+    node_id: str
+
+    def _t(self, leaf: str) -> str:
+        return f"{self.prefix}/{self.node_id}/{leaf}"
+
+    @property
+    def predictions(self) -> str:
+        return self._t("predictions")
+
+    @property
+    def heartbeat(self) -> str:
+        return self._t("heartbeat")
+
+    @property
+    def status(self) -> str:
+        return self._t("status")
+
+    @property
+    def state(self) -> str:
+        return self._t("state")
+
+    @property
+    def events(self) -> str:
+        return self._t("events")
+
+    @property
+    def ota(self) -> str:
+        return self._t("ota")
+
+    @property
+    def control(self) -> str:
+        return self._t("control")
+
+    @property
+    def fleet_control(self) -> str:
+        return f"{self.prefix}/{FLEET}/control"
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """What a node subscribes to."""
+        return (self.control, self.fleet_control)
+
+    # Fleet-wide wildcards, for dashboards and the operator CLI.
+    @staticmethod
+    def wildcard(prefix: str, leaf: str) -> str:
+        return f"{prefix}/+/{leaf}"
+
+    @staticmethod
+    def control_for(prefix: str, target: str) -> str:
+        """Control topic of one node, or of the fleet when ``target`` is ``all``."""
+        return f"{prefix}/{target}/control"
+
+    @staticmethod
+    def parse(prefix: str, topic: str) -> tuple[str, str] | None:
+        """Split ``<prefix>/<node>/<leaf>`` into (node, leaf); None for foreign topics."""
+        head = prefix + "/"
+        if not topic.startswith(head):
+            return None
+        rest = topic[len(head) :].split("/")
+        if len(rest) != 2 or not rest[0] or not rest[1]:
+            return None
+        return rest[0], rest[1]
