@@ -1,0 +1,134 @@
+"""MQTT clients for the operator tools, built from the node's own ``MqttConfig`` (``EDGE_MQTT__*``).
+
+``ctl`` and ``simulate`` use aiomqtt (:func:`aiomqtt_client`, :func:`connected`); ``monitor`` uses a bare
+paho client (:func:`paho_client`) because its per-message path must stay minimal. Both get the same TLS
+context and credentials, so one environment works for the node and for every tool.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_node.config import MqttConfig
+from edge_node.errors import ConfigError, MqttError
+
+__all__ = [
+    "DEFAULT_HOST",
+    "aiomqtt_client",
+    "broker_host",
+    "connected",
+    "paho_client",
+    "tls_context",
+    "tool_client_id",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "localhost"  # where the node's embedded demo broker listens when EDGE_MQTT__HOST is unset
+
+
+def broker_host(cfg: MqttConfig) -> str:
+    """The broker host; the tools fall back to localhost (the demo node's embedded broker)."""
+    return cfg.host or DEFAULT_HOST
+
+
+def tool_client_id(tool: str) -> str:
+    """A unique client id per tool run, so two operators never kick each other off the broker."""
+    return f"ghostpi-{tool}-{uuid.uuid4().hex[:10]}"
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    """Server verification with ``ca_file`` (or the system CAs), plus a client certificate for mutual TLS."""
+    if not cfg.uses_tls:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        if cfg.cert_file is not None and cfg.key_file is not None:
+            ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load TLS files (EDGE_MQTT__CA_FILE / CERT_FILE / KEY_FILE): {exc}; "
+            "check the paths and that the key matches the certificate"
+        ) from exc
+    if cfg.tls_insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+def _protocol(cfg: MqttConfig) -> aiomqtt.ProtocolVersion:
+    return aiomqtt.ProtocolVersion.V5 if cfg.protocol == "5" else aiomqtt.ProtocolVersion.V311
+
+
+def aiomqtt_client(
+    cfg: MqttConfig,
+    *,
+    identifier: str | None = None,
+    will: aiomqtt.Will | None = None,
+    keepalive: int | None = None,
+    max_queued_incoming_messages: int | None = None,
+) -> aiomqtt.Client:
+    """An unconnected aiomqtt client; enter it with ``async with`` (or use :func:`connected`)."""
+    ctx = tls_context(cfg)
+    return aiomqtt.Client(
+        broker_host(cfg),
+        cfg.port,
+        username=cfg.username,
+        password=cfg.resolved_password(),
+        identifier=identifier or cfg.client_id or tool_client_id("tool"),
+        protocol=_protocol(cfg),
+        will=will,
+        keepalive=keepalive if keepalive is not None else cfg.keepalive,
+        timeout=cfg.connect_timeout,
+        tls_context=ctx,
+        tls_insecure=True if ctx is not None and cfg.tls_insecure else None,
+        max_queued_incoming_messages=max_queued_incoming_messages,
+    )
+
+
+@asynccontextmanager
+async def connected(
+    cfg: MqttConfig,
+    *,
+    identifier: str | None = None,
+    will: aiomqtt.Will | None = None,
+    keepalive: int | None = None,
+) -> AsyncIterator[aiomqtt.Client]:
+    """A connected aiomqtt client; broker failures surface as :class:`~edge_node.errors.MqttError`."""
+    client = aiomqtt_client(cfg, identifier=identifier, will=will, keepalive=keepalive)
+    try:
+        async with client:
+            yield client
+    except aiomqtt.MqttError as exc:
+        raise MqttError(
+            f"MQTT broker {broker_host(cfg)}:{cfg.port}: {exc}; check EDGE_MQTT__HOST, EDGE_MQTT__PORT, "
+            "credentials and TLS settings"
+        ) from exc
+
+
+def paho_client(cfg: MqttConfig, *, identifier: str | None = None) -> paho.Client:
+    """A configured, unconnected paho client (VERSION2 callbacks); the caller connects and runs its loop."""
+    v5 = cfg.protocol == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=identifier or cfg.client_id or tool_client_id("tool"),
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else True,
+    )
+    password = cfg.resolved_password()
+    if cfg.username is not None or password is not None:
+        client.username_pw_set(cfg.username, password)
+    ctx = tls_context(cfg)
+    if ctx is not None:
+        client.tls_set_context(ctx)
+        if cfg.tls_insecure:
+            client.tls_insecure_set(True)
+    client.reconnect_delay_set(max(1, int(cfg.reconnect_min)), max(1, int(cfg.reconnect_max)))
+    return client
