@@ -66,7 +66,7 @@ def open_bundle(
     labels = tuple(line.strip() for line in (path / manifest.labels).read_text().splitlines() if line.strip())
     if len(labels) != manifest.num_classes:
         raise BundleError(
-            f"{manifest.labels} has {len(labels)} labels but the manifest declares {manifest.num_classes} classes"
+            f"{manifest.labels} has {len(labels)} labels, manifest says {manifest.num_classes} classes"
         )
     log.debug("opened bundle %s %s from %s", manifest.name, manifest.version, path)
     return Bundle(path=path, manifest=manifest, labels=labels, signed_by=signed_by)

@@ -6,9 +6,9 @@ so that an archive from the network can never write outside its staging director
 
 from __future__ import annotations
 
-import io
 import tarfile
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from edge_node.errors import BundleError
 
@@ -65,7 +65,6 @@ def unpack(archive: Path, dest: Path, *, max_files: int = MAX_FILES, max_total: 
     return dest
 
 
-def _copy(src: io.BufferedReader | object, out: io.BufferedWriter) -> None:
-    read = src.read  # type: ignore[attr-defined]
-    while chunk := read(1 << 20):
+def _copy(src: IO[bytes], out: IO[bytes]) -> None:
+    while chunk := src.read(1 << 20):
         out.write(chunk)

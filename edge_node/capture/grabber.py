@@ -1,0 +1,120 @@
+"""The capture thread and its one-frame slot: the newest frame always wins, stale ones are counted."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from edge_node.capture.base import Frame, FrameSource
+from edge_node.errors import EdgeError
+from edge_node.messages import Camera
+
+__all__ = ["Grabber", "LatestSlot"]
+
+log = logging.getLogger(__name__)
+
+
+class LatestSlot:
+    """A single-frame mailbox. ``put`` replaces an unread frame (counting it as dropped)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._fresh = False
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        with self._cond:
+            if self._fresh:
+                self.dropped += 1
+            self._frame, self._fresh = frame, True
+            self._cond.notify()
+
+    def get(self, timeout: float) -> Frame | None:
+        """The next unread frame, or None after ``timeout`` seconds."""
+        with self._cond:
+            if not self._fresh and not self._cond.wait_for(lambda: self._fresh, timeout):
+                return None
+            self._fresh = False
+            return self._frame
+
+    def peek(self) -> Frame | None:
+        """The newest frame, read or not (for smoke tests of a new model)."""
+        with self._cond:
+            return self._frame
+
+
+class Grabber:
+    """Reads the source in its own thread; reopens it after errors; tracks the camera's health."""
+
+    def __init__(
+        self, factory: Callable[[], FrameSource], *, stall_timeout: float, reopen_delay: float
+    ) -> None:
+        self._factory = factory
+        self.stall_timeout = stall_timeout
+        self.reopen_delay = reopen_delay
+        self.slot = LatestSlot()
+        self.captured = 0
+        self.last_frame_at: float | None = None
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self.source_name = ""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def state(self, now: float | None = None) -> Camera:
+        now = time.monotonic() if now is None else now
+        if self._stop.is_set():
+            return "stopped"
+        if self.last_frame_at is None:
+            return "error" if self._error else "starting"
+        if now - self.last_frame_at > self.stall_timeout:
+            return "error" if self._error else "stalled"
+        return "ok"
+
+    def frame_age(self, now: float | None = None) -> float | None:
+        if self.last_frame_at is None:
+            return None
+        return (time.monotonic() if now is None else now) - self.last_frame_at
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            source: FrameSource | None = None
+            try:
+                source = self._factory()
+                self.source_name = source.name
+                source.open()
+                self._error = None
+                log.info("camera source %s opened", source.name)
+                while not self._stop.is_set():
+                    frame = source.read()
+                    if frame is None:
+                        continue
+                    self.captured += 1
+                    self.last_frame_at = time.monotonic()
+                    self.slot.put(frame)
+            except EdgeError as exc:
+                self._error = str(exc)
+                log.error("camera: %s; retrying in %.1fs", exc, self.reopen_delay)
+            except Exception as exc:  # a driver bug must not kill capture for good
+                self._error = f"{type(exc).__name__}: {exc}"
+                log.exception("camera source crashed; retrying in %.1fs", self.reopen_delay)
+            finally:
+                if source is not None:
+                    try:
+                        source.close()
+                    except Exception:
+                        log.debug("closing the camera source failed", exc_info=True)
+            self._stop.wait(self.reopen_delay)

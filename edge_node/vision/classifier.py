@@ -1,0 +1,166 @@
+"""ONNX Runtime classifier: one CPU session per resolution of one precision, built up front.
+
+Building every session at load time makes a resolution switch free at run time (no compile on the
+per-frame path) and lets OTA warm a new model up completely before it is swapped in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from edge_node.bundle import Bundle
+from edge_node.errors import InferenceError
+from edge_node.messages import ClassScore, ModelRef
+from edge_node.vision.preprocess import Preprocessor
+
+__all__ = ["Classification", "Classifier", "session_options", "softmax_top_k"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    class_id: int
+    label: str
+    confidence: float
+    top_k: list[ClassScore]
+    preprocess_ms: float
+    inference_ms: float
+    resolution: int
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """The options every session of the node uses (the benchmark uses the same)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+def softmax_top_k(
+    logits: npt.NDArray[np.float32], k: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+    """Indices and softmax probabilities of the ``k`` largest logits, best first."""
+    z = logits - logits.max()
+    probs = np.exp(z)
+    probs /= probs.sum()
+    k = min(k, probs.shape[0])
+    idx = np.argpartition(-probs, k - 1)[:k]
+    idx = idx[np.argsort(-probs[idx])]
+    return idx, probs[idx]
+
+
+class _Variant:
+    __slots__ = ("input_name", "preprocess", "resolution", "session")
+
+    def __init__(self, session: ort.InferenceSession, preprocess: Preprocessor, resolution: int) -> None:
+        self.session = session
+        self.preprocess = preprocess
+        self.resolution = resolution
+        self.input_name = session.get_inputs()[0].name
+
+
+class Classifier:
+    """Sessions for every resolution of ``precision`` in ``bundle``. Not thread-safe: one worker uses it."""
+
+    def __init__(self, bundle: Bundle, *, precision: str = "int8", threads: int = 2, top_k: int = 5) -> None:
+        manifest = bundle.manifest
+        if not manifest.resolutions(precision):
+            available = sorted({v.precision for v in manifest.variants})
+            log.warning("bundle %s has no %s model; using %s", manifest.name, precision, manifest.precision)
+            if manifest.precision not in available:  # pragma: no cover - the manifest validator forbids it
+                raise InferenceError(f"bundle {manifest.name} has no usable precision")
+            precision = manifest.precision
+        self.bundle = bundle
+        self.precision = precision
+        self.resolutions = manifest.resolutions(precision)
+        self.top_k = top_k
+        self._labels = bundle.labels
+        self._variants: dict[int, _Variant] = {}
+        opts = session_options(threads)
+        for resolution in self.resolutions:
+            path = bundle.model_file(resolution, precision)
+            try:
+                session = ort.InferenceSession(
+                    str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # ORT raises its own exception types (Fail, InvalidProtobuf, ...)
+                raise InferenceError(
+                    f"ONNX Runtime cannot load {path.name} from bundle {manifest.name} {manifest.version}: "
+                    f"{str(exc).strip()[:300]}"
+                ) from exc
+            self._variants[resolution] = _Variant(
+                session, Preprocessor(manifest.preprocess, resolution), resolution
+            )
+
+    def model_ref(self) -> ModelRef:
+        m = self.bundle.manifest
+        return ModelRef(name=m.name, version=m.version, precision=self.precision)
+
+    def nearest(self, resolution: int) -> int:
+        """The available resolution closest to the requested one."""
+        return min(self.resolutions, key=lambda r: (abs(r - resolution), -r))
+
+    def run(
+        self, resolution: int, tensor: npt.NDArray[np.float32] | npt.NDArray[np.uint8]
+    ) -> npt.NDArray[np.float32]:
+        v = self._variants[resolution]
+        try:
+            out = v.session.run(None, {v.input_name: tensor})[0]
+        except Exception as exc:
+            raise InferenceError(f"inference failed at {resolution}px: {str(exc).strip()[:300]}") from exc
+        return np.asarray(out, dtype=np.float32)
+
+    def classify(self, frame_bgr: npt.NDArray[np.uint8], resolution: int) -> Classification:
+        v = self._variants.get(resolution) or self._variants[self.nearest(resolution)]
+        t0 = time.perf_counter()
+        tensor = v.preprocess(frame_bgr)
+        t1 = time.perf_counter()
+        logits = self.run(v.resolution, tensor).reshape(-1)
+        t2 = time.perf_counter()
+        if logits.shape[0] != len(self._labels):
+            raise InferenceError(
+                f"model returned {logits.shape[0]} scores but the bundle has {len(self._labels)} labels"
+            )
+        idx, probs = softmax_top_k(logits, self.top_k)
+        if not math.isfinite(float(probs[0])):
+            raise InferenceError("model returned non-finite scores")
+        top = [
+            ClassScore(label=self._labels[i], class_id=int(i), confidence=round(float(p), 5))
+            for i, p in zip(idx, probs, strict=True)
+        ]
+        return Classification(
+            class_id=top[0].class_id,
+            label=top[0].label,
+            confidence=top[0].confidence,
+            top_k=top,
+            preprocess_ms=(t1 - t0) * 1000.0,
+            inference_ms=(t2 - t1) * 1000.0,
+            resolution=v.resolution,
+        )
+
+    def warmup(self, frame_bgr: npt.NDArray[np.uint8] | None = None) -> None:
+        """Run every session once (on ``frame_bgr`` or a grey frame) and check the outputs are sane."""
+        frame = frame_bgr if frame_bgr is not None else np.full((480, 640, 3), 114, np.uint8)
+        for resolution, v in self._variants.items():
+            out = self.run(resolution, v.preprocess(frame))
+            expected = (1, len(self._labels))
+            if out.shape != expected:
+                raise InferenceError(
+                    f"warm-up at {resolution}px gave output shape {out.shape}, expected {expected}"
+                )
+            if not np.all(np.isfinite(out)):
+                raise InferenceError(f"warm-up at {resolution}px gave non-finite outputs")
+
+    def close(self) -> None:
+        self._variants.clear()
