@@ -6,9 +6,10 @@ docs/mqtt-api.md shows an example of each.
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -32,6 +33,7 @@ __all__ = [
     "SetMode",
     "SetPublish",
     "UpdateModel",
+    "command_id",
     "parse_command",
 ]
 
@@ -208,13 +210,11 @@ def parse_command(payload: bytes, max_bytes: int = 16384) -> Command:
 
 
 def _names() -> list[str]:
-    return ["set_mode", "ping", "set_publish", "update_model", "rollback"]
+    return [get_args(m.model_fields["cmd"].annotation)[0] for m in get_args(get_args(Command)[0])]
 
 
 def command_id(payload: bytes) -> tuple[str | None, str]:
     """Best-effort (id, cmd) of an invalid payload, so that its error event can be correlated."""
-    import json
-
     try:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError):

@@ -87,6 +87,7 @@ class Classifier:
         self.top_k = top_k
         self._labels = bundle.labels
         self._variants: dict[int, _Variant] = {}
+        self._ref = ModelRef(name=manifest.name, version=manifest.version, precision=precision)
         opts = session_options(threads)
         for resolution in self.resolutions:
             path = bundle.model_file(resolution, precision)
@@ -104,8 +105,7 @@ class Classifier:
             )
 
     def model_ref(self) -> ModelRef:
-        m = self.bundle.manifest
-        return ModelRef(name=m.name, version=m.version, precision=self.precision)
+        return self._ref
 
     def nearest(self, resolution: int) -> int:
         """The available resolution closest to the requested one."""

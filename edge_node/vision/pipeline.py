@@ -1,0 +1,179 @@
+"""The inference worker: newest frame → preprocess → ORT → result, on its own thread.
+
+The capture thread fills a one-frame slot; this worker takes whatever is newest, so a slow model never
+builds a backlog. Results go to ``on_result`` (the app hands them to the event loop). The classifier can
+be swapped atomically between two frames, which is how OTA activates a new model without a gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_node.capture.base import Frame
+from edge_node.capture.grabber import Grabber
+from edge_node.config import Mode
+from edge_node.errors import InferenceError
+from edge_node.messages import ModelRef
+from edge_node.vision.classifier import Classification, Classifier
+from edge_node.vision.meters import Ewma, RateMeter
+from edge_node.vision.modes import ModeController
+
+__all__ = ["Outcome", "Pipeline", "Result"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One classified frame, with everything a Prediction message needs."""
+
+    seq: int
+    ts: float
+    classification: Classification
+    fps: float
+    total_ms: float
+    mode: Mode
+    model: ModelRef
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What OTA's health check sees after each inference."""
+
+    ok: bool
+    latency_ms: float
+    error: str | None
+    model_version: str
+
+
+class Pipeline:
+    """Owns the worker thread, the current classifier and the mode controller."""
+
+    def __init__(
+        self,
+        grabber: Grabber,
+        classifier: Classifier,
+        controller: ModeController,
+        on_result: Callable[[Result], None],
+        *,
+        fps_window: float = 3.0,
+        on_progress: Callable[[], None] | None = None,
+    ) -> None:
+        self.grabber = grabber
+        self._classifier = classifier
+        self.controller = controller
+        self._on_result = on_result
+        self._on_progress = on_progress
+        self._lock = threading.Lock()
+        self._observers: list[Callable[[Outcome], None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self.fps = RateMeter(fps_window)
+        self.preprocess_ms = Ewma()
+        self.inference_ms = Ewma()
+        self.processed = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._seq = 0
+        self.on_resolution_change: Callable[[int], None] | None = None
+
+    # --- control (any thread) ------------------------------------------------------------------------
+
+    @property
+    def classifier(self) -> Classifier:
+        return self._classifier
+
+    @property
+    def resolution(self) -> int:
+        return self.controller.resolution
+
+    @property
+    def mode(self) -> Mode:
+        return self.controller.mode
+
+    def set_mode(self, mode: Mode) -> int:
+        with self._lock:
+            return self.controller.set_mode(mode, time.monotonic())
+
+    def swap(self, classifier: Classifier) -> Classifier:
+        """Make ``classifier`` serve from the next frame on; returns the one it replaces."""
+        with self._lock:
+            old, self._classifier = self._classifier, classifier
+            self.controller.set_ladder(classifier.resolutions, time.monotonic())
+        log.info("model %s is now serving", classifier.model_ref().version)
+        return old
+
+    def latest_frame(self) -> Frame | None:
+        frame = self.grabber.slot.peek()
+        return None if frame is None else frame.copy()
+
+    def add_observer(self, fn: Callable[[Outcome], None]) -> None:
+        with self._lock:
+            self._observers.append(fn)
+
+    def remove_observer(self, fn: Callable[[Outcome], None]) -> None:
+        with self._lock:
+            if fn in self._observers:
+                self._observers.remove(fn)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    # --- worker ----------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)  # OpenCV's own pool would fight ONNX Runtime's threads for the same cores
+        slot = self.grabber.slot
+        while not self._stop.is_set():
+            frame = slot.get(timeout=0.25)
+            if frame is None:
+                continue
+            self._step(frame)
+
+    def _step(self, frame: Frame) -> None:
+        t0 = time.perf_counter()
+        with self._lock:
+            clf = self._classifier
+            resolution = self.controller.resolution
+            mode = self.controller.mode
+            observers = tuple(self._observers)
+        version = clf.bundle.manifest.version
+        try:
+            c = clf.classify(frame, resolution)
+        except InferenceError as exc:
+            self.errors += 1
+            self.last_error = str(exc)
+            log.warning("inference failed: %s", exc)
+            for fn in observers:
+                fn(Outcome(False, (time.perf_counter() - t0) * 1000.0, str(exc), version))
+            return
+        now = time.monotonic()
+        self.processed += 1
+        self.fps.tick(now)
+        fps = self.fps.rate(now)
+        self.preprocess_ms.add(c.preprocess_ms)
+        self.inference_ms.add(c.inference_ms)
+        total_ms = (time.perf_counter() - t0) * 1000.0
+        self._seq += 1
+        self._on_result(Result(self._seq, time.time(), c, round(fps, 2), total_ms, mode, clf.model_ref()))
+        for fn in observers:
+            fn(Outcome(True, total_ms, None, version))
+        if self._on_progress is not None:
+            self._on_progress()
+        if mode is Mode.AUTO:
+            with self._lock:
+                switched = self.controller.observe(fps, now)
+            if switched is not None:
+                log.info("auto mode: %.1f fps, switching to %dpx", fps, switched)
+                if self.on_resolution_change is not None:
+                    self.on_resolution_change(switched)
