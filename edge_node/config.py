@@ -7,14 +7,24 @@ or systemd's ``$CREDENTIALS_DIRECTORY``. Components receive their own sub-config
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edge_node.errors import ConfigError
@@ -34,6 +44,7 @@ __all__ = [
     "cache_dir",
     "default_node_id",
     "load_settings",
+    "setting_names",
     "state_dir",
 ]
 
@@ -183,7 +194,6 @@ class AutoModeConfig(_Section):
 class PublishConfig(_Section):
     policy: PublishPolicy = PublishPolicy.EVERY
     max_hz: float = Field(2.0, gt=0, le=1000)
-    print: bool = Field(False, description="also print each published prediction on stdout")
 
 
 class HeartbeatConfig(_Section):
@@ -201,6 +211,7 @@ class OtaConfig(_Section):
     download_attempts: int = Field(5, ge=1, le=50)
     health_frames: int = Field(20, ge=1)
     health_max_latency_ms: float = Field(1000.0, gt=0)
+    health_timeout: float = Field(60.0, gt=0, description="seconds the new model has to serve health_frames")
 
     @field_validator("trusted_keys", mode="before")
     @classmethod
@@ -252,8 +263,7 @@ class Settings(BaseSettings):
     def _node_id(cls, value: str) -> str:
         if value == "all" or not _NODE_ID.match(value):
             raise ValueError(
-                f"node_id {value!r} is not usable in a topic: use 1-64 letters, digits, '-', '_' or '.', "
-                "and not 'all'"
+                f"node_id {value!r} is not usable in a topic: use 1-64 letters, digits, '-', '_' or '.', and not 'all'"
             )
         return value
 
@@ -265,8 +275,36 @@ class Settings(BaseSettings):
         return value
 
 
+def setting_names(model: type[BaseModel] = Settings, prefix: str = "EDGE_") -> dict[str, object]:
+    """Every environment variable the settings accept, with its default."""
+    out: dict[str, object] = {}
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out |= setting_names(ann, f"{prefix}{name.upper()}__")
+        else:
+            out[f"{prefix}{name.upper()}"] = None if info.default_factory is not None else info.default
+    return out
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    known = setting_names()
+    problems = []
+    for key in sorted(k for k in environ if k.upper().startswith("EDGE_")):
+        if key.upper() not in known:
+            close = difflib.get_close_matches(key.upper(), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"  {key}: not a setting{hint}")
+    return problems
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment, turning validation errors into one readable ConfigError."""
+    """Build settings from the environment, turning validation errors into one readable ConfigError.
+
+    Unknown ``EDGE_*`` variables are errors too: a typo must not silently fall back to a default.
+    """
+    if problems := _unknown_variables(os.environ):
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

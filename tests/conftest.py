@@ -31,3 +31,29 @@ def imagenet_sample() -> Path:
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent: the ImageNet sample only exists beside the project's CI checkout")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real INT8 ONNX bundle (10 classes, 224/192/160), built without torch."""
+    from tests.bundles import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture
+def node_env(mosquitto: Mosquitto, tiny_bundle: Path, tmp_path: Path) -> dict[str, str]:
+    """EDGE_* settings for a node on the test broker, a synthetic 30 fps camera and the tiny bundle."""
+    return {
+        "EDGE_NODE_ID": "node-t",
+        "EDGE_MQTT__HOST": "127.0.0.1",
+        "EDGE_MQTT__PORT": str(mosquitto.port),
+        "EDGE_MQTT__KEEPALIVE": "5",
+        "EDGE_MQTT__RECONNECT_MAX": "2",
+        "EDGE_CAMERA__SOURCE": "synthetic",
+        "EDGE_CAMERA__FPS": "30",
+        "EDGE_MODEL__BUNDLE": str(tiny_bundle),
+        "EDGE_MODEL__THREADS": "1",
+        "EDGE_HEARTBEAT__INTERVAL": "1",
+        "EDGE_STATE_DIR": str(tmp_path / "state"),
+    }

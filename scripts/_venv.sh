@@ -1,0 +1,41 @@
+# Sourced by scripts/demo.sh and scripts/test.sh: make .venv and install the given extras, once.
+# Usage: ensure_venv "demo,export"
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${GHOSTPI_VENV:-$ROOT/.venv}"
+
+die() { printf '\nghostpi: %s\n' "$*" >&2; exit 1; }
+
+find_python() {
+  for py in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
+    [ -n "$py" ] || continue
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$py"; return 0
+    fi
+  done
+  return 1
+}
+
+ensure_venv() {
+  local extras="$1"
+  if [ ! -x "$VENV/bin/python" ]; then
+    local py
+    py="$(find_python)" || die "Python 3.11 or newer is missing. Install it: sudo apt install python3 python3-venv"
+    "$py" -c 'import ensurepip, venv' 2>/dev/null \
+      || die "Python's venv module is missing. Install it: sudo apt install python3-venv"
+    echo "ghostpi: creating $VENV with $("$py" --version)" >&2
+    "$py" -m venv "$VENV" || die "could not create $VENV (sudo apt install python3-venv)"
+  fi
+  # Re-install only when pyproject.toml or the requested extras changed.
+  local stamp="$VENV/.ghostpi-$(echo "$extras" | tr ',' '-')"
+  local want
+  want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "ghostpi: installing edge-node with extras [$extras] into $VENV (first run takes a while)" >&2
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]" \
+      || die "pip could not install edge-node[$extras]; see the messages above (network? disk space?)"
+    echo "$want" > "$stamp"
+  fi
+}

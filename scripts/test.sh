@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Quick start, command 2: lint, type-check and run the whole test suite. Extra arguments go to pytest.
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] \
+  || die "the tests need the mosquitto broker binary. Install it: sudo apt install mosquitto"
+ensure_venv "dev,demo,export"
+export PATH="$VENV/bin:$PATH"
+cd "$ROOT"
+echo "== ruff" >&2
+ruff check . && ruff format --check .
+echo "== mypy" >&2
+mypy
+echo "== pytest" >&2
+exec python -m pytest -q -ra "$@"
