@@ -212,7 +212,6 @@ class OtaConfig(_Section):
     health_frames: int = Field(20, ge=1)
     health_max_latency_ms: float = Field(1000.0, gt=0)
     health_timeout: float = Field(60.0, gt=0, description="seconds the new model has to serve health_frames")
-    health_timeout: float = Field(60.0, gt=0, description="seconds the new model has to serve health_frames")
 
     @field_validator("trusted_keys", mode="before")
     @classmethod
