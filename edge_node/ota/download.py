@@ -259,9 +259,7 @@ def _check_hash(job: _Job) -> None:
     job._restart("sha256 mismatch")
     if resumed:  # the resumed tail may not belong to the same file: one clean retry from zero
         raise _Retry("sha256 mismatch after resuming; downloading again from the start")
-    raise DownloadError(
-        f"the downloaded bundle has sha256 {actual}, the command says {job.sha256}; refusing it"
-    )
+    raise DownloadError(f"the downloaded bundle has sha256 {actual}, the command says {job.sha256}; refusing it")
 
 
 def _log_retry(state: RetryCallState) -> None:

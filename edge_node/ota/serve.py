@@ -82,9 +82,7 @@ class RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
         self.send_response(206 if isinstance(wanted, tuple) else 200)
         if isinstance(wanted, tuple):
             self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-        self.send_header(
-            "Content-Type", "application/gzip" if real.name.endswith("gz") else "application/octet-stream"
-        )
+        self.send_header("Content-Type", "application/gzip" if real.name.endswith("gz") else "application/octet-stream")
         self.send_header("Content-Length", str(last - first + 1))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Last-Modified", self.date_time_string(int(os.fstat(fh.fileno()).st_mtime)))

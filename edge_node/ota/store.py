@@ -60,6 +60,7 @@ class _State(BaseModel):
 
     active: str | None = None
     previous: str | None = None
+    pending: dict[str, str | None] | None = None  # {"id", "cmd", "version"} of an update in progress
     ids: dict[str, bool] = Field(default_factory=dict)  # recent command id -> succeeded, oldest first
 
     def checked(self) -> _State:
@@ -90,6 +91,8 @@ class BundleStore:
             folder.mkdir(parents=True, exist_ok=True)
         self._state = self._load()
         self._running: Running | None = None
+        self.startup_errors: list[str] = []  # why start-up skipped the active (or previous) bundle
+        self.interrupted: dict[str, str | None] | None = None  # the update a restart cut short
 
     # --- start-up ---------------------------------------------------------------------------------------
 
@@ -99,12 +102,13 @@ class BundleStore:
         Returns the bundle and where it came from: "active", "previous" or "factory".
         """
         self._clean_staging()
+        self._settle_interrupted()
         candidates: list[tuple[Source, Slot | None]] = [
             ("active", self._state.active),
             ("previous", self._state.previous),
             ("factory", FACTORY),
         ]
-        errors = []
+        errors = self.startup_errors
         for source, slot in candidates:
             if slot is None:
                 continue
@@ -121,6 +125,19 @@ class BundleStore:
             self.gc()
             return bundle, name
         raise BundleError("no usable model bundle: " + "; ".join(errors or ["no factory bundle configured"]))
+
+    def _settle_interrupted(self) -> None:
+        """An update that was running when the process died counts as failed, so that a redelivered
+        command cannot crash-loop the node."""
+        pending = self._state.pending
+        if pending is None:
+            return
+        self.interrupted = pending
+        log.warning("the update to %s (id %s) was interrupted by a restart", pending.get("version"), pending.get("id"))
+        ids = dict(self._state.ids)
+        if pending.get("id"):
+            ids[str(pending["id"])] = False
+        self._write(pending=None, ids=ids)
 
     def _clean_staging(self) -> None:
         """Drop unpack folders and temp files from an interrupted update; keep ``*.part`` to resume."""
@@ -187,6 +204,16 @@ class BundleStore:
         if slot in self._protected() or slot == FACTORY:
             return
         _remove(self.bundles / slot)
+
+    def mark_pending(self, command_id: str | None, cmd: str = "", version: str = "") -> None:
+        """Record the update in progress (or, with None, that none is), for :meth:`startup`."""
+        self._write(pending={"id": command_id, "cmd": cmd, "version": version} if cmd else None)
+
+    def clear_staging(self, *paths: Path) -> None:
+        """Delete staging files or folders (only below ``staging/``)."""
+        for path in paths:
+            if self.staging in path.parents:
+                _remove(path)
 
     def remember(self, command_id: str, ok: bool) -> None:
         """Persist that a command id ran, so a redelivered command is not run twice."""

@@ -1,0 +1,106 @@
+"""A live node without MQTT for OTA tests and benches: real synthetic camera at 30 fps, real Pipeline,
+real ORT sessions, a real BundleStore and Updater, and a sink that records what would be published."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_node.capture.factory import make_source
+from edge_node.capture.grabber import Grabber
+from edge_node.config import AutoModeConfig, CameraConfig, Mode, ModelConfig, OtaConfig
+from edge_node.messages import Event, OtaStatus
+from edge_node.ota.store import BundleStore
+from edge_node.ota.updater import Updater
+from edge_node.vision.classifier import Classifier
+from edge_node.vision.modes import ModeController
+from edge_node.vision.pipeline import Pipeline, Result
+
+__all__ = ["LiveNode", "RecordingSink", "live_node"]
+
+
+@dataclass
+class RecordingSink:
+    events: list[Event] = field(default_factory=list)
+    statuses: list[OtaStatus] = field(default_factory=list)
+
+    async def event(self, ev: Event) -> None:
+        self.events.append(ev)
+
+    async def ota(self, st: OtaStatus) -> None:
+        self.statuses.append(st)
+
+    def phases(self) -> list[str]:
+        return [s.phase for s in self.statuses]
+
+
+@dataclass
+class LiveNode:
+    pipeline: Pipeline
+    grabber: Grabber
+    store: BundleStore
+    updater: Updater
+    sink: RecordingSink
+    results: list[tuple[float, str]]  # (monotonic time, model version) of every prediction
+    arrived: asyncio.Event  # set by each prediction
+
+    @property
+    def serving(self) -> str:
+        return self.pipeline.classifier.bundle.manifest.version
+
+    async def predictions_on(self, version: str, count: int = 3) -> None:
+        """Wait (up to 10 s) until ``count`` new predictions come from ``version``."""
+        start = len(self.results)
+        try:
+            async with asyncio.timeout(10.0):
+                while sum(1 for _, v in self.results[start:] if v == version) < count:
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            seen = {v for _, v in self.results[start:]}
+            raise AssertionError(f"no {count} predictions from {version} in 10s; saw {seen}") from None
+
+
+@asynccontextmanager
+async def live_node(
+    state: Path,
+    factory: Path,
+    cfg: OtaConfig,
+    *,
+    fps: float = 30.0,
+    model: ModelConfig | None = None,
+) -> AsyncIterator[LiveNode]:
+    """Start camera + inference on the store's start-up bundle; stop everything on exit."""
+    model = model or ModelConfig(threads=1)
+    store = BundleStore(state, factory)
+    bundle, _ = store.startup()
+    classifier = Classifier(bundle, precision=model.precision, threads=model.threads, top_k=model.top_k)
+    classifier.warmup()
+    cam = CameraConfig(source="synthetic", width=320, height=240, fps=fps)
+    grabber = Grabber(lambda: make_source(cam), stall_timeout=5.0, reopen_delay=0.5)
+    controller = ModeController(AutoModeConfig(), classifier.resolutions, mode=Mode.HIGH)
+    results: list[tuple[float, str]] = []
+    arrived = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_result(r: Result) -> None:  # inference thread
+        results.append((time.monotonic(), r.model.version))
+        loop.call_soon_threadsafe(arrived.set)
+
+    pipeline = Pipeline(grabber, classifier, controller, on_result)
+    sink = RecordingSink()
+    updater = Updater(cfg, store, pipeline, node_id="n1", model_cfg=model, sink=sink, backoff=0.01)
+    grabber.start()
+    pipeline.start()
+    node = LiveNode(pipeline, grabber, store, updater, sink, results, arrived)
+    try:
+        await node.predictions_on(bundle.manifest.version, 2)
+        yield node
+    finally:
+        await updater.aclose()
+        pipeline.stop()
+        grabber.stop()
