@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 
 from edge_node import __version__
@@ -94,6 +95,8 @@ class Node:
         )
         self.updater = self._make_updater()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._results: deque[Result] = deque(maxlen=64)  # bounded: a stalled loop drops, never hoards
+        self._drain_scheduled = False
         self._ready = False
         self._stop = asyncio.Event()
         self.published = 0
@@ -140,9 +143,17 @@ class Node:
     # --- worker → loop -----------------------------------------------------------------------------------
 
     def _result_from_worker(self, result: Result) -> None:
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._publish_result, result)
+        """Hand a result to the loop, waking it only if it is not already due to drain (one wake-up per
+        batch instead of one per frame: each costs a syscall and a GIL hand-over)."""
+        self._results.append(result)
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon_threadsafe(self._drain_results)
+
+    def _drain_results(self) -> None:
+        self._drain_scheduled = False
+        while self._results:
+            self._publish_result(self._results.popleft())
 
     def _resolution_from_worker(self, resolution: int) -> None:
         del resolution

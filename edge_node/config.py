@@ -152,7 +152,7 @@ class CameraConfig(_Section):
     source: str = "demo"
     width: int = Field(640, ge=16, le=8192)
     height: int = Field(480, ge=16, le=8192)
-    fps: float = Field(30.0, gt=0, le=240)
+    fps: float = Field(30.0, gt=0, le=1000)
     stall_timeout: float = Field(5.0, gt=0, description="seconds without a frame before the camera is 'stalled'")
     reopen_delay: float = Field(2.0, gt=0)
 

@@ -18,12 +18,16 @@ DEMO_HOLD_S = 2.0  # each demo photo stays in front of the "camera" this long
 
 
 def _options(spec: str) -> dict[str, int]:
+    """``synthetic:stall_after=100,on_demand`` → {"stall_after": 100, "on_demand": 1}."""
     opts: dict[str, int] = {}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
-        if key != "stall_after" or not value.isdigit():
-            raise ConfigError(f"unknown synthetic option {item!r}; the only option is stall_after=<frames>")
-        opts[key] = int(value)
+        if key == "stall_after" and value.isdigit():
+            opts[key] = int(value)
+        elif key == "on_demand" and not value:
+            opts[key] = 1
+        else:
+            raise ConfigError(f"unknown synthetic option {item!r}; options are stall_after=<frames> and on_demand")
     return opts
 
 
@@ -33,7 +37,9 @@ def make_source(cfg: CameraConfig) -> FrameSource:
         return StillsSource("demo", demo_photos, cfg.fps, DEMO_HOLD_S)
     if src == "synthetic" or src.startswith("synthetic:"):
         opts = _options(src.partition(":")[2])
-        return SyntheticSource(cfg.width, cfg.height, cfg.fps, stall_after=opts.get("stall_after"))
+        return SyntheticSource(
+            cfg.width, cfg.height, cfg.fps, stall_after=opts.get("stall_after"), on_demand=bool(opts.get("on_demand"))
+        )
     if src == "picamera2":
         return Picamera2Source(cfg.width, cfg.height, cfg.fps)
     if src.startswith("dir:"):

@@ -38,7 +38,13 @@ class LatestSlot:
             if not self._fresh and not self._cond.wait_for(lambda: self._fresh, timeout):
                 return None
             self._fresh = False
+            self._cond.notify_all()
             return self._frame
+
+    def wait_taken(self, timeout: float) -> bool:
+        """Block until the current frame was taken (for on-demand sources); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._fresh, timeout)
 
     def peek(self) -> Frame | None:
         """The newest frame, read or not (for smoke tests of a new model)."""
@@ -49,9 +55,7 @@ class LatestSlot:
 class Grabber:
     """Reads the source in its own thread; reopens it after errors; tracks the camera's health."""
 
-    def __init__(
-        self, factory: Callable[[], FrameSource], *, stall_timeout: float, reopen_delay: float
-    ) -> None:
+    def __init__(self, factory: Callable[[], FrameSource], *, stall_timeout: float, reopen_delay: float) -> None:
         self._factory = factory
         self.stall_timeout = stall_timeout
         self.reopen_delay = reopen_delay
@@ -96,6 +100,7 @@ class Grabber:
                 source = self._factory()
                 self.source_name = source.name
                 source.open()
+                on_demand = bool(getattr(source, "on_demand", False))
                 self._error = None
                 log.info("camera source %s opened", source.name)
                 while not self._stop.is_set():
@@ -105,6 +110,9 @@ class Grabber:
                     self.captured += 1
                     self.last_frame_at = time.monotonic()
                     self.slot.put(frame)
+                    if on_demand:
+                        while not self.slot.wait_taken(0.25) and not self._stop.is_set():
+                            pass
             except EdgeError as exc:
                 self._error = str(exc)
                 log.error("camera: %s; retrying in %.1fs", exc, self.reopen_delay)

@@ -30,9 +30,7 @@ class Picamera2Source:
             try:
                 module = importlib.import_module("picamera2")
             except ImportError as exc:
-                raise MissingExtraError(
-                    "the Raspberry Pi camera (apt install python3-picamera2)", "pi"
-                ) from exc
+                raise MissingExtraError("the Raspberry Pi camera (apt install python3-picamera2)", "pi") from exc
         try:
             cam = module.Picamera2()
             config = cam.create_video_configuration(

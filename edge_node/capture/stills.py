@@ -25,9 +25,7 @@ DEMO_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "motorcycle")
 class StillsSource:
     """Plays a list of images in a loop, holding each for ``hold`` seconds at the camera's ``fps``."""
 
-    def __init__(
-        self, name: str, loader: Callable[[], list[tuple[str, Frame]]], fps: float, hold: float
-    ) -> None:
+    def __init__(self, name: str, loader: Callable[[], list[tuple[str, Frame]]], fps: float, hold: float) -> None:
         self.name = name
         self._loader = loader
         self._pacer = Pacer(fps)
@@ -68,9 +66,7 @@ def _load_folder(folder: Path) -> list[tuple[str, Frame]]:
             continue
         images.append((path.name, cast(Frame, img)))
     if not images:
-        raise CameraError(
-            f"image folder {folder} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
+        raise CameraError(f"image folder {folder} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return images
 
 
