@@ -1,22 +1,217 @@
 """``edge-node ctl NODE|all COMMAND``: send one command and wait for each node's answer.
 
-Stub: the sub-parser exists so the fleet CLI can import and register it; the commands land next.
+The command gets a fresh id and goes to ``<prefix>/<target>/control``; each node answers on its
+``events`` topic with that id. For ``all``, the nodes waited for are those whose retained ``status`` says
+``online``. The exit code is 0 only if every node answered ``ok`` in time. While an update runs, phase
+changes from the retained ``ota`` topic are shown on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
 
-__all__ = ["register"]
+from pydantic import ValidationError
+
+from edge_node.config import Mode, MqttConfig, load_settings
+from edge_node.errors import CommandError
+from edge_node.messages import Event, OtaStatus, Ping, Rollback, SetMode, UpdateModel
+from edge_node.topics import FLEET, Topics
+
+__all__ = ["Answer", "Tracker", "build_command", "register", "run_ctl"]
+
+DISCOVERY = 1.0  # seconds to collect retained statuses when the target is "all"
+Command = SetMode | Ping | UpdateModel | Rollback
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``ctl`` to the ``edge-node`` sub-commands."""
-    parser = sub.add_parser("ctl", help="send a command to one node or the whole fleet and wait for results")
-    parser.add_argument("target", metavar="NODE|all", help="node id, or 'all' for every online node")
-    parser.set_defaults(handler=_not_ready)
+    parser = sub.add_parser(
+        "ctl",
+        help="send a command to one node or the whole fleet and wait for results",
+        description="Send a command and wait for each node's event. Exit code 0 only if all succeed.",
+    )
+    parser.add_argument("target", metavar="NODE|all", help="a node id, or 'all' for every online node")
+    parser.add_argument("--prefix", help="topic prefix (default: EDGE_TOPIC_PREFIX or 'ghostpi')")
+    parser.add_argument("--json", action="store_true", help="print each node's event as JSON")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    mode = actions.add_parser("set-mode", help="switch the resolution mode")
+    mode.add_argument("mode", choices=[m.value for m in Mode])
+    _timeout(mode, 10.0)
+
+    update = actions.add_parser("update-model", help="install a model bundle over the air")
+    update.add_argument("url", help="https:// (or, if the nodes allow it, http://) URL of the .tar.gz bundle")
+    update.add_argument("--sha256", required=True, metavar="HEX", help="sha256 of the archive")
+    update.add_argument("--version", required=True, metavar="V", help="the bundle's manifest version")
+    update.add_argument("--size", type=int, metavar="BYTES", help="archive size (the node refuses more)")
+    _timeout(update, 300.0)
+
+    rollback = actions.add_parser("rollback", help="go back to the previous model bundle")
+    _timeout(rollback, 60.0)
+
+    ping = actions.add_parser("ping", help="ask for an immediate heartbeat")
+    _timeout(ping, 10.0)
+    parser.set_defaults(handler=_handle)
 
 
-def _not_ready(args: argparse.Namespace) -> int:
-    del args
-    raise SystemExit("edge-node ctl: not implemented yet")
+def _timeout(parser: argparse.ArgumentParser, default: float) -> None:
+    parser.add_argument(
+        "--timeout", type=float, default=default, metavar="S", help=f"seconds to wait for answers ({default:g})"
+    )
+
+
+def build_command(args: argparse.Namespace, ident: str) -> Command:
+    """The wire command for parsed ``ctl`` arguments (validated like the node validates it)."""
+    if args.action == "set-mode":
+        return SetMode(cmd="set_mode", id=ident, mode=Mode(args.mode))
+    if args.action == "update-model":
+        return UpdateModel(
+            cmd="update_model", id=ident, url=args.url, sha256=args.sha256, version=args.version, size=args.size
+        )
+    if args.action == "rollback":
+        return Rollback(cmd="rollback", id=ident)
+    return Ping(cmd="ping", id=ident)
+
+
+@dataclass
+class Answer:
+    node: str
+    event: Event | None = None  # None: no answer in time
+
+    @property
+    def ok(self) -> bool:
+        return self.event is not None and self.event.ok
+
+    def line(self) -> str:
+        if self.event is None:
+            return f"{self.node}: TIMEOUT no answer (offline, or still busy?)"
+        ev = self.event
+        detail = " ".join(f"{k}={v}" for k, v in (ev.detail or {}).items() if v is not None)
+        if ev.ok:
+            return f"{self.node}: ok {ev.cmd} {detail}".rstrip()
+        return f"{self.node}: FAILED {ev.cmd}: {ev.error} {detail}".rstrip()
+
+
+@dataclass
+class Tracker:
+    """Pure bookkeeping of who was asked and who answered; fed every message ``ctl`` receives."""
+
+    prefix: str
+    command_id: str
+    expected: set[str] = field(default_factory=set)
+    answers: dict[str, Answer] = field(default_factory=dict)
+    phases: dict[str, str] = field(default_factory=dict)
+
+    def status(self, node: str, payload: bytes) -> None:
+        if payload.strip() == b"online":
+            self.expected.add(node)
+
+    def feed(self, topic: str, payload: bytes) -> str | None:
+        """Take one message; return a progress line worth showing, if any."""
+        parsed = Topics.parse(self.prefix, topic)
+        if parsed is None:
+            return None
+        node, leaf = parsed
+        if leaf == "events":
+            try:
+                ev = Event.model_validate_json(payload)
+            except ValueError:
+                return None
+            if ev.id == self.command_id and node not in self.answers:
+                self.answers[node] = Answer(node, ev)
+            return None
+        if leaf == "ota":
+            try:
+                st = OtaStatus.model_validate_json(payload)
+            except ValueError:
+                return None
+            if st.id != self.command_id:
+                return None
+            text = st.phase + (f" {st.progress:.0f}%" if st.progress is not None else "")
+            if self.phases.get(node) == text:
+                return None
+            self.phases[node] = text
+            return f"{node}: {text} {st.version or ''}".rstrip()
+        return None
+
+    def done(self) -> bool:
+        return bool(self.expected) and self.expected <= set(self.answers)
+
+    def results(self) -> list[Answer]:
+        nodes = sorted(self.expected | set(self.answers))
+        return [self.answers.get(n, Answer(n)) for n in nodes]
+
+
+async def run_ctl(
+    cfg: MqttConfig, prefix: str, target: str, command: Command, wait_s: float, *, quiet: bool = False
+) -> list[Answer]:
+    """Publish ``command`` to ``target`` and collect the answers for up to ``wait_s`` (see :class:`Tracker`).
+
+    For ``all`` an empty list means no node was online and nothing was sent.
+    """
+    from edge_node.fleet.connect import connected, tool_client_id
+
+    assert command.id is not None
+    tracker = Tracker(prefix, command.id)
+    async with connected(cfg, identifier=tool_client_id("ctl")) as client:
+        await client.subscribe(Topics.wildcard(prefix, "events"), qos=1)
+        await client.subscribe(Topics.wildcard(prefix, "ota"), qos=1)
+        if target == FLEET:
+            await client.subscribe(Topics.wildcard(prefix, "status"), qos=1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DISCOVERY):
+                    async for message in client.messages:
+                        parsed = Topics.parse(prefix, str(message.topic))
+                        if parsed is not None and parsed[1] == "status":
+                            tracker.status(parsed[0], _payload(message.payload))
+            if not tracker.expected:
+                return []
+        else:
+            tracker.expected.add(target)
+        await client.publish(Topics.control_for(prefix, target), command.model_dump_json(exclude_none=True), qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                async for message in client.messages:
+                    line = tracker.feed(str(message.topic), _payload(message.payload))
+                    if line and not quiet:
+                        print(line, file=sys.stderr, flush=True)
+                    if tracker.done():
+                        break
+    return tracker.results()
+
+
+def _payload(raw: object) -> bytes:
+    return raw if isinstance(raw, bytes) else str(raw).encode() if raw is not None else b""
+
+
+def _handle(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    prefix = args.prefix or settings.topic_prefix
+    try:
+        command = build_command(args, f"ctl-{uuid.uuid4().hex[:12]}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CommandError(f"invalid command: {where}: {first['msg']}") from exc
+    started = time.monotonic()
+    answers = asyncio.run(run_ctl(settings.mqtt, prefix, args.target, command, args.timeout, quiet=args.json))
+    if not answers:
+        print(f"no node is online under {prefix}/ (retained status); nothing was sent", file=sys.stderr)
+        return 1
+    for answer in answers:
+        if args.json:
+            print(json.dumps({"node": answer.node, "event": answer.event and answer.event.model_dump(mode="json")}))
+        else:
+            print(answer.line())
+    failed = sum(not a.ok for a in answers)
+    if not args.json:
+        took = time.monotonic() - started
+        print(f"{len(answers) - failed}/{len(answers)} ok in {took:.1f}s", file=sys.stderr)
+    return 1 if failed else 0
