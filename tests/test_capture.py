@@ -15,7 +15,7 @@ from edge_node.capture.opencv import OpenCVSource
 from edge_node.capture.picamera import Picamera2Source
 from edge_node.capture.synthetic import SyntheticSource
 from edge_node.config import CameraConfig
-from edge_node.errors import CameraError, ConfigError
+from edge_node.errors import CameraError, ConfigError, MissingExtraError
 
 
 def test_slot_keeps_only_the_newest_frame_and_counts_drops() -> None:
@@ -186,7 +186,7 @@ def test_picamera2_adapter_configures_bgr_video_and_strips_padding() -> None:
 
 def test_picamera2_missing_is_a_clear_error() -> None:
     src = make_source(CameraConfig(source="picamera2"))
-    with pytest.raises(Exception, match="picamera2|'pi' extra"):
+    with pytest.raises(MissingExtraError, match="'pi' extra"):
         src.open()
 
 
