@@ -14,6 +14,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from edge_node import __version__
 from edge_node.bundle import Bundle
@@ -36,6 +37,7 @@ from edge_node.messages import (
 )
 from edge_node.mqtt.control import ControlRouter
 from edge_node.mqtt.link import Link
+from edge_node.ota.store import BundleStore
 from edge_node.publish import PublishGate
 from edge_node.sdnotify import Notifier, WatchdogGate, run_watchdog
 from edge_node.telemetry import CpuMeter, cpu_temperature, rss_mb
@@ -59,9 +61,11 @@ class Node:
         *,
         model_source: str = "active",
         on_prediction: Callable[[Prediction], None] | None = None,
+        store: BundleStore | None = None,
     ) -> None:
         self.settings = settings
         self.model_source = model_source
+        self.store = store
         self.topics = Topics(settings.topic_prefix, settings.node_id)
         self._on_prediction = on_prediction
         self.started = time.monotonic()
@@ -69,7 +73,8 @@ class Node:
         self.gate = PublishGate(settings.publish.policy, settings.publish.max_hz)
         self.router = ControlRouter(max_bytes=settings.mqtt.max_control_bytes, rate=settings.mqtt.control_rate)
         self.notifier = Notifier.from_env()
-        self.watchdog = WatchdogGate(timeout_s=max(settings.camera.stall_timeout, 5.0))
+        # A pipeline that processed no frame for stall_timeout stops the pings: systemd restarts it.
+        self.watchdog = WatchdogGate(timeout_s=settings.camera.stall_timeout)
         model = settings.model
         classifier = Classifier(bundle, precision=model.precision, threads=model.threads, top_k=model.top_k)
         classifier.warmup()
@@ -299,7 +304,7 @@ class Node:
             frames_dropped=self.grabber.slot.dropped,
             reconnects=self.link.reconnects,
             model_version=p.classifier.model_ref().version,
-            model_source=self.model_source,
+            model_source=self.updater.model_source if self.updater is not None else self.model_source,
             mode=p.mode,
             resolution=p.resolution,
             camera=self.grabber.state(now),
@@ -320,15 +325,31 @@ class Node:
     # --- OTA -------------------------------------------------------------------------------------------
 
     def _make_updater(self) -> _UpdaterLike | None:
-        """The OTA updater, when the ota package provides one (see docs/ota.md)."""
-        return None
+        """The OTA updater over the node's bundle store (see docs/ota.md); none without a store."""
+        if self.store is None:
+            return None
+        from edge_node.ota.node import NodeSink
+        from edge_node.ota.updater import Updater
+
+        return Updater(
+            self.settings.ota,
+            self.store,
+            self.pipeline,
+            node_id=self.settings.node_id,
+            model_cfg=self.settings.model,
+            sink=NodeSink(self.emit, self.publish_ota),
+        )
 
 
-class _UpdaterLike:
-    """What the node needs from the OTA updater."""
+class _UpdaterLike(Protocol):
+    """What the node needs from the OTA updater (edge_node.ota.updater.Updater)."""
 
     async def handle(self, cmd: UpdateModel | Rollback) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def republish(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def model_source(self) -> str:  # pragma: no cover - interface
         raise NotImplementedError

@@ -1,0 +1,53 @@
+"""systemd integration of the real node: READY after the first inference, watchdog pings that stop
+when the pipeline stalls. NOTIFY_SOCKET is a datagram socket this test binds and reads."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.nodeproc import NodeProcess
+
+pytestmark = pytest.mark.slow
+
+
+def test_ready_then_watchdog_pings_stop_when_the_camera_freezes(node_env: dict[str, str], tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.2)
+    env = dict(node_env)
+    env.update(
+        NOTIFY_SOCKET=str(sock_path),
+        WATCHDOG_USEC="600000",  # pings every 0.3 s
+        EDGE_CAMERA__SOURCE="synthetic:stall_after=60",  # 2 s of frames at 30 fps, then frozen
+        EDGE_CAMERA__STALL_TIMEOUT="1",
+    )
+    node = NodeProcess(env, tmp_path / "node").start()
+    got: list[tuple[float, str]] = []
+    try:
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            try:
+                got.extend((time.monotonic(), line) for line in sock.recv(4096).decode().splitlines())
+            except TimeoutError:
+                pass
+            pings = [t for t, line in got if line == "WATCHDOG=1"]
+            if pings and time.monotonic() - pings[-1] > 3.0:
+                break  # pings have stopped for 3 s
+        assert node.alive(), node.log()[-2000:]  # systemd, not the node, decides to restart it
+    finally:
+        node.terminate()
+        sock.close()
+    lines = [line for _, line in got]
+    assert "READY=1" in lines, f"no READY=1; got {lines[:10]}\n{node.log()[-2000:]}"
+    pings = [t for t, line in got if line == "WATCHDOG=1"]
+    ready_at = next(t for t, line in got if line == "READY=1")
+    assert len(pings) >= 3, "the watchdog was pinged while frames flowed"
+    assert all(t >= ready_at - 0.5 for t in pings[:1])
+    # After the freeze (2 s of frames + 1 s stall timeout) the pings stop for good.
+    assert time.monotonic() - pings[-1] > 3.0
+    assert pings[-1] - ready_at < 6.0
