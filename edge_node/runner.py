@@ -15,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from edge_node.bundle import Bundle, open_bundle
+from edge_node.bundle import Bundle
 from edge_node.config import Settings, load_settings
 from edge_node.errors import EdgeError
+from edge_node.ota.store import BundleStore
 
 __all__ = ["register", "resolve_bundle", "run"]
 
@@ -47,14 +48,22 @@ def _handle(args: argparse.Namespace) -> int:
     return asyncio.run(run(settings, echo=args.echo, duration=args.duration))
 
 
-def resolve_bundle(settings: Settings) -> tuple[Bundle, str]:
-    """The bundle to start on and where it came from (configured, or the demo bundle, built on first use)."""
+def resolve_bundle(settings: Settings) -> tuple[Bundle, str, BundleStore]:
+    """The bundle to start on, where it came from ("active", "previous" or "factory") and the OTA store.
+
+    The configured bundle (or the demo bundle, built on first use) is the factory bundle: the node runs
+    it until an over-the-air update is committed, and falls back to it if the installed ones are unusable.
+    """
+    from edge_node.ota.node import open_store
+
     path = settings.model.bundle
     if path is None:
         from edge_node.modelzoo.demo import ensure_demo_bundle
 
         path = ensure_demo_bundle()
-    return open_bundle(Path(path), unpack_dir=settings.state_dir), "active"
+    store = open_store(settings, Path(path))
+    bundle, source = store.startup()
+    return bundle, source, store
 
 
 async def run(settings: Settings, *, echo: bool | None = None, duration: float | None = None) -> int:
@@ -77,8 +86,8 @@ async def run(settings: Settings, *, echo: bool | None = None, duration: float |
             flush=True,
         )
     try:
-        bundle, source = await asyncio.to_thread(resolve_bundle, settings)
-        node = Node(settings, bundle, model_source=source)
+        bundle, source, store = await asyncio.to_thread(resolve_bundle, settings)
+        node = Node(settings, bundle, model_source=source, store=store)
         if duration is not None:
             asyncio.get_running_loop().call_later(duration, node.stop)
         echo_task = asyncio.create_task(_echo(settings)) if echo else None

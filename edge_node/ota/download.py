@@ -170,7 +170,7 @@ class _Job:
         with self.part.open("r+b" if offset else "wb") as out:
             out.seek(offset)
             out.truncate()
-            while chunk := resp.read(CHUNK):
+            while chunk := resp.read1(CHUNK):  # what has arrived: a stall loses nothing already received
                 if self.cancel is not None and self.cancel.is_set():
                     raise _Cancelled("download cancelled")
                 done += len(chunk)
