@@ -1,0 +1,217 @@
+"""``edge-node model build``: weights -> checked ONNX files per resolution and precision -> a bundle.
+
+The bundle is assembled in a hidden staging directory beside ``out`` and renamed into place at the end, so an
+interrupted build never leaves a half bundle where the node (or the demo cache) would find it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_node.bundle.manifest import (
+    MANIFEST,
+    BuildInfo,
+    Manifest,
+    Preprocess,
+    Variant,
+    file_digest,
+)
+from edge_node.bundle.signing import load_private_key, sign_bundle
+from edge_node.errors import BundleError, MissingExtraError
+from edge_node.modelzoo.archs import DEFAULT_ARCH, create_model, get_arch, preprocess_spec
+from edge_node.modelzoo.calibration import CalibrationSet
+from edge_node.modelzoo.evaluate import ModelFile, evaluate
+from edge_node.modelzoo.export import INPUT_NAME, export_onnx, max_abs_diff, torch_logits
+from edge_node.modelzoo.labels import IMAGENET_LABELS, imagenet_labels
+from edge_node.modelzoo.progress import stderr, step_progress
+from edge_node.modelzoo.weights import load_weights
+from edge_node.vision.preprocess import Preprocessor
+
+__all__ = ["BuildOptions", "build_bundle", "model_file_name"]
+
+log = logging.getLogger(__name__)
+
+CHECK_IMAGES = 8  # real images every export is compared on
+TOOLCHAIN = ("ghostpi-edge-node", "torch", "timm", "onnx", "onnxscript", "onnxruntime", "numpy")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    arch: str = DEFAULT_ARCH
+    weights: str = "random"
+    weights_sha256: str | None = None
+    precision: Literal["fp32", "int8", "both"] = "both"
+    resolutions: tuple[int, ...] = (224, 192, 160)
+    name: str | None = None
+    version: str | None = None
+    sign_key: Path | None = None
+    threads: int = 2
+    tolerance: float = 1e-3  # max |ORT - PyTorch| logit accepted for an FP32 export
+    eval_limit: int | None = None
+    progress: bool = True
+
+
+def model_file_name(resolution: int, precision: str) -> str:
+    return f"model_{resolution}_{precision}.onnx"
+
+
+def build_bundle(options: BuildOptions, calibration: CalibrationSet, out: Path) -> Path:
+    """Build a bundle into ``out`` (which must not exist yet, or be empty); return ``out``."""
+    try:
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("building model bundles", "export") from exc
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out} already exists; choose another --out or delete it first")
+    if not calibration.frames:
+        raise BundleError("no calibration images; pass --calib DIR with a few dozen photos")
+    if len(set(options.resolutions)) != len(options.resolutions) or not options.resolutions:
+        raise BundleError(f"--resolutions must list distinct sizes, got {list(options.resolutions)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="ghostpi-build-") as scratch:
+            _build_into(staging, Path(scratch), options, calibration)
+        staging.chmod(0o755)  # mkdtemp makes it 0700; the node may run as another user
+        if out.is_dir():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    stderr.print(f"[green]bundle ready:[/] {out}")
+    return out
+
+
+def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration: CalibrationSet) -> None:
+    import torch
+
+    from edge_node.modelzoo.quantize import quantize_int8
+    from edge_node.modelzoo.surgery import prepare_for_export
+
+    arch = get_arch(options.arch)
+    torch.manual_seed(0)
+    torch.set_num_threads(options.threads)
+    with stderr.status(f"loading {arch.name} weights from {options.weights}"):
+        model = create_model(arch, num_classes=len(imagenet_labels()))
+        weights = load_weights(model, arch, options.weights, sha256=options.weights_sha256, progress=options.progress)
+        model = prepare_for_export(model, arch.name).eval()
+    spec = preprocess_spec(model)
+    want_int8 = options.precision in ("int8", "both")
+    ship_fp32 = options.precision in ("fp32", "both")
+    files: list[ModelFile] = []
+    metrics: dict[str, dict[str, object]] = {}
+    recipes: dict[int, dict[str, object]] = {}
+    steps = len(options.resolutions) * (2 if want_int8 else 1)
+    with step_progress(options.progress) as bar:
+        task = bar.add_task("exporting", total=steps)
+        for r in options.resolutions:
+            tensors = _tensors(calibration.frames, spec, r)
+            check = tensors[:CHECK_IMAGES]
+            reference = torch_logits(model, check)
+            fp32 = (staging if ship_fp32 else scratch) / model_file_name(r, "fp32")
+            bar.update(task, description=f"{r}px: export fp32")
+            export_onnx(model, r, fp32)
+            diff = max_abs_diff(fp32, reference, check, tolerance=options.tolerance)
+            files.append(ModelFile("fp32", r, fp32))
+            metrics[fp32.name] = {"max_abs_diff_vs_torch": diff, "in_bundle": ship_fp32}
+            bar.advance(task)
+            if want_int8:
+                bar.update(task, description=f"{r}px: quantise int8 on {len(tensors)} images")
+                int8 = staging / model_file_name(r, "int8")
+                with _quiet_root_logger():
+                    recipes[r] = quantize_int8(fp32, int8, tensors, arch=arch.name)
+                diff = max_abs_diff(int8, reference, check, tolerance=float("inf"))
+                files.append(ModelFile("int8", r, int8))
+                metrics[int8.name] = {"max_abs_diff_vs_torch": diff, "in_bundle": True}
+                bar.advance(task)
+    held_out = calibration.held_out[: options.eval_limit] if options.eval_limit else calibration.held_out
+    if held_out:
+        stderr.print(f"measuring accuracy on {len(held_out)} held-out images (not used for calibration)")
+        for row in evaluate(files, held_out, spec, threads=options.threads, progress=options.progress):
+            metrics[str(row["file"])].update(row)
+    shutil.copyfile(IMAGENET_LABELS, staging / "labels.txt")
+    shipped = [f for f in files if f.path.parent == staging]
+    manifest = Manifest(
+        name=options.name or arch.name,
+        version=options.version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S"),
+        arch=arch.name,
+        precision="int8" if want_int8 else "fp32",
+        num_classes=len(imagenet_labels()),
+        labels="labels.txt",
+        input_name=INPUT_NAME,
+        preprocess=spec,
+        variants=[Variant(resolution=f.resolution, precision=f.precision, file=f.path.name) for f in shipped],
+        files={name: file_digest(staging / name) for name in [*(f.path.name for f in shipped), "labels.txt"]},
+        metrics=[_metric_row(f, metrics[f.path.name]) for f in files],
+        build=BuildInfo(
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            weights=weights,
+            toolchain=_toolchain(),
+            calibration=_calibration_info(calibration, recipes),
+        ),
+    )
+    (staging / MANIFEST).write_bytes(manifest.to_bytes())
+    if options.sign_key is not None:
+        sign_bundle(staging, load_private_key(options.sign_key))
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs one INFO line per adjusted weight scale on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _tensors(
+    frames: Sequence[npt.NDArray[np.uint8]], spec: Preprocess, resolution: int
+) -> list[npt.NDArray[np.float32]]:
+    """Calibration tensors made by the node's own Preprocessor (copied: it reuses one buffer)."""
+    preprocess = Preprocessor(spec, resolution)
+    return [np.array(preprocess(frame), dtype=np.float32) for frame in frames]
+
+
+def _metric_row(f: ModelFile, measured: dict[str, object]) -> dict[str, object]:
+    row: dict[str, object] = {"file": f.path.name, "precision": f.precision, "resolution": f.resolution}
+    row.update(measured)
+    row["size_bytes"] = f.path.stat().st_size
+    return row
+
+
+def _calibration_info(calibration: CalibrationSet, recipes: dict[int, dict[str, object]]) -> dict[str, object]:
+    info = calibration.describe()
+    if recipes:
+        first = next(iter(recipes.values()))
+        info["recipe"] = first
+        if any(r != first for r in recipes.values()):
+            info["recipes_by_resolution"] = {str(k): v for k, v in recipes.items()}
+    return info
+
+
+def _toolchain() -> dict[str, str]:
+    versions = {}
+    for dist in TOOLCHAIN:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,128 @@
+"""Accuracy, FP32/INT8 agreement and latency of a bundle's ONNX files on labelled images.
+
+Every image is decoded once and preprocessed once per resolution by the node's own Preprocessor; all files
+of that resolution then run on the same tensor, one after another, with the same ORT thread count, so their
+latencies are measured under the same conditions.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_node.bundle import Bundle
+from edge_node.bundle.manifest import Preprocess
+from edge_node.errors import BundleError
+from edge_node.modelzoo.images import LabelledImage, list_images, load_bgr
+from edge_node.modelzoo.progress import step_progress
+from edge_node.modelzoo.runtime import session
+from edge_node.vision.preprocess import Preprocessor
+
+__all__ = ["ModelFile", "bundle_files", "calibration_names", "evaluate", "select_images", "topk_accuracy"]
+
+WARMUP_RUNS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    precision: str
+    resolution: int
+    path: Path
+
+
+def topk_accuracy(top: npt.NDArray[np.int64], labels: npt.NDArray[np.int64], k: int) -> float:
+    """Share of rows whose label is among the first ``k`` columns of ``top`` (classes sorted by score)."""
+    return float(np.mean(np.any(top[:, :k] == labels[:, None], axis=1)))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def evaluate(
+    files: Sequence[ModelFile],
+    images: Sequence[LabelledImage],
+    spec: Preprocess,
+    *,
+    threads: int = 2,
+    progress: bool = True,
+) -> list[dict[str, object]]:
+    """One row per file: top-1/top-5 (labelled images only), agreement with FP32 and latency."""
+    if not images:
+        raise BundleError("no images to evaluate on")
+    sessions = {f: session(f.path, threads=threads) for f in files}
+    resolutions = sorted({f.resolution for f in files}, reverse=True)
+    preprocessors = {r: Preprocessor(spec, r) for r in resolutions}
+    for f, sess in sessions.items():
+        name = sess.get_inputs()[0].name
+        for _ in range(WARMUP_RUNS):
+            sess.run(None, {name: np.zeros((1, 3, f.resolution, f.resolution), np.float32)})
+    top5: dict[ModelFile, list[npt.NDArray[np.int64]]] = {f: [] for f in files}
+    latency: dict[ModelFile, list[float]] = {f: [] for f in files}
+    with step_progress(progress) as bar:
+        task = bar.add_task(f"evaluating {len(files)} file(s)", total=len(images))
+        for image in images:
+            frame = load_bgr(image.path)
+            for r in resolutions:
+                tensor = preprocessors[r](frame)
+                for f in (f for f in files if f.resolution == r):
+                    sess = sessions[f]
+                    start = time.perf_counter()
+                    out = sess.run(None, {sess.get_inputs()[0].name: tensor})[0]
+                    latency[f].append((time.perf_counter() - start) * 1000.0)
+                    top5[f].append(np.argsort(-out[0])[:5])
+            bar.advance(task)
+    labelled = np.array([im.label is not None for im in images])
+    labels = np.array([im.label if im.label is not None else -1 for im in images], dtype=np.int64)
+    rows: list[dict[str, object]] = []
+    for f in files:
+        top = np.stack(top5[f])
+        fp32 = next((g for g in files if g.precision == "fp32" and g.resolution == f.resolution), None)
+        agreement = None
+        if f.precision != "fp32" and fp32 is not None:
+            agreement = float(np.mean(top[:, 0] == np.stack(top5[fp32])[:, 0]))
+        has_labels = bool(labelled.any())
+        rows.append(
+            {
+                "precision": f.precision,
+                "resolution": f.resolution,
+                "file": f.path.name,
+                "size_bytes": f.path.stat().st_size,
+                "images": len(images),
+                "labelled": int(labelled.sum()),
+                "top1": topk_accuracy(top[labelled], labels[labelled], 1) if has_labels else None,
+                "top5": topk_accuracy(top[labelled], labels[labelled], 5) if has_labels else None,
+                "agreement": agreement,
+                "latency_ms_median": statistics.median(latency[f]),
+                "latency_ms_p90": _percentile(latency[f], 90),
+                "threads": threads,
+            }
+        )
+    return sorted(rows, key=lambda row: (-int(str(row["resolution"])), str(row["precision"])))
+
+
+def bundle_files(bundle: Bundle) -> list[ModelFile]:
+    return [
+        ModelFile(v.precision, v.resolution, bundle.path / v.file)
+        for v in sorted(bundle.manifest.variants, key=lambda v: (-v.resolution, v.precision))
+    ]
+
+
+def calibration_names(bundle: Bundle) -> set[str]:
+    """File names the bundle was calibrated on (recorded at build time)."""
+    names = bundle.manifest.build.calibration.get("images", [])
+    return {str(n) for n in names} if isinstance(names, list) else set()
+
+
+def select_images(folder: Path, *, exclude: Collection[str] = (), limit: int | None = None) -> list[LabelledImage]:
+    """The folder's images minus ``exclude`` (by file name), the first ``limit`` of them."""
+    images = [im for im in list_images(folder) if im.path.name not in exclude]
+    if not images:
+        raise BundleError(f"no images left in {folder} after excluding the {len(exclude)} calibration images")
+    return images[:limit] if limit else images

