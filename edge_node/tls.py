@@ -33,9 +33,7 @@ def ssl_context(cfg: MqttConfig) -> ssl.SSLContext | None:
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"EDGE_MQTT__CA_FILE={cfg.ca_file} is not a usable PEM CA certificate: {exc}"
-        ) from exc
+        raise ConfigError(f"EDGE_MQTT__CA_FILE={cfg.ca_file} is not a usable PEM CA certificate: {exc}") from exc
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if cfg.cert_file is not None and cfg.key_file is not None:
         cert = _require_file(cfg.cert_file, "EDGE_MQTT__CERT_FILE")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from edge_node.bundle.manifest import MANIFEST, Manifest
+from edge_node.errors import BundleError
 from edge_node.ota.download import sha256_file
 
 __all__ = ["RangeRequestHandler", "describe_bundles", "make_server", "parse_range", "serve_bundles"]
@@ -116,9 +117,12 @@ class _Server(http.server.ThreadingHTTPServer):
 def make_server(directory: Path, host: str = "127.0.0.1", port: int = 0) -> socketserver.TCPServer:
     """A ready, not yet serving server; ``port=0`` picks a free port (see ``server.server_address``)."""
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory of bundles")
+        raise BundleError(f"{directory} is not a directory; give the folder holding the .tar.gz bundles")
     handler = partial(RangeRequestHandler, directory=str(directory.resolve()))
-    return _Server((host, port), handler)
+    try:
+        return _Server((host, port), handler)
+    except OSError as exc:
+        raise BundleError(f"cannot listen on {host}:{port}: {exc}; pick another --port") from exc
 
 
 def _archive_version(path: Path) -> str:
