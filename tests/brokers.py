@@ -51,6 +51,8 @@ class Mosquitto:
         self.conf_path.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "persistence false\n"
+            # As root, mosquitto drops to the 'mosquitto' user, which cannot write into pytest's tmp dirs.
+            "user root\n"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "connection_messages true\n" + self.extra_conf

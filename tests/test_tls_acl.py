@@ -128,9 +128,7 @@ def broker(tmp_path: Path, pki: Authority) -> Iterator[Mosquitto]:
 
     def write_conf() -> None:
         original()
-        # Run as the test's user: mosquitto started as root would drop to "mosquitto", which cannot read
-        # pytest's private temporary folders.
-        b.conf_path.write_text("per_listener_settings false\nuser root\n" + b.conf_path.read_text())
+        b.conf_path.write_text("per_listener_settings false\n" + b.conf_path.read_text())
 
     b.write_conf = write_conf  # type: ignore[method-assign]
     b.start()
