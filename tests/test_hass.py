@@ -187,9 +187,7 @@ def test_select_commands_are_valid_set_mode_commands(message: dict[str, object])
 
 
 def test_unsafe_node_ids_and_custom_prefix() -> None:
-    topic, payload = discovery_message(
-        "fleet/a", "cam.kitchen", discovery_prefix="ha", sw_version="1", model_name="m"
-    )
+    topic, payload = discovery_message("fleet/a", "cam.kitchen", discovery_prefix="ha", sw_version="1", model_name="m")
     assert topic == "ha/device/ghostpi_cam_kitchen/config" == discovery_topic("cam.kitchen", "ha")
     data = json.loads(payload)
     assert data["cmps"]["label"]["stat_t"] == "fleet/a/cam.kitchen/predictions"

@@ -1,11 +1,81 @@
-"""``edge-node ctl | monitor | simulate`` (placeholder until the fleet tools land)."""
+"""``edge-node monitor``, ``edge-node simulate`` and ``edge-node ctl``: the operator's fleet tools.
+
+Broker settings come from the same ``EDGE_MQTT__*`` environment as the node's (``edge_node.config``), so
+one ``.env`` serves the node and the tools; ``--prefix`` overrides ``EDGE_TOPIC_PREFIX``.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from edge_node.config import load_settings
+from edge_node.fleet import ctl
+
 __all__ = ["register"]
 
 
+def _prefix_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prefix", help="topic prefix (default: EDGE_TOPIC_PREFIX or 'ghostpi')")
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    del sub
+    monitor = sub.add_parser("monitor", help="live dashboard of every node on the broker")
+    monitor.add_argument("--once", action="store_true", help="collect, print one snapshot and exit")
+    monitor.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
+    monitor.add_argument("--timeout", type=float, default=5.0, metavar="S", help="--once: collect at most S s")
+    monitor.add_argument(
+        "--stale", type=float, default=30.0, metavar="S", help="flag online nodes silent for more than S s"
+    )
+    _prefix_arg(monitor)
+    monitor.set_defaults(handler=_monitor)
+
+    simulate = sub.add_parser("simulate", help="run a fleet of simulated nodes against the broker")
+    simulate.add_argument("--nodes", type=int, default=10, metavar="N")
+    simulate.add_argument("--rate", type=float, default=10.0, metavar="HZ", help="predictions/s per node")
+    simulate.add_argument("--duration", type=float, metavar="S", help="stop after S s (default: until Ctrl-C)")
+    simulate.add_argument("--id-prefix", default="sim-", metavar="P", help="node ids are P001, P002, ...")
+    simulate.add_argument("--heartbeat", type=float, default=10.0, metavar="S", help="heartbeat interval")
+    simulate.add_argument("--keepalive", type=int, default=10, metavar="S", help="MQTT keepalive per node")
+    simulate.add_argument("--kill", type=int, default=0, metavar="K", help="nodes to crash (no DISCONNECT)")
+    simulate.add_argument("--kill-after", type=float, metavar="S", help="crash --kill nodes S s after start")
+    simulate.add_argument("--seed", type=int, help="random seed, for repeatable runs")
+    _prefix_arg(simulate)
+    simulate.set_defaults(handler=_simulate)
+
+    ctl.register(sub)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from edge_node.fleet.monitor import MonitorOptions, run_live, run_once
+
+    settings = load_settings()
+    opts = MonitorOptions(prefix=args.prefix or settings.topic_prefix, timeout=args.timeout, stale=args.stale)
+    if args.once:
+        return run_once(settings.mqtt, opts, as_json=args.json)
+    return run_live(settings.mqtt, opts)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from edge_node.fleet.simulate import SimOptions, SimulatedFleet
+
+    settings = load_settings()
+    opts = SimOptions(
+        nodes=args.nodes,
+        rate=args.rate,
+        duration=args.duration,
+        id_prefix=args.id_prefix,
+        topic_prefix=args.prefix or settings.topic_prefix,
+        heartbeat=args.heartbeat,
+        keepalive=args.keepalive,
+        kill=args.kill,
+        kill_after=args.kill_after,
+        seed=args.seed,
+    )
+
+    async def main() -> int:
+        stats = await SimulatedFleet(settings.mqtt, opts).run()
+        return 0 if stats.nodes_online == opts.nodes else 1
+
+    return asyncio.run(main())

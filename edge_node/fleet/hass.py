@@ -57,9 +57,7 @@ def _sensor(uid: str, name: str, topic: str, template: str, **extra: object) -> 
 def _components(topics: Topics, base: str) -> dict[str, dict[str, object]]:
     diagnostic = {"ent_cat": "diagnostic", "stat_cla": "measurement"}
     return {
-        "label": _sensor(
-            f"{base}_label", "Label", topics.predictions, "{{ value_json.label }}", ic="mdi:image-search"
-        ),
+        "label": _sensor(f"{base}_label", "Label", topics.predictions, "{{ value_json.label }}", ic="mdi:image-search"),
         "confidence": _sensor(
             f"{base}_confidence",
             "Confidence",
@@ -137,9 +135,7 @@ def discovery_message(
     return discovery_topic(node_id, discovery_prefix), json.dumps(payload, separators=(",", ":")).encode()
 
 
-def rediscovery_delay(
-    payload: bytes, *, max_delay: float = 10.0, rng: random.Random | None = None
-) -> float | None:
+def rediscovery_delay(payload: bytes, *, max_delay: float = 10.0, rng: random.Random | None = None) -> float | None:
     """Seconds to wait before re-sending discovery after a message on HA's status topic; None to ignore it.
 
     The random spread keeps a fleet of hundreds of nodes from answering HA's birth message all at once.

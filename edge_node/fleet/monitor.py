@@ -1,0 +1,167 @@
+"""``edge-node monitor``: a live fleet dashboard, or one JSON snapshot for scripts (``--once --json``).
+
+A bare paho client on its own network thread feeds :class:`~edge_node.fleet.view.FleetView`; its callback
+does one dict store per message, and decoding happens only when a frame of the dashboard is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_node.config import MqttConfig
+from edge_node.errors import MqttError
+from edge_node.fleet.connect import broker_host, paho_client, tool_client_id
+from edge_node.fleet.dashboard import render, summarize
+from edge_node.fleet.view import LEAVES, FleetView, NodeRow
+from edge_node.topics import Topics
+
+__all__ = ["MonitorClient", "MonitorOptions", "collect", "run_live", "snapshot_json"]
+
+log = logging.getLogger(__name__)
+
+_QOS = {"predictions": 0, "heartbeat": 0, "status": 1, "state": 1, "events": 1}
+
+
+@dataclass(frozen=True)
+class MonitorOptions:
+    prefix: str = "ghostpi"
+    timeout: float = 5.0  # --once: the longest it collects
+    settle: float = 1.0  # --once: stop early once the fleet picture did not change for this long
+    stale: float = 30.0  # heartbeat/prediction age above which an online node is flagged
+    refresh: float = 0.5  # live dashboard redraw period
+
+
+class MonitorClient:
+    """Subscribes to every node's published topics and feeds a :class:`FleetView` from paho's thread."""
+
+    def __init__(self, cfg: MqttConfig, view: FleetView) -> None:
+        self.cfg = cfg
+        self.view = view
+        self.subscribed = threading.Event()
+        self._connack = threading.Event()
+        self._refused: str | None = None
+        self._client = paho_client(cfg, identifier=tool_client_id("monitor"))
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        ingest = view.ingest  # bound once: the per-message path is this call and nothing else
+
+        def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+            ingest(msg.topic, msg.payload)
+
+        self._client.on_message = on_message
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            self._connack.set()
+            return
+        topics = [(Topics.wildcard(self.view.prefix, leaf), _QOS[leaf]) for leaf in LEAVES]
+        client.subscribe(topics)  # on every (re)connect: retained status/state come right after
+        self._connack.set()
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        self.subscribed.set()
+
+    def start(self) -> None:
+        host = broker_host(self.cfg)
+        try:
+            self._client.connect(host, self.cfg.port, keepalive=self.cfg.keepalive)
+        except OSError as exc:
+            raise MqttError(
+                f"cannot reach MQTT broker {host}:{self.cfg.port}: {exc}; check EDGE_MQTT__HOST and EDGE_MQTT__PORT"
+            ) from exc
+        self._client.loop_start()
+        if not self._connack.wait(self.cfg.connect_timeout):
+            self.stop()
+            raise MqttError(f"MQTT broker {host}:{self.cfg.port} did not answer within {self.cfg.connect_timeout}s")
+        if self._refused is not None:
+            self.stop()
+            raise MqttError(f"MQTT broker {host}:{self.cfg.port} refused the monitor: {self._refused}")
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def _picture(rows: list[NodeRow]) -> tuple[tuple[str, str, bool], ...]:
+    """What 'stable' compares: the set of nodes, their status, and whether they have sent data yet."""
+    return tuple((r.node, r.status, r.last_seen_age_s is not None) for r in rows)
+
+
+def collect(client: MonitorClient, opts: MonitorOptions) -> list[NodeRow]:
+    """Gather until the picture is stable for ``settle`` seconds, or ``timeout`` passes; then snapshot."""
+    start = time.monotonic()
+    deadline = start + opts.timeout
+    client.subscribed.wait(opts.timeout)
+    picture: tuple[tuple[str, str, bool], ...] = ()
+    changed = time.monotonic()
+    while (now := time.monotonic()) < deadline:
+        time.sleep(0.1)
+        current = _picture(client.view.snapshot())
+        if current != picture:
+            picture, changed = current, now
+        elif picture and now - changed >= opts.settle:
+            break
+    return client.view.snapshot()
+
+
+def snapshot_json(rows: list[NodeRow], *, prefix: str, messages: int, elapsed: float) -> str:
+    return json.dumps(
+        {
+            "ts": round(time.time(), 3),
+            "prefix": prefix,
+            "summary": summarize(rows),
+            "messages": messages,
+            "collect_s": round(elapsed, 3),
+            "nodes": [row.to_dict() for row in rows],
+        },
+        indent=None,
+    )
+
+
+def run_once(cfg: MqttConfig, opts: MonitorOptions, *, as_json: bool) -> int:
+    view = FleetView(opts.prefix, stale_after=opts.stale)
+    client = MonitorClient(cfg, view)
+    start = time.monotonic()
+    client.start()
+    try:
+        rows = collect(client, opts)
+    finally:
+        client.stop()
+    if as_json:
+        print(snapshot_json(rows, prefix=opts.prefix, messages=view.messages, elapsed=time.monotonic() - start))
+    else:
+        from rich.console import Console
+
+        Console().print(render(rows, prefix=opts.prefix))
+    return 0
+
+
+def run_live(cfg: MqttConfig, opts: MonitorOptions) -> int:
+    from rich.live import Live
+
+    view = FleetView(opts.prefix, stale_after=opts.stale)
+    client = MonitorClient(cfg, view)
+    client.start()
+    last_count, last_time = view.messages, time.monotonic()
+    rate: float | None = None
+    try:
+        with Live(render([], prefix=opts.prefix), auto_refresh=False, screen=False) as live:
+            while True:
+                time.sleep(opts.refresh)
+                now = time.monotonic()
+                rate = (view.messages - last_count) / (now - last_time)
+                last_count, last_time = view.messages, now
+                live.update(render(view.snapshot(), prefix=opts.prefix, rate=rate), refresh=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.stop()

@@ -1,0 +1,60 @@
+"""The monitor's fleet model: rows from raw payloads, staleness, problems first, bad payloads counted."""
+
+from __future__ import annotations
+
+import json
+
+from edge_node.fleet.dashboard import render, summarize
+from edge_node.fleet.simnode import SimNode
+from edge_node.fleet.view import FleetView
+
+
+def _fleet(view: FleetView, node: str, now: float, *, status: bytes = b"online") -> SimNode:
+    sim = SimNode(node)
+    view.ingest(f"ghostpi/{node}/status", status, now)
+    view.ingest(f"ghostpi/{node}/state", sim.state(), now)
+    view.ingest(f"ghostpi/{node}/heartbeat", sim.heartbeat(), now)
+    view.ingest(f"ghostpi/{node}/predictions", sim.prediction(), now)
+    return sim
+
+
+def test_rows_decode_the_latest_payloads() -> None:
+    view = FleetView("ghostpi", stale_after=10)
+    sim = _fleet(view, "a", 100.0)
+    sim.handle(b'{"cmd": "set_mode", "mode": "performance"}')
+    view.ingest("ghostpi/a/state", sim.state(), 101.0)  # newer than the last prediction
+    view.ingest("ghostpi/a/events", b'{"cmd": "set_mode", "ok": true}', 101.0)
+    view.ingest("other/a/status", b"offline", 101.0)  # foreign prefix: ignored
+    view.ingest("ghostpi/a/control", b"{}", 101.0)  # not a published leaf: ignored
+    [row] = view.snapshot(now=102.0)
+    assert row.node == "a" and row.online and not row.stale
+    assert row.mode == "performance" and row.resolution == 160  # from the newer state message
+    assert row.label and row.confidence is not None and row.fps and row.inference_ms
+    assert row.camera == "ok" and row.cpu_temp_c is not None
+    assert row.heartbeat_age_s == 2.0 and row.prediction_age_s == 2.0 and row.last_seen_age_s == 1.0
+    assert row.last_event == "set_mode: ok" and row.bad_payloads == 0
+    assert view.messages == 8
+    json.dumps(row.to_dict())  # --json output must serialise
+
+
+def test_offline_and_stale_rows_come_first() -> None:
+    view = FleetView("ghostpi", stale_after=10)
+    _fleet(view, "fresh", 100.0)
+    _fleet(view, "silent", 80.0)  # online per retained status, but nothing for 25 s
+    _fleet(view, "gone", 100.0, status=b"offline")
+    view.ingest("ghostpi/fresh/predictions", b"not json", 104.0)
+    rows = view.snapshot(now=105.0)
+    assert [r.node for r in rows] == ["gone", "silent", "fresh"]
+    gone, silent, fresh = rows
+    assert gone.status == "offline" and not gone.online and not gone.stale
+    assert silent.online and silent.stale
+    assert fresh.online and not fresh.stale and fresh.bad_payloads == 1 and fresh.label is None
+    assert summarize(rows) == {"total": 3, "online": 2, "offline": 1, "unknown": 0, "stale": 1}
+    assert render(rows, prefix="ghostpi", rate=123.0) is not None
+
+
+def test_unknown_status_without_retained_status() -> None:
+    view = FleetView("ghostpi")
+    view.ingest("ghostpi/x/predictions", SimNode("x").prediction(), 1.0)
+    [row] = view.snapshot(now=1.5)
+    assert row.status == "unknown" and not row.online and not row.stale
