@@ -18,7 +18,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_node.config import MqttConfig
-from edge_node.errors import ConfigError, MqttError
+from edge_node.errors import MqttError
+from edge_node.tls import ssl_context
 
 __all__ = [
     "DEFAULT_HOST",
@@ -46,21 +47,8 @@ def tool_client_id(tool: str) -> str:
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
-    """Server verification with ``ca_file`` (or the system CAs), plus a client certificate for mutual TLS."""
-    if not cfg.uses_tls:
-        return None
-    try:
-        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-        if cfg.cert_file is not None and cfg.key_file is not None:
-            ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"cannot load TLS files (EDGE_MQTT__CA_FILE / CERT_FILE / KEY_FILE): {exc}; "
-            "check the paths and that the key matches the certificate"
-        ) from exc
-    if cfg.tls_insecure:
-        ctx.check_hostname = False
-    return ctx
+    """The project's one TLS client context (:func:`edge_node.tls.ssl_context`), kept here for callers."""
+    return ssl_context(cfg)
 
 
 def _protocol(cfg: MqttConfig) -> aiomqtt.ProtocolVersion:
