@@ -77,8 +77,13 @@ class Node:
         self.watchdog = WatchdogGate(timeout_s=settings.camera.stall_timeout)
         model = settings.model
         classifier = Classifier(bundle, precision=model.precision, threads=model.threads, top_k=model.top_k)
-        classifier.warmup()
         controller = ModeController(settings.auto, classifier.resolutions, mode=settings.mode)
+        # Sessions for other resolutions are built when a mode needs them (or up front, with model.sessions).
+        classifier.warmup(
+            resolutions=classifier.resolutions[: max(1, model.sessions)]
+            if model.sessions > 1
+            else [controller.resolution]
+        )
         cam = settings.camera
         self.grabber = Grabber(lambda: make_source(cam), stall_timeout=cam.stall_timeout, reopen_delay=cam.reopen_delay)
         self.pipeline = Pipeline(
@@ -88,6 +93,7 @@ class Node:
             self._result_from_worker,
             fps_window=settings.auto.window,
             on_progress=self.watchdog.progress,
+            keep_sessions=model.sessions,
         )
         self.pipeline.on_resolution_change = self._resolution_from_worker
         self.link = Link(

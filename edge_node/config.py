@@ -174,6 +174,9 @@ class ModelConfig(_Section):
     precision: Literal["int8", "fp32"] = "int8"
     threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads")
     top_k: int = Field(5, ge=1, le=20)
+    sessions: int = Field(
+        1, ge=1, le=8, description="resolutions kept loaded; more makes mode switches instant, each costs RAM"
+    )
 
 
 class AutoModeConfig(_Section):

@@ -40,8 +40,19 @@ def test_missing_precision_falls_back_to_what_the_bundle_has(tiny_bundle: Path) 
 
 def test_a_file_that_is_not_onnx_is_refused_with_its_name(tmp_path: Path) -> None:
     bundle = open_bundle(make_tiny_bundle(tmp_path / "b", broken="not_onnx"))
-    with pytest.raises(InferenceError, match=r"cannot load tiny_int8_\d+\.onnx"):
-        Classifier(bundle, threads=1)
+    with pytest.raises(InferenceError, match=r"cannot load tiny_int8_224\.onnx"):
+        Classifier(bundle, threads=1).warmup(FRAME)
+
+
+def test_sessions_are_built_on_demand_and_released(tiny_bundle: Path) -> None:
+    clf = Classifier(open_bundle(tiny_bundle), threads=1)
+    assert clf.loaded == frozenset()
+    clf.warmup(FRAME, resolutions=[160])
+    assert clf.loaded == {160}
+    clf.classify(FRAME, 224)
+    assert clf.loaded == {160, 224}
+    clf.release(keep=224)
+    assert clf.loaded == {224}
 
 
 @pytest.mark.parametrize("broken", ["nan", "shape"])

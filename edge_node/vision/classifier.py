@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -47,9 +48,7 @@ def session_options(threads: int) -> ort.SessionOptions:
     return opts
 
 
-def softmax_top_k(
-    logits: npt.NDArray[np.float32], k: int
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+def softmax_top_k(logits: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
     """Indices and softmax probabilities of the ``k`` largest logits, best first."""
     z = logits - logits.max()
     probs = np.exp(z)
@@ -71,38 +70,54 @@ class _Variant:
 
 
 class Classifier:
-    """Sessions for every resolution of ``precision`` in ``bundle``. Not thread-safe: one worker uses it."""
+    """The ONNX files of one precision in ``bundle``, with a session per resolution built on demand.
+
+    Sessions cost ~18 MB each for EfficientNet-Lite0 INT8, so the node keeps only the ones it serves
+    (``release``) and builds another when the mode changes (``load``, from a background thread).
+    ``classify`` is called by one worker thread; ``load``/``release`` are safe from any thread.
+    """
 
     def __init__(self, bundle: Bundle, *, precision: str = "int8", threads: int = 2, top_k: int = 5) -> None:
         manifest = bundle.manifest
         if not manifest.resolutions(precision):
-            available = sorted({v.precision for v in manifest.variants})
             log.warning("bundle %s has no %s model; using %s", manifest.name, precision, manifest.precision)
-            if manifest.precision not in available:  # pragma: no cover - the manifest validator forbids it
-                raise InferenceError(f"bundle {manifest.name} has no usable precision")
             precision = manifest.precision
         self.bundle = bundle
         self.precision = precision
         self.resolutions = manifest.resolutions(precision)
         self.top_k = top_k
         self._labels = bundle.labels
+        self._threads = threads
         self._variants: dict[int, _Variant] = {}
+        self._lock = threading.Lock()
         self._ref = ModelRef(name=manifest.name, version=manifest.version, precision=precision)
-        opts = session_options(threads)
-        for resolution in self.resolutions:
-            path = bundle.model_file(resolution, precision)
-            try:
-                session = ort.InferenceSession(
-                    str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-                )
-            except Exception as exc:  # ORT raises its own exception types (Fail, InvalidProtobuf, ...)
-                raise InferenceError(
-                    f"ONNX Runtime cannot load {path.name} from bundle {manifest.name} {manifest.version}: "
-                    f"{str(exc).strip()[:300]}"
-                ) from exc
-            self._variants[resolution] = _Variant(
-                session, Preprocessor(manifest.preprocess, resolution), resolution
+
+    @property
+    def loaded(self) -> frozenset[int]:
+        return frozenset(self._variants)
+
+    def load(self, resolution: int) -> None:
+        """Build the session for ``resolution`` (no-op if it exists); raises InferenceError."""
+        if resolution in self._variants:
+            return
+        path = self.bundle.model_file(resolution, self.precision)
+        m = self.bundle.manifest
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=session_options(self._threads), providers=["CPUExecutionProvider"]
             )
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidProtobuf, ...)
+            raise InferenceError(
+                f"ONNX Runtime cannot load {path.name} from bundle {m.name} {m.version}: {str(exc).strip()[:300]}"
+            ) from exc
+        with self._lock:
+            self._variants.setdefault(resolution, _Variant(session, Preprocessor(m.preprocess, resolution), resolution))
+
+    def release(self, keep: int) -> None:
+        """Drop every session but the one for ``keep``."""
+        with self._lock:
+            for r in [r for r in self._variants if r != keep]:
+                del self._variants[r]
 
     def model_ref(self) -> ModelRef:
         return self._ref
@@ -111,9 +126,7 @@ class Classifier:
         """The available resolution closest to the requested one."""
         return min(self.resolutions, key=lambda r: (abs(r - resolution), -r))
 
-    def run(
-        self, resolution: int, tensor: npt.NDArray[np.float32] | npt.NDArray[np.uint8]
-    ) -> npt.NDArray[np.float32]:
+    def run(self, resolution: int, tensor: npt.NDArray[np.float32] | npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         v = self._variants[resolution]
         try:
             out = v.session.run(None, {v.input_name: tensor})[0]
@@ -122,7 +135,11 @@ class Classifier:
         return np.asarray(out, dtype=np.float32)
 
     def classify(self, frame_bgr: npt.NDArray[np.uint8], resolution: int) -> Classification:
-        v = self._variants.get(resolution) or self._variants[self.nearest(resolution)]
+        """Classify at ``resolution`` (or the nearest one the bundle has), loading its session if needed."""
+        if resolution not in self.resolutions:
+            resolution = self.nearest(resolution)
+        self.load(resolution)
+        v = self._variants[resolution]
         t0 = time.perf_counter()
         tensor = v.preprocess(frame_bgr)
         t1 = time.perf_counter()
@@ -149,16 +166,17 @@ class Classifier:
             resolution=v.resolution,
         )
 
-    def warmup(self, frame_bgr: npt.NDArray[np.uint8] | None = None) -> None:
-        """Run every session once (on ``frame_bgr`` or a grey frame) and check the outputs are sane."""
+    def warmup(self, frame_bgr: npt.NDArray[np.uint8] | None = None, resolutions: list[int] | None = None) -> None:
+        """Load and run each of ``resolutions`` (default: all) once, on ``frame_bgr`` or a grey frame, and
+        check the outputs are sane."""
         frame = frame_bgr if frame_bgr is not None else np.full((480, 640, 3), 114, np.uint8)
-        for resolution, v in self._variants.items():
+        for resolution in resolutions if resolutions is not None else self.resolutions:
+            self.load(resolution)
+            v = self._variants[resolution]
             out = self.run(resolution, v.preprocess(frame))
             expected = (1, len(self._labels))
             if out.shape != expected:
-                raise InferenceError(
-                    f"warm-up at {resolution}px gave output shape {out.shape}, expected {expected}"
-                )
+                raise InferenceError(f"warm-up at {resolution}px gave output shape {out.shape}, expected {expected}")
             if not np.all(np.isfinite(out)):
                 raise InferenceError(f"warm-up at {resolution}px gave non-finite outputs")
 

@@ -73,11 +73,7 @@ class ModeController:
         if now - self._last_switch < self.cfg.cooldown:
             return None
         i = self.ladder.index(self.resolution)
-        if (
-            self._below_since is not None
-            and now - self._below_since >= self.cfg.window
-            and i + 1 < len(self.ladder)
-        ):
+        if self._below_since is not None and now - self._below_since >= self.cfg.window and i + 1 < len(self.ladder):
             target = self.ladder[i + 1]
         elif self._above_since is not None and now - self._above_since >= self.cfg.window and i > 0:
             target = self.ladder[i - 1]

@@ -62,6 +62,7 @@ class Pipeline:
         *,
         fps_window: float = 3.0,
         on_progress: Callable[[], None] | None = None,
+        keep_sessions: int = 1,
     ) -> None:
         self.grabber = grabber
         self._classifier = classifier
@@ -79,6 +80,10 @@ class Pipeline:
         self.errors = 0
         self.last_error: str | None = None
         self._seq = 0
+        self.keep_sessions = keep_sessions
+        self._serving = controller.resolution  # what frames are classified at right now
+        self._loading: set[tuple[int, int]] = set()  # (id(classifier), resolution) being built
+        self._failed: set[tuple[int, int]] = set()
         self.on_resolution_change: Callable[[int], None] | None = None
 
     # --- control (any thread) ------------------------------------------------------------------------
@@ -89,6 +94,7 @@ class Pipeline:
 
     @property
     def resolution(self) -> int:
+        """The resolution the mode asks for (frames follow once its session is built)."""
         return self.controller.resolution
 
     @property
@@ -129,6 +135,33 @@ class Pipeline:
 
     # --- worker ----------------------------------------------------------------------------------------
 
+    def _pick(self, clf: Classifier, wanted: int) -> int:
+        """Serve ``wanted`` if its session is ready; otherwise build it in the background and keep
+        serving the current resolution meanwhile, so a mode switch never stalls the stream."""
+        if wanted not in clf.resolutions:
+            wanted = clf.nearest(wanted)
+        loaded = clf.loaded
+        if wanted in loaded or not loaded:
+            return wanted
+        key = (id(clf), wanted)
+        if key not in self._loading and key not in self._failed:
+            self._loading.add(key)
+            threading.Thread(target=self._load, args=(clf, wanted, key), name="session-build", daemon=True).start()
+        return self._serving_for(clf, loaded)
+
+    def _serving_for(self, clf: Classifier, loaded: frozenset[int]) -> int:
+        return self._serving if self._serving in loaded else max(loaded)
+
+    def _load(self, clf: Classifier, resolution: int, key: tuple[int, int]) -> None:
+        try:
+            clf.load(resolution)
+        except InferenceError as exc:
+            self._failed.add(key)
+            self.last_error = str(exc)
+            log.error("cannot switch to %dpx: %s; staying at the current resolution", resolution, exc)
+        finally:
+            self._loading.discard(key)
+
     def _run(self) -> None:
         import cv2
 
@@ -144,9 +177,10 @@ class Pipeline:
         t0 = time.perf_counter()
         with self._lock:
             clf = self._classifier
-            resolution = self.controller.resolution
+            wanted = self.controller.resolution
             mode = self.controller.mode
             observers = tuple(self._observers)
+        resolution = self._pick(clf, wanted)
         version = clf.bundle.manifest.version
         try:
             c = clf.classify(frame, resolution)
@@ -157,6 +191,8 @@ class Pipeline:
             for fn in observers:
                 fn(Outcome(False, (time.perf_counter() - t0) * 1000.0, str(exc), version))
             return
+        if self.keep_sessions < len(clf.loaded) and resolution == wanted:
+            clf.release(keep=resolution)  # the previous resolution's session is no longer needed
         now = time.monotonic()
         self.processed += 1
         self.fps.tick(now)
@@ -164,6 +200,7 @@ class Pipeline:
         self.preprocess_ms.add(c.preprocess_ms)
         self.inference_ms.add(c.inference_ms)
         total_ms = (time.perf_counter() - t0) * 1000.0
+        self._serving = c.resolution
         self._seq += 1
         self._on_result(Result(self._seq, time.time(), c, round(fps, 2), total_ms, mode, clf.model_ref()))
         for fn in observers:
