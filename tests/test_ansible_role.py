@@ -1,0 +1,174 @@
+"""Run the ``edge_node`` Ansible role for real (connection: local) into a throwaway root, twice.
+
+Packages, the system user and systemd are switched off (role variables) since a test may not touch the
+machine; everything else runs as on a Pi: venv with --system-site-packages, the wheel built here with
+``pip wheel --no-deps``, env file, credentials, factory bundle, unit. Trade-off: the wheel is installed with
+``--no-deps --no-index`` so the test is fast and offline; the test then points the venv at the project's
+own environment with a .pth file to prove the installed entry point runs.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from edge_node.bundle.archive import pack
+
+REPO = Path(__file__).resolve().parents[1]
+ANSIBLE = REPO / "deploy" / "ansible"
+PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+SECRET = "s3cret-pa55word"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _build_wheel(tmp: Path) -> Path:
+    """Build from a copy of the sources, so the shared working tree gets no build/ or egg-info."""
+    src = tmp / "src"
+    shutil.copytree(REPO / "edge_node", src / "edge_node", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    out = tmp / "wheels"
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)]
+    subprocess.run(cmd, check=True, env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"}, timeout=300)
+    [wheel] = out.glob("ghostpi_edge_node-*.whl")
+    return wheel
+
+
+def _run(playbook: Path, extra: Path, tmp: Path) -> tuple[str, dict[str, int]]:
+    env = {
+        **os.environ,
+        "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"),
+        "ANSIBLE_HOME": str(tmp / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+    }
+    cmd = [str(PLAYBOOK), "-i", "localhost,", "-c", "local", "-e", f"@{extra}", str(playbook)]
+    out = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    recap = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", out.stdout)
+    assert recap, out.stdout[-2000:]
+    ok, changed, unreachable, failed = map(int, recap.groups())
+    return out.stdout, {"ok": ok, "changed": changed, "unreachable": unreachable, "failed": failed}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path) -> None:
+    if not PLAYBOOK.exists():
+        pytest.skip("ansible-playbook is not installed (pip install 'ghostpi-edge-node[dev]')")
+    root = tmp_path / "root"
+    wheel = _build_wheel(tmp_path)
+    files = tmp_path / "controller"
+    files.mkdir()
+    factory = pack(tiny_bundle, files / "tiny.tar.gz")
+    for name in ("ca.crt", "node.crt", "node.key", "release.pub.pem"):
+        (files / name).write_text(f"-----BEGIN TEST {name}-----\n")
+    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    extra = tmp_path / "vars.json"
+    extra.write_text(
+        json.dumps(
+            {
+                "ansible_python_interpreter": sys.executable,
+                "node_id": "pi-test.1",
+                "edge_node_root": str(root),
+                "edge_node_manage_packages": False,
+                "edge_node_manage_user": False,
+                "edge_node_manage_service": False,
+                "edge_node_user": user,
+                "edge_node_group": group,
+                "edge_node_owner": user,
+                "edge_node_owner_group": group,
+                "edge_node_python": sys.executable,
+                "edge_node_wheel": str(wheel),
+                "edge_node_pip_extra_args": "--no-deps --no-index",
+                "edge_node_mqtt_host": "broker.lan",
+                "edge_node_mqtt_port": 8883,
+                "edge_node_mqtt_password": SECRET,
+                "edge_node_mqtt_ca_cert_src": str(files / "ca.crt"),
+                "edge_node_mqtt_client_cert_src": str(files / "node.crt"),
+                "edge_node_mqtt_client_key_src": str(files / "node.key"),
+                "edge_node_factory_bundle": str(factory),
+                "edge_node_trusted_keys": [str(files / "release.pub.pem")],
+                "edge_node_env": {"EDGE_HEARTBEAT__INTERVAL": "5"},
+            }
+        )
+    )
+    playbook = tmp_path / "play.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [edge_node]\n")
+
+    _, first = _run(playbook, extra, tmp_path)
+    assert first["changed"] > 5 and first["failed"] == 0
+
+    etc = root / "etc" / "edge-node"
+    env_file = etc / "edge-node.env"
+    assert _mode(etc) == 0o750 and _mode(env_file) == 0o640
+    assert _mode(etc / "credentials") == 0o700
+    assert _mode(etc / "credentials" / "mqtt_password") == 0o600
+    assert (etc / "credentials" / "mqtt_password").read_text().strip() == SECRET
+    assert _mode(etc / "credentials" / "mqtt_client_key") == 0o600
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if line and not line.startswith("#"))
+    models = root / "opt" / "ghostpi" / "models"
+    assert env == {
+        "EDGE_NODE_ID": "pi-test.1",
+        "EDGE_TOPIC_PREFIX": "ghostpi",
+        "EDGE_MODE": "high",
+        "EDGE_CAMERA__SOURCE": "picamera2",
+        "EDGE_MQTT__HOST": "broker.lan",
+        "EDGE_MQTT__PORT": "8883",
+        "EDGE_MQTT__CA_FILE": f"{etc}/mqtt-ca.crt",
+        "EDGE_MQTT__CERT_FILE": f"{etc}/mqtt-client.crt",
+        "EDGE_MODEL__BUNDLE": f"{models}/factory.tar.gz",
+        "EDGE_OTA__TRUSTED_KEYS": f"{etc}/release.pub.pem",
+        "EDGE_HA__ENABLED": "false",
+        "EDGE_HEARTBEAT__INTERVAL": "5",
+    }
+    assert (models / "factory.tar.gz").read_bytes() == factory.read_bytes()
+    assert (etc / "mqtt-ca.crt").exists() and (etc / "release.pub.pem").exists()
+
+    # the venv: sees system site packages, holds the wheel's entry point
+    venv = root / "opt" / "ghostpi" / "venv"
+    assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
+    assert (venv / "bin" / "edge-node").exists()
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "project-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # deps of the test venv
+    version = subprocess.run([str(venv / "bin" / "edge-node"), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("edge-node 0.1.0"), version
+
+    # the unit: hardened, verified by systemd, and the same as deploy/systemd/edge-node.service
+    unit = root / "etc" / "systemd" / "system" / "edge-node.service"
+    text = unit.read_text()
+    assert _mode(unit) == 0o644 and SECRET not in text and SECRET not in env_file.read_text()
+    assert f"ExecStart={venv}/bin/edge-node run" in text and f"EnvironmentFile={env_file}" in text
+    assert f"LoadCredential=mqtt_password:{etc}/credentials/mqtt_password" in text
+    assert "Environment=EDGE_MQTT__KEY_FILE=%d/mqtt_client_key" in text
+    for directive in ("Type=notify", "WatchdogSec=30", "Restart=always", "ProtectSystem=strict", "NoNewPrivileges=yes"):
+        assert directive in text
+    normalised = "".join(
+        line
+        for line in text.replace(str(root), "").replace(f"User={user}", "User=ghostpi").splitlines(keepends=True)
+        if line.startswith("#") or "mqtt_client_key" not in line
+    ).replace(f"Group={group}", "Group=ghostpi")
+    assert normalised == (REPO / "deploy" / "systemd" / "edge-node.service").read_text()
+    analyze = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+    if Path(analyze).exists():
+        verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        complaints = [line for line in (verify.stdout + verify.stderr).splitlines() if str(unit) in line]
+        assert verify.returncode == 0 and not complaints, verify.stdout + verify.stderr
+
+    _, second = _run(playbook, extra, tmp_path)
+    assert second["changed"] == 0 and second["failed"] == 0, second
