@@ -123,7 +123,7 @@ class Event(_Wire):
     ok: bool
     error: str | None = None
     detail: dict[str, object] | None = None
-    ts: float = Field(default_factory=time.time)
+    ts: float = Field(default_factory=lambda: round(time.time(), 3))
 
 
 OtaPhase = Literal["idle", "downloading", "verifying", "activating", "active", "failed", "rolled_back"]
