@@ -45,6 +45,7 @@ __all__ = ["BuildOptions", "build_bundle", "model_file_name"]
 log = logging.getLogger(__name__)
 
 CHECK_IMAGES = 8  # real images every export is compared on
+_CHATTY = ("onnx_ir", "onnxscript", "torch", "onnxruntime")
 TOOLCHAIN = ("ghostpi-edge-node", "torch", "timm", "onnx", "onnxscript", "onnxruntime", "numpy")
 
 
@@ -84,7 +85,7 @@ def build_bundle(options: BuildOptions, calibration: CalibrationSet, out: Path) 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        with tempfile.TemporaryDirectory(prefix="ghostpi-build-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="ghostpi-build-") as scratch, _quiet_third_party():
             _build_into(staging, Path(scratch), options, calibration)
         staging.chmod(0o755)  # mkdtemp makes it 0700; the node may run as another user
         if out.is_dir():
@@ -133,8 +134,7 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
             if want_int8:
                 bar.update(task, description=f"{r}px: quantise int8 on {len(tensors)} images")
                 int8 = staging / model_file_name(r, "int8")
-                with _quiet_root_logger():
-                    recipes[r] = quantize_int8(fp32, int8, tensors, arch=arch.name)
+                recipes[r] = quantize_int8(fp32, int8, tensors, arch=arch.name)
                 diff = max_abs_diff(int8, reference, check, tolerance=float("inf"))
                 files.append(ModelFile("int8", r, int8))
                 metrics[int8.name] = {"max_abs_diff_vs_torch": diff, "in_bundle": True}
@@ -170,16 +170,28 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
         sign_bundle(staging, load_private_key(options.sign_key))
 
 
+class _ThirdPartyChatter(logging.Filter):
+    """Drops the exporter's per-pass INFO lines and onnxruntime.quantization's bare root-logger advice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "root":
+            return record.levelno >= logging.ERROR
+        if record.name.startswith(_CHATTY):
+            return record.levelno >= logging.WARNING
+        return True
+
+
 @contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime.quantization logs one INFO line per adjusted weight scale on the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
+def _quiet_third_party() -> Iterator[None]:
+    handlers = logging.getLogger().handlers
+    chatter = _ThirdPartyChatter()
+    for handler in handlers:
+        handler.addFilter(chatter)
     try:
         yield
     finally:
-        root.setLevel(level)
+        for handler in handlers:
+            handler.removeFilter(chatter)
 
 
 def _tensors(

@@ -151,12 +151,17 @@ def _eval(args: argparse.Namespace) -> int:
     from edge_node.bundle import open_bundle
     from edge_node.modelzoo.evaluate import bundle_files, calibration_names, evaluate, select_images
 
-    bundle = open_bundle(args.bundle, unpack_dir=Path(tempfile.mkdtemp(prefix="ghostpi-eval-")))
-    exclude = calibration_names(bundle) if args.exclude_calibration else set()
-    images = select_images(args.images, exclude=exclude, limit=args.limit)
-    rows = evaluate(
-        bundle_files(bundle), images, bundle.manifest.preprocess, threads=args.threads, progress=not args.no_progress
-    )
+    with tempfile.TemporaryDirectory(prefix="ghostpi-eval-") as tmp:  # where a .tar.gz is unpacked
+        bundle = open_bundle(args.bundle, unpack_dir=Path(tmp))
+        exclude = calibration_names(bundle) if args.exclude_calibration else set()
+        images = select_images(args.images, exclude=exclude, limit=args.limit)
+        rows = evaluate(
+            bundle_files(bundle),
+            images,
+            bundle.manifest.preprocess,
+            threads=args.threads,
+            progress=not args.no_progress,
+        )
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -191,7 +196,10 @@ def _print_rows(rows: list[dict[str, object]], *, title: str) -> None:
             num(int(str(row.get("size_bytes", 0))) / 1e6, ".2f"),
             num(row.get("max_abs_diff_vs_torch"), ".2g"),
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: rich would squeeze the table into 80 columns
+        console = Console(width=140)
+    console.print(table)
 
 
 def _keygen(args: argparse.Namespace) -> int:
