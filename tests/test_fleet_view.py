@@ -50,7 +50,13 @@ def test_offline_and_stale_rows_come_first() -> None:
     assert silent.online and silent.stale
     assert fresh.online and not fresh.stale and fresh.bad_payloads == 1 and fresh.label is None
     assert summarize(rows) == {"total": 3, "online": 2, "offline": 1, "unknown": 0, "stale": 1}
-    assert render(rows, prefix="ghostpi", rate=123.0) is not None
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render(rows, prefix="ghostpi", rate=123.0, limit=2))
+    screen = console.export_text()
+    assert "2 online" in screen and "1 offline" in screen and "1 stale" in screen
+    assert "gone" in screen and "silent" in screen and "1 more nodes" in screen
 
 
 def test_unknown_status_without_retained_status() -> None:

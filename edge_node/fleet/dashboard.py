@@ -37,8 +37,12 @@ def _status(row: NodeRow) -> Text:
     return Text("unknown", style="dim")
 
 
-def render(rows: Sequence[NodeRow], *, prefix: str, rate: float | None = None) -> RenderableType:
+def render(
+    rows: Sequence[NodeRow], *, prefix: str, rate: float | None = None, limit: int | None = None
+) -> RenderableType:
+    """Header with fleet counts, then one row per node; with ``limit`` only the first rows (problems first)."""
     counts = summarize(rows)
+    shown = rows if limit is None else rows[: max(0, limit)]
     head = Text.assemble(
         ("GhostPi fleet ", "bold"),
         (f"{prefix}/+  ", "dim"),
@@ -66,7 +70,7 @@ def render(rows: Sequence[NodeRow], *, prefix: str, rate: float | None = None) -
         ("last event", "left"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for row in rows:
+    for row in shown:
         style = "red" if row.status == "offline" else "yellow" if row.stale else None
         camera = Text(row.camera or "-", style="yellow" if row.camera not in (None, "ok") else "")
         table.add_row(
@@ -84,4 +88,6 @@ def render(rows: Sequence[NodeRow], *, prefix: str, rate: float | None = None) -
             row.last_event or "",
             style=style,
         )
+    if len(shown) < len(rows):
+        return Group(head, table, Text(f"... {len(rows) - len(shown)} more nodes (problems are listed first)", "dim"))
     return Group(head, table)

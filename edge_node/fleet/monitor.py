@@ -36,7 +36,7 @@ class MonitorOptions:
     timeout: float = 5.0  # --once: the longest it collects
     settle: float = 1.0  # --once: stop early once the fleet picture did not change for this long
     stale: float = 30.0  # heartbeat/prediction age above which an online node is flagged
-    refresh: float = 0.5  # live dashboard redraw period
+    refresh: float = 1.0  # live dashboard redraw period
 
 
 class MonitorClient:
@@ -160,7 +160,8 @@ def run_live(cfg: MqttConfig, opts: MonitorOptions) -> int:
                 now = time.monotonic()
                 rate = (view.messages - last_count) / (now - last_time)
                 last_count, last_time = view.messages, now
-                live.update(render(view.snapshot(), prefix=opts.prefix, rate=rate), refresh=True)
+                limit = max(5, live.console.height - 6)  # build only what fits the terminal
+                live.update(render(view.snapshot(), prefix=opts.prefix, rate=rate, limit=limit), refresh=True)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -71,6 +71,7 @@ class FleetView:
         self.stale_after = stale_after
         self.messages = 0
         self._latest: dict[str, tuple[bytes | bytearray, float]] = {}
+        self._decoded: dict[int, tuple[bytes | bytearray, BaseModel | None]] = {}  # id(raw) -> decoded
 
     def ingest(self, topic: str, payload: bytes | bytearray, now: float | None = None) -> None:
         """The hot path: one dict store and a counter."""
@@ -93,9 +94,22 @@ class FleetView:
             parsed = Topics.parse(self.prefix, topic)
             if parsed is not None and parsed[1] in LEAVES:
                 per_node.setdefault(parsed[0], {})[parsed[1]] = entry
+        live = {id(raw) for raw, _ in self._latest.values()}
+        self._decoded = {key: hit for key, hit in self._decoded.items() if key in live}  # forget replaced payloads
         rows = [self._row(node, leaves, current) for node, leaves in per_node.items()]
         rows.sort(key=lambda r: (r.online, not r.stale, r.node))
         return rows
+
+    def _cached(self, model: type[M], raw: bytes | bytearray | None) -> M | None:
+        """Decode once per payload object: heartbeats, states and events mostly repeat between snapshots."""
+        if raw is None:
+            return None
+        hit = self._decoded.get(id(raw))
+        if hit is not None and hit[0] is raw:
+            return hit[1] if isinstance(hit[1], model) else None
+        decoded = _decode(model, raw)
+        self._decoded[id(raw)] = (raw, decoded)
+        return decoded
 
     def _row(self, node: str, leaves: dict[str, tuple[bytes | bytearray, float]], now: float) -> NodeRow:
         def raw(leaf: str) -> bytes | bytearray | None:
@@ -108,10 +122,10 @@ class FleetView:
 
         status_raw = (raw("status") or b"").strip().lower()
         status: Status = "online" if status_raw == b"online" else "offline" if status_raw == b"offline" else "unknown"
-        pred = _decode(Prediction, raw("predictions"))
-        beat = _decode(Heartbeat, raw("heartbeat"))
-        state = _decode(NodeState, raw("state"))
-        event = _decode(Event, raw("events"))
+        pred = self._cached(Prediction, raw("predictions"))
+        beat = self._cached(Heartbeat, raw("heartbeat"))
+        state = self._cached(NodeState, raw("state"))
+        event = self._cached(Event, raw("events"))
         bad = sum(
             1
             for leaf, decoded in (
