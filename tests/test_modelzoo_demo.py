@@ -33,6 +33,7 @@ def test_demo_module_does_not_import_torch() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the first run on a machine builds the demo bundle (2-3 minutes on 2 busy cores)
 def test_demo_bundle_sees_a_cat(demo_bundle: Bundle) -> None:
     from skimage import data
 

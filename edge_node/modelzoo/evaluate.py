@@ -57,24 +57,23 @@ def evaluate(
     if not images:
         raise BundleError("no images to evaluate on")
     sessions = {f: session(f.path, threads=threads) for f in files}
-    resolutions = sorted({f.resolution for f in files}, reverse=True)
-    preprocessors = {r: Preprocessor(spec, r) for r in resolutions}
+    inputs = {f: sess.get_inputs()[0].name for f, sess in sessions.items()}
+    by_resolution = {r: [f for f in files if f.resolution == r] for r in sorted({f.resolution for f in files})}
+    preprocessors = {r: Preprocessor(spec, r) for r in by_resolution}
     for f, sess in sessions.items():
-        name = sess.get_inputs()[0].name
         for _ in range(WARMUP_RUNS):
-            sess.run(None, {name: np.zeros((1, 3, f.resolution, f.resolution), np.float32)})
+            sess.run(None, {inputs[f]: np.zeros((1, 3, f.resolution, f.resolution), np.float32)})
     top5: dict[ModelFile, list[npt.NDArray[np.int64]]] = {f: [] for f in files}
     latency: dict[ModelFile, list[float]] = {f: [] for f in files}
     with step_progress(progress) as bar:
         task = bar.add_task(f"evaluating {len(files)} file(s)", total=len(images))
         for image in images:
             frame = load_bgr(image.path)
-            for r in resolutions:
+            for r, group in by_resolution.items():
                 tensor = preprocessors[r](frame)
-                for f in (f for f in files if f.resolution == r):
-                    sess = sessions[f]
+                for f in group:
                     start = time.perf_counter()
-                    out = sess.run(None, {sess.get_inputs()[0].name: tensor})[0]
+                    out = sessions[f].run(None, {inputs[f]: tensor})[0]
                     latency[f].append((time.perf_counter() - start) * 1000.0)
                     top5[f].append(np.argsort(-out[0])[:5])
             bar.advance(task)
