@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edge_node.bundle import Bundle, open_bundle
+from edge_node.errors import MissingExtraError
 from edge_node.modelzoo.demo import demo_bundle_path, ensure_demo_bundle
 from edge_node.modelzoo.runtime import run_logits, session
 from edge_node.vision.preprocess import Preprocessor
@@ -32,6 +33,14 @@ def test_demo_module_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_demo_without_the_export_extra_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache: the demo would have to be built
+    monkeypatch.setitem(sys.modules, "torch", None)  # what a Pi without the export extra looks like
+    with pytest.raises(MissingExtraError, match=r"pip install 'ghostpi-edge-node\[export\]'"):
+        ensure_demo_bundle(progress=False)
+    assert not any(tmp_path.rglob("manifest.json"))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the first run on a machine builds the demo bundle (2-3 minutes on 2 busy cores)
 def test_demo_bundle_sees_a_cat(demo_bundle: Bundle) -> None:
@@ -39,7 +48,9 @@ def test_demo_bundle_sees_a_cat(demo_bundle: Bundle) -> None:
 
     assert demo_bundle.path == demo_bundle_path()
     m = demo_bundle.manifest
-    assert m.precision == "int8" and m.resolutions("int8") == [224, 192, 160]
+    assert m.precision == "int8" and m.resolutions("int8") == [224, 192, 160] and m.resolutions("fp32") == []
+    # the FP32 files it was quantised from were measured but not shipped
+    assert {(r["precision"], r["in_bundle"]) for r in m.metrics} == {("fp32", False), ("int8", True)}
     frame = cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR)
     for resolution in m.resolutions("int8"):
         sess = session(demo_bundle.model_file(resolution, "int8"), threads=2)

@@ -3,14 +3,13 @@
 ``edge-node run`` uses it when no bundle is configured. Building needs the ``export`` extra (torch, timm) but
 no dataset: it calibrates on ../shared/imagenet-sample when that exists beside the checkout, otherwise on
 augmented crops of scikit-image's bundled photos (measured in docs/model-bundles.md). This module imports
-neither torch nor timm, so the node can ask for the path cheaply.
+neither torch nor timm at import time, and a cache hit never loads them, so the node can call it cheaply.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +42,11 @@ def ensure_demo_bundle(progress: bool = True) -> Path:
     path = demo_bundle_path()
     if (path / MANIFEST).is_file():
         return path
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("timm") is None:
-        raise MissingExtraError("building the demo model", "export")
+    try:
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("building the demo model", "export") from exc
     with _lock(path.parent / f".{path.name}.lock"):
         if (path / MANIFEST).is_file():  # another process built it while we waited
             return path
