@@ -35,8 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--echo",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="print what a subscriber to <prefix>/+/predictions receives "
-        "(default: on with the embedded broker)",
+        help="print what a subscriber to <prefix>/+/predictions receives (default: on with the embedded broker)",
     )
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.set_defaults(handler=_handle)
@@ -111,7 +110,7 @@ async def _echo(settings: Settings) -> None:
     """Subscribe like a dashboard would and print each prediction once per label change or second."""
     from rich.console import Console
 
-    from edge_node.fleet.connect import connected
+    from edge_node.mqtt.connect import connected
     from edge_node.topics import Topics
 
     console = Console(highlight=False, soft_wrap=True)
@@ -121,9 +120,7 @@ async def _echo(settings: Settings) -> None:
     with contextlib.suppress(EdgeError):
         async with connected(settings.mqtt, identifier=f"ghostpi-echo-{settings.node_id}") as client:
             await client.subscribe(topic, qos=0)
-            console.print(
-                f"[dim]subscribed to {topic}; printing on each label change (at most 1/s per node)[/]"
-            )
+            console.print(f"[dim]subscribed to {topic}; printing on each label change (at most 1/s per node)[/]")
             async for message in client.messages:
                 raw = message.payload if isinstance(message.payload, bytes) else b"{}"
                 try:

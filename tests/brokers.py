@@ -63,8 +63,9 @@ class Mosquitto:
         if not Path(binary).exists():
             raise RuntimeError("mosquitto is not installed: apt-get install mosquitto")
         self.write_conf()
-        self.proc = subprocess.Popen([binary, "-c", str(self.conf_path)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(self.conf_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             wait_port(self.port)
         except TimeoutError:

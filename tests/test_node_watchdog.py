@@ -3,6 +3,7 @@ when the pipeline stalls. NOTIFY_SOCKET is a datagram socket this test binds and
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -31,10 +32,8 @@ def test_ready_then_watchdog_pings_stop_when_the_camera_freezes(node_env: dict[s
     try:
         deadline = time.monotonic() + 25
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(TimeoutError):
                 got.extend((time.monotonic(), line) for line in sock.recv(4096).decode().splitlines())
-            except TimeoutError:
-                pass
             pings = [t for t, line in got if line == "WATCHDOG=1"]
             if pings and time.monotonic() - pings[-1] > 3.0:
                 break  # pings have stopped for 3 s

@@ -18,9 +18,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
-from edge_node.fleet.connect import broker_host, paho_client, tool_client_id
 from edge_node.fleet.dashboard import render, summarize
 from edge_node.fleet.view import LEAVES, FleetView, NodeRow
+from edge_node.mqtt.connect import broker_host, paho_client, tool_client_id
 from edge_node.topics import Topics
 
 __all__ = ["MonitorClient", "MonitorOptions", "collect", "run_live", "snapshot_json"]

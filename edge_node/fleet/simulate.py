@@ -27,8 +27,8 @@ import aiomqtt
 
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
-from edge_node.fleet.connect import aiomqtt_client, broker_host
 from edge_node.fleet.simnode import SimNode
+from edge_node.mqtt.connect import aiomqtt_client, broker_host
 from edge_node.topics import Topics
 
 __all__ = ["SimOptions", "SimStats", "SimulatedFleet", "node_ids"]

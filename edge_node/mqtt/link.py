@@ -17,7 +17,7 @@ import aiomqtt
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from edge_node.config import MqttConfig
-from edge_node.fleet.connect import aiomqtt_client, broker_host
+from edge_node.mqtt.connect import aiomqtt_client, broker_host
 from edge_node.topics import Topics
 
 __all__ = ["Link", "Outgoing"]
@@ -121,9 +121,7 @@ class Link:
             self._client = client
             self.connected = True
             self.connects += 1
-            log.info(
-                "connected to MQTT broker %s:%s as %s", broker_host(self.cfg), self.cfg.port, self.client_id
-            )
+            log.info("connected to MQTT broker %s:%s as %s", broker_host(self.cfg), self.cfg.port, self.client_id)
             try:
                 await client.publish(self.topics.status, ONLINE, qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
                 for topic in self.subscriptions:

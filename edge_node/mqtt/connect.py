@@ -1,6 +1,6 @@
-"""MQTT clients for the operator tools, built from the node's own ``MqttConfig`` (``EDGE_MQTT__*``).
+"""MQTT clients built from ``MqttConfig`` (``EDGE_MQTT__*``), shared by the node and every operator tool.
 
-``ctl`` and ``simulate`` use aiomqtt (:func:`aiomqtt_client`, :func:`connected`); ``monitor`` uses a bare
+The node, ``ctl`` and ``simulate`` use aiomqtt (:func:`aiomqtt_client`, :func:`connected`); ``monitor`` uses a bare
 paho client (:func:`paho_client`) because its per-message path must stay minimal. Both get the same TLS
 context and credentials, so one environment works for the node and for every tool.
 """
