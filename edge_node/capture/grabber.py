@@ -10,46 +10,11 @@ from collections.abc import Callable
 from edge_node.capture.base import Frame, FrameSource
 from edge_node.errors import EdgeError
 from edge_node.messages import Camera
+from edge_node.slot import LatestSlot
 
 __all__ = ["Grabber", "LatestSlot"]
 
 log = logging.getLogger(__name__)
-
-
-class LatestSlot:
-    """A single-frame mailbox. ``put`` replaces an unread frame (counting it as dropped)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._frame: Frame | None = None
-        self._fresh = False
-        self.dropped = 0
-
-    def put(self, frame: Frame) -> None:
-        with self._cond:
-            if self._fresh:
-                self.dropped += 1
-            self._frame, self._fresh = frame, True
-            self._cond.notify()
-
-    def get(self, timeout: float) -> Frame | None:
-        """The next unread frame, or None after ``timeout`` seconds."""
-        with self._cond:
-            if not self._fresh and not self._cond.wait_for(lambda: self._fresh, timeout):
-                return None
-            self._fresh = False
-            self._cond.notify_all()
-            return self._frame
-
-    def wait_taken(self, timeout: float) -> bool:
-        """Block until the current frame was taken (for on-demand sources); False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._fresh, timeout)
-
-    def peek(self) -> Frame | None:
-        """The newest frame, read or not (for smoke tests of a new model)."""
-        with self._cond:
-            return self._frame
 
 
 class Grabber:
@@ -59,7 +24,7 @@ class Grabber:
         self._factory = factory
         self.stall_timeout = stall_timeout
         self.reopen_delay = reopen_delay
-        self.slot = LatestSlot()
+        self.slot: LatestSlot[Frame] = LatestSlot()
         self.captured = 0
         self.last_frame_at: float | None = None
         self._error: str | None = None

@@ -17,11 +17,12 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from edge_node.bundle import Bundle
+from edge_node.bundle.manifest import Preprocess
 from edge_node.errors import InferenceError
 from edge_node.messages import ClassScore, ModelRef
 from edge_node.vision.preprocess import Preprocessor
 
-__all__ = ["Classification", "Classifier", "session_options", "softmax_top_k"]
+__all__ = ["Classification", "Classifier", "Prepared", "session_options", "softmax_top_k"]
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,29 @@ def softmax_top_k(logits: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[
     return idx, probs[idx]
 
 
-class _Variant:
-    __slots__ = ("input_name", "preprocess", "resolution", "session")
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A preprocessed frame, ready for ``Classifier.infer``. ``tensor`` is one of two alternating buffers,
+    so the next frame can be prepared while this one is being inferred."""
 
-    def __init__(self, session: ort.InferenceSession, preprocess: Preprocessor, resolution: int) -> None:
+    resolution: int
+    tensor: npt.NDArray[np.float32] | npt.NDArray[np.uint8]
+    preprocess_ms: float
+
+
+class _Variant:
+    __slots__ = ("_flip", "input_name", "preprocessors", "resolution", "session")
+
+    def __init__(self, session: ort.InferenceSession, spec: Preprocess, resolution: int) -> None:
         self.session = session
-        self.preprocess = preprocess
+        self.preprocessors = (Preprocessor(spec, resolution), Preprocessor(spec, resolution))
+        self._flip = 0
         self.resolution = resolution
         self.input_name = session.get_inputs()[0].name
+
+    def next_preprocessor(self) -> Preprocessor:
+        self._flip ^= 1
+        return self.preprocessors[self._flip]
 
 
 class Classifier:
@@ -111,7 +127,7 @@ class Classifier:
                 f"ONNX Runtime cannot load {path.name} from bundle {m.name} {m.version}: {str(exc).strip()[:300]}"
             ) from exc
         with self._lock:
-            self._variants.setdefault(resolution, _Variant(session, Preprocessor(m.preprocess, resolution), resolution))
+            self._variants.setdefault(resolution, _Variant(session, m.preprocess, resolution))
 
     def release(self, keep: int) -> None:
         """Drop every session but the one for ``keep``."""
@@ -134,16 +150,24 @@ class Classifier:
             raise InferenceError(f"inference failed at {resolution}px: {str(exc).strip()[:300]}") from exc
         return np.asarray(out, dtype=np.float32)
 
-    def classify(self, frame_bgr: npt.NDArray[np.uint8], resolution: int) -> Classification:
-        """Classify at ``resolution`` (or the nearest one the bundle has), loading its session if needed."""
+    def prepare(self, frame_bgr: npt.NDArray[np.uint8], resolution: int) -> Prepared:
+        """Preprocess for ``resolution`` (or the nearest one the bundle has), loading its session if needed.
+
+        Called by one thread (the pipeline's preprocess stage); the two buffers alternate, so a tensor stays
+        valid until the second-next call.
+        """
         if resolution not in self.resolutions:
             resolution = self.nearest(resolution)
         self.load(resolution)
         v = self._variants[resolution]
         t0 = time.perf_counter()
-        tensor = v.preprocess(frame_bgr)
+        tensor = v.next_preprocessor()(frame_bgr)
+        return Prepared(resolution, tensor, (time.perf_counter() - t0) * 1000.0)
+
+    def infer(self, prepared: Prepared) -> Classification:
+        """Run the model on a prepared tensor and turn the scores into top-k labels."""
         t1 = time.perf_counter()
-        logits = self.run(v.resolution, tensor).reshape(-1)
+        logits = self.run(prepared.resolution, prepared.tensor).reshape(-1)
         t2 = time.perf_counter()
         if logits.shape[0] != len(self._labels):
             raise InferenceError(
@@ -161,19 +185,21 @@ class Classifier:
             label=top[0].label,
             confidence=top[0].confidence,
             top_k=top,
-            preprocess_ms=(t1 - t0) * 1000.0,
+            preprocess_ms=prepared.preprocess_ms,
             inference_ms=(t2 - t1) * 1000.0,
-            resolution=v.resolution,
+            resolution=prepared.resolution,
         )
+
+    def classify(self, frame_bgr: npt.NDArray[np.uint8], resolution: int) -> Classification:
+        """``prepare`` then ``infer``, on the calling thread."""
+        return self.infer(self.prepare(frame_bgr, resolution))
 
     def warmup(self, frame_bgr: npt.NDArray[np.uint8] | None = None, resolutions: list[int] | None = None) -> None:
         """Load and run each of ``resolutions`` (default: all) once, on ``frame_bgr`` or a grey frame, and
         check the outputs are sane."""
         frame = frame_bgr if frame_bgr is not None else np.full((480, 640, 3), 114, np.uint8)
         for resolution in resolutions if resolutions is not None else self.resolutions:
-            self.load(resolution)
-            v = self._variants[resolution]
-            out = self.run(resolution, v.preprocess(frame))
+            out = self.run(resolution, self.prepare(frame, resolution).tensor)
             expected = (1, len(self._labels))
             if out.shape != expected:
                 raise InferenceError(f"warm-up at {resolution}px gave output shape {out.shape}, expected {expected}")

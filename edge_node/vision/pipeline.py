@@ -1,8 +1,11 @@
-"""The inference worker: newest frame → preprocess → ORT → result, on its own thread.
+"""The two worker stages: newest frame → preprocess (thread 1) → ORT + top-k (thread 2) → result.
 
-The capture thread fills a one-frame slot; this worker takes whatever is newest, so a slow model never
-builds a backlog. Results go to ``on_result`` (the app hands them to the event loop). The classifier can
-be swapped atomically between two frames, which is how OTA activates a new model without a gap.
+The capture thread fills a one-frame slot; the preprocess stage takes whatever is newest, so a slow model
+never builds a backlog, and prepares the next tensor while the inference stage runs the current one (ORT
+releases the GIL). The stages hand over through a second one-item slot with back-pressure, and the two
+tensor buffers alternate, so nothing is copied or queued. Results go to ``on_result`` (the app hands
+them to the event loop). The classifier can be swapped atomically between two frames, which is how OTA
+activates a new model without a gap.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from edge_node.capture.grabber import Grabber
 from edge_node.config import Mode
 from edge_node.errors import InferenceError
 from edge_node.messages import ModelRef
-from edge_node.vision.classifier import Classification, Classifier
+from edge_node.slot import LatestSlot
+from edge_node.vision.classifier import Classification, Classifier, Prepared
 from edge_node.vision.meters import Ewma, RateMeter
 from edge_node.vision.modes import ModeController
 
@@ -38,6 +42,17 @@ class Result:
     total_ms: float
     mode: Mode
     model: ModelRef
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """A prepared frame on its way from the preprocess stage to the inference stage."""
+
+    classifier: Classifier
+    prepared: Prepared
+    wanted: int
+    mode: Mode
+    started: float  # perf_counter() when preprocessing began
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +87,11 @@ class Pipeline:
         self._lock = threading.Lock()
         self._observers: list[Callable[[Outcome], None]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._jobs: LatestSlot[_Job] = LatestSlot()
+        self._threads = (
+            threading.Thread(target=self._prepare_loop, name="preprocess", daemon=True),
+            threading.Thread(target=self._infer_loop, name="inference", daemon=True),
+        )
         self.fps = RateMeter(fps_window)
         self.preprocess_ms = Ewma()
         self.inference_ms = Ewma()
@@ -127,11 +146,13 @@ class Pipeline:
                 self._observers.remove(fn)
 
     def start(self) -> None:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._thread.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
 
     # --- worker ----------------------------------------------------------------------------------------
 
@@ -162,35 +183,58 @@ class Pipeline:
         finally:
             self._loading.discard(key)
 
-    def _run(self) -> None:
+    def _prepare_loop(self) -> None:
         import cv2
 
         cv2.setNumThreads(1)  # OpenCV's own pool would fight ONNX Runtime's threads for the same cores
-        slot = self.grabber.slot
+        frames = self.grabber.slot
         while not self._stop.is_set():
-            frame = slot.get(timeout=0.25)
+            frame = frames.get(timeout=0.25)
             if frame is None:
                 continue
-            self._step(frame)
+            t0 = time.perf_counter()
+            with self._lock:
+                clf = self._classifier
+                wanted = self.controller.resolution
+                mode = self.controller.mode
+            try:
+                prepared = clf.prepare(frame, self._pick(clf, wanted))
+            except InferenceError as exc:
+                self._failed_frame(clf, str(exc), t0)
+                continue
+            self._jobs.put(_Job(clf, prepared, wanted, mode, t0))
+            # Back-pressure: the next tensor is prepared only once this one is taken, so the buffer being
+            # inferred is never overwritten and stale work is never done.
+            while not self._jobs.wait_taken(0.25) and not self._stop.is_set():
+                pass
 
-    def _step(self, frame: Frame) -> None:
-        t0 = time.perf_counter()
+    def _infer_loop(self) -> None:
+        while not self._stop.is_set():
+            job = self._jobs.get(timeout=0.25)
+            if job is not None:
+                self._step(job)
+
+    def _failed_frame(self, clf: Classifier, error: str, t0: float) -> None:
+        self.errors += 1
+        self.last_error = error
+        log.warning("inference failed: %s", error)
         with self._lock:
-            clf = self._classifier
-            wanted = self.controller.resolution
-            mode = self.controller.mode
             observers = tuple(self._observers)
-        resolution = self._pick(clf, wanted)
-        version = clf.bundle.manifest.version
+        outcome = Outcome(False, (time.perf_counter() - t0) * 1000.0, error, clf.bundle.manifest.version)
+        for fn in observers:
+            fn(outcome)
+
+    def _step(self, job: _Job) -> None:
+        clf, resolution = job.classifier, job.prepared.resolution
         try:
-            c = clf.classify(frame, resolution)
+            c = clf.infer(job.prepared)
         except InferenceError as exc:
-            self.errors += 1
-            self.last_error = str(exc)
-            log.warning("inference failed: %s", exc)
-            for fn in observers:
-                fn(Outcome(False, (time.perf_counter() - t0) * 1000.0, str(exc), version))
+            self._failed_frame(clf, str(exc), job.started)
             return
+        wanted, mode, t0 = job.wanted, job.mode, job.started
+        with self._lock:
+            observers = tuple(self._observers)
+        version = clf.bundle.manifest.version
         if self.keep_sessions < len(clf.loaded) and resolution == wanted:
             clf.release(keep=resolution)  # the previous resolution's session is no longer needed
         now = time.monotonic()
