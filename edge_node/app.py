@@ -35,6 +35,7 @@ from edge_node.messages import (
     SetPublish,
     UpdateModel,
 )
+from edge_node.mqtt.connect import halt
 from edge_node.mqtt.control import ControlRouter
 from edge_node.mqtt.link import Link
 from edge_node.ota.store import BundleStore
@@ -138,18 +139,23 @@ class Node:
                 dog_task = tg.create_task(run_watchdog(self.notifier, self.watchdog), name="watchdog")
                 await self._stop.wait()
                 self.notifier.stopping()
+                # Stop producing first, so the link has nothing left to send but the offline status.
+                await asyncio.to_thread(self._stop_workers)
                 await self.link.close()
-                for task in (link_task, beat_task, dog_task):
-                    task.cancel()
+                for task in (beat_task, dog_task, link_task):
+                    await halt(task)
         finally:
-            self.pipeline.stop()
-            self.grabber.stop()
+            self._stop_workers()
             self.notifier.close()
             log.info("node %s stopped", self.settings.node_id)
 
     def stop(self) -> None:
         log.info("shutting down")
         self._stop.set()
+
+    def _stop_workers(self) -> None:
+        self.pipeline.stop()
+        self.grabber.stop()
 
     # --- worker → loop -----------------------------------------------------------------------------------
 

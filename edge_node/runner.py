@@ -18,6 +18,7 @@ from pathlib import Path
 from edge_node.bundle import Bundle
 from edge_node.config import Settings, load_settings
 from edge_node.errors import EdgeError
+from edge_node.mqtt.connect import halt
 from edge_node.ota.store import BundleStore
 
 __all__ = ["register", "resolve_bundle", "run"]
@@ -94,9 +95,7 @@ async def run(settings: Settings, *, echo: bool | None = None, duration: float |
             await node.run()
         finally:
             if echo_task is not None:
-                echo_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await echo_task
+                await halt(echo_task)
     except EdgeError as exc:
         print(f"edge-node: error: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ import aiomqtt
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
 from edge_node.fleet.simnode import SimNode
-from edge_node.mqtt.connect import aiomqtt_client, broker_host
+from edge_node.mqtt.connect import aiomqtt_client, broker_host, halt
 from edge_node.topics import Topics
 
 __all__ = ["SimOptions", "SimStats", "SimulatedFleet", "node_ids"]
@@ -79,14 +79,6 @@ def node_ids(count: int, prefix: str) -> list[str]:
 
 def _emit(event: str, **data: object) -> None:
     print(json.dumps({"event": event, "ts": round(time.time(), 3), **data}), flush=True)
-
-
-async def _halt(task: asyncio.Task[None]) -> None:
-    """Cancel until the task is done: Python 3.11's ``wait_for`` (inside aiomqtt's publish) can swallow a
-    cancellation that races with its inner future, so a single ``cancel()`` is not always enough."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
 
 
 def _abort(client: aiomqtt.Client) -> None:
@@ -196,7 +188,7 @@ class SimulatedFleet:
     async def _stop_node(self, node: _Node) -> None:
         """Clean shutdown: retained ``offline`` first, then DISCONNECT (so the will is not sent)."""
         node.stopping = True
-        await asyncio.gather(*(_halt(task) for task in node.tasks))
+        await asyncio.gather(*(halt(task) for task in node.tasks))
         with contextlib.suppress(aiomqtt.MqttError):
             await node.client.publish(node.topics.status, OFFLINE, qos=1, retain=True, timeout=5)
             await node.client.__aexit__(None, None, None)

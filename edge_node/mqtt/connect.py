@@ -7,11 +7,13 @@ context and credentials, so one environment works for the node and for every too
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -26,6 +28,7 @@ __all__ = [
     "aiomqtt_client",
     "broker_host",
     "connected",
+    "halt",
     "paho_client",
     "tls_context",
     "tool_client_id",
@@ -120,3 +123,11 @@ def paho_client(cfg: MqttConfig, *, identifier: str | None = None) -> paho.Clien
             client.tls_insecure_set(True)
     client.reconnect_delay_set(max(1, int(cfg.reconnect_min)), max(1, int(cfg.reconnect_max)))
     return client
+
+
+async def halt(task: asyncio.Task[Any]) -> None:
+    """Cancel until the task is done: Python 3.11's ``wait_for`` (inside aiomqtt's publish) can swallow a
+    cancellation that races with its inner future, so a single ``cancel()`` is not always enough."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
