@@ -94,7 +94,7 @@ def node_fps(bundle: Path, port: int, threads: int, seconds: float, workdir: Pat
         hwm = _vmhwm_mb(proc.pid)
     finally:
         proc.terminate()
-        proc.wait(15)
+        proc.wait(30)
         sub.loop_stop()
         sub.disconnect()
         log.close()

@@ -119,6 +119,22 @@ def test_sigterm_publishes_offline_and_exits_cleanly(node: NodeProcess, bus: Col
     assert m.at - start < 5
 
 
+@pytest.mark.parametrize("run", range(3))
+def test_sigterm_under_full_load_exits_promptly(node_env: dict[str, str], tmp_path: Path, run: int) -> None:
+    """A camera faster than the model keeps every stage busy; shutdown must still finish (it once hung when
+    a cancelled publish swallowed its cancellation)."""
+    del run
+    env = dict(node_env, EDGE_CAMERA__SOURCE="synthetic:on_demand")
+    proc = NodeProcess(env, tmp_path / "busy").start()
+    bus = Collector(int(env["EDGE_MQTT__PORT"]))
+    try:
+        _prediction(bus, proc)
+        time.sleep(1.0)
+        assert proc.terminate(timeout=10) == 0
+    finally:
+        bus.close()
+
+
 def test_broker_restart_is_survived(node: NodeProcess, mosquitto: Mosquitto, tmp_path: Path) -> None:
     bus = Collector(mosquitto.port)
     _prediction(bus, node)
