@@ -12,8 +12,8 @@ Runtime's CPU kernels (docs/quantization.md has the figures):
 * Squeeze-excite: ``mean`` becomes a global average pool (quantisable as QLinearGlobalAveragePool) and
   ``hard_sigmoid(x) = clip(x / 6 + 0.5, 0, 1)`` has its affine part folded into the expand convolution,
   leaving a Clip that the quantiser merges into the requantisation.
-* DFC attention: ``avg_pool2d(2)`` followed by the 1x1 convolution is one 2x2 stride-2 convolution with
-  the weights divided by four (same arithmetic, one op fewer; ORT's QLinearAveragePool is slow).
+* DFC attention, optional (off: it helps INT8 a little but slows the FP32 model): ``avg_pool2d(2)``
+  followed by the 1x1 convolution is one 2x2 stride-2 convolution with the weights divided by four.
 
 Everything else (timm's stem, head, pooling, classifier) is kept as is.
 """
@@ -41,7 +41,7 @@ class GhostExportOptions:
 
     channel_multiple: int = 16  # pad Ghost module halves to this many channels; 1 = no padding
     se_rewrite: bool = True
-    pool_into_conv: bool = True  # DFC branch: avg_pool2d(2) + 1x1 conv -> one 2x2 stride-2 conv
+    pool_into_conv: bool = False  # DFC branch: avg_pool2d(2) + 1x1 conv -> one 2x2 stride-2 conv
 
 
 def prepare_for_export(model: torch.nn.Module, arch: str, options: GhostExportOptions | None = None) -> torch.nn.Module:
@@ -86,44 +86,27 @@ class _Layout:
 def _dense(conv: Any, src: _Layout, dst: _Layout) -> nn.Conv2d:
     """A groups=1 convolution reading ``src`` and writing ``dst``; padded rows/columns are zero."""
     assert conv.groups == 1, "only dense convolutions can change layout"
-    new = nn.Conv2d(
-        src.size,
-        dst.size,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        bias=True,
-    )
-    weight = torch.zeros_like(new.weight)
-    bias = torch.zeros(dst.size)
     rows, cols = torch.tensor(dst.index), torch.tensor(src.index)
-    weight[rows.unsqueeze(1), cols.unsqueeze(0)] = conv.weight
-    if conv.bias is not None:
-        bias[rows] = conv.bias
-    new.weight.copy_(weight)
-    assert new.bias is not None
-    new.bias.copy_(bias)
-    return new
+    return _scatter(conv, src.size, dst.size, 1, (rows.unsqueeze(1), cols.unsqueeze(0)), rows)
 
 
 def _depthwise(conv: Any, layout: _Layout) -> nn.Conv2d:
     """A depthwise convolution over ``layout``: zero kernels on the padded channels."""
     assert conv.groups == conv.in_channels == conv.out_channels, "expected a depthwise convolution"
-    new = nn.Conv2d(
-        layout.size,
-        layout.size,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        groups=layout.size,
-        bias=True,
-    )
     idx = torch.tensor(layout.index)
+    return _scatter(conv, layout.size, layout.size, layout.size, (idx,), idx)
+
+
+def _scatter(
+    conv: Any, cin: int, cout: int, groups: int, at: tuple[torch.Tensor, ...], rows: torch.Tensor
+) -> nn.Conv2d:
+    """A zero conv of the new shape with ``conv``'s weights written at ``at`` and its bias at ``rows``."""
+    new = nn.Conv2d(cin, cout, conv.kernel_size, conv.stride, conv.padding, groups=groups, bias=True)
     weight = torch.zeros_like(new.weight)
-    bias = torch.zeros(layout.size)
-    weight[idx] = conv.weight
+    bias = torch.zeros(cout)
+    weight[at] = conv.weight
     if conv.bias is not None:
-        bias[idx] = conv.bias
+        bias[rows] = conv.bias
     new.weight.copy_(weight)
     assert new.bias is not None
     new.bias.copy_(bias)

@@ -1,0 +1,192 @@
+"""quantize_int8 and its graph passes on small real models, run through real ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_node.errors import BundleError
+from edge_node.modelzoo.export import export_onnx
+from edge_node.modelzoo.quantize import QuantRecipe, global_pools, quantize_int8
+
+RES = 48
+
+
+class SmallNet(torch.nn.Module):
+    """Conv/BN/ReLU stack with a depthwise conv, a two-branch Concat and a spatial mean, like the zoo."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 2, 1), torch.nn.BatchNorm2d(32), torch.nn.ReLU())
+        self.dw = torch.nn.Sequential(
+            torch.nn.Conv2d(32, 32, 3, 1, 1, groups=32), torch.nn.BatchNorm2d(32), torch.nn.ReLU()
+        )
+        self.left = torch.nn.Conv2d(32, 48, 1)
+        self.right = torch.nn.Conv2d(32, 48, 3, 1, 1)
+        self.head = torch.nn.Conv2d(96, 128, 1)
+        self.fc = torch.nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dw(self.stem(x))
+        x = torch.cat([torch.relu(self.left(x)), torch.relu(self.right(x))], dim=1)
+        x = torch.relu(self.head(x)).mean((2, 3))
+        return self.fc(x)
+
+
+def _inputs(count: int, seed: int) -> list[np.ndarray]:
+    """Smooth random 'images' (low-frequency patterns), normalised like the node's preprocessing does."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:RES, 0:RES] / RES
+    out = []
+    for _ in range(count):
+        f = rng.uniform(0.5, 4, size=(3, 2))
+        phase = rng.uniform(0, 6.3, size=(3, 1, 1))
+        img = np.sin(2 * np.pi * (f[:, :1, None] * yy + f[:, 1:, None] * xx) + phase)
+        out.append((img + 0.2 * rng.standard_normal(img.shape))[None].astype(np.float32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    net = SmallNet().eval()
+    with torch.no_grad():  # non-trivial BN statistics, so folding matters
+        for bn in (net.stem[1], net.dw[1]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return export_onnx(net, RES, tmp_path_factory.mktemp("small") / "fp32.onnx")
+
+
+def _run(path: Path, inputs: list[np.ndarray]) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x})[0] for x in inputs])
+
+
+def test_quantize_int8_gives_a_smaller_model_that_agrees(fp32_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "int8.onnx"
+    recipe = quantize_int8(fp32_model, out, _inputs(24, seed=1), arch="small")
+    onnx.checker.check_model(str(out))
+    graph = onnx.load(str(out)).graph
+    int8_weights = [t for t in graph.initializer if t.data_type == TensorProto.INT8]
+    assert sum(int(np.prod(t.dims)) for t in int8_weights) > 29_000  # all conv and linear weights
+    assert out.stat().st_size < 0.4 * fp32_model.stat().st_size
+
+    held_out = _inputs(32, seed=2)  # not the calibration inputs
+    a, b = _run(fp32_model, held_out), _run(out, held_out)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.98, cosine
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
+
+    for key in ("format", "per_channel", "method", "activation_type", "weight_type", "reduce_range"):
+        assert key in recipe
+    assert recipe["format"] == "QDQ" and recipe["per_channel"] is True
+    assert recipe["nodes_to_exclude"] == []
+    assert recipe["calibration_images"] == 24
+    assert recipe["arch"] == "small"
+    assert recipe["reduce_mean_to_global_pool"] == 1  # the dynamo exporter's spatial mean
+    assert recipe["shared_concat_inputs"] == 2
+
+
+def test_concat_inputs_share_the_output_range(fp32_model: Path, tmp_path: Path) -> None:
+    """So ORT's QLinearConcat copies bytes instead of requantising each input."""
+    out = tmp_path / "int8.onnx"
+    quantize_int8(fp32_model, out, _inputs(8, seed=1), arch="small")
+    graph = onnx.load(str(out)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    concat = next(n for n in graph.node if n.op_type == "Concat")
+    after = next(n for n in graph.node if concat.output[0] in n.input)
+    assert after.op_type == "QuantizeLinear"
+    for name in concat.input:
+        dq = producer[name]
+        assert dq.op_type == "DequantizeLinear"
+        assert consts[dq.input[1]] == pytest.approx(consts[after.input[1]])
+        assert consts[dq.input[2]] == consts[after.input[2]]
+
+    unshared = tmp_path / "unshared.onnx"
+    recipe = quantize_int8(
+        fp32_model, unshared, _inputs(8, seed=1), arch="small", recipe=QuantRecipe(share_concat_ranges=False)
+    )
+    assert recipe["shared_concat_inputs"] == 0
+
+
+def test_exclude_stem_keeps_the_first_conv_in_float(fp32_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "int8.onnx"
+    recipe = quantize_int8(fp32_model, out, _inputs(8, seed=1), arch="small", recipe=QuantRecipe(exclude_stem=True))
+    graph = onnx.load(str(out)).graph
+    image = graph.input[0].name
+    stem = next(n for n in graph.node if image in n.input)
+    assert stem.op_type == "Conv"
+    assert recipe["nodes_to_exclude"] == [stem.name]
+    weight = next(t for t in graph.initializer if t.name == stem.input[1])
+    assert weight.data_type == TensorProto.FLOAT
+
+
+def test_global_pools_rewrites_only_spatial_means() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 5])
+    axes_hw = numpy_helper.from_array(np.array([2, 3], np.int64), "axes_hw")
+    axes_c = numpy_helper.from_array(np.array([1], np.int64), "axes_c")
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes_hw"], ["pooled"], keepdims=1),
+        helper.make_node("ReduceMean", ["x", "axes_c"], ["chan"], keepdims=1),
+        helper.make_node("ReduceMean", ["x", "axes_hw"], ["flat"], keepdims=0),
+    ]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("pooled", "chan", "flat")]
+    graph = helper.make_graph(nodes, "g", [x], outputs, [axes_hw, axes_c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    data = np.random.default_rng(0).standard_normal((1, 8, 5, 5)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": data})
+
+    assert global_pools(model) == 2
+    assert [n.op_type for n in model.graph.node] == ["GlobalAveragePool", "ReduceMean", "GlobalAveragePool", "Squeeze"]
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": data})
+    for b, a in zip(before, after, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_quantize_int8_refuses_bad_input(fp32_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="calibration"):
+        quantize_int8(fp32_model, tmp_path / "x.onnx", [], arch="small")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(BundleError, match=r"junk\.onnx"):
+        quantize_int8(junk, tmp_path / "x.onnx", _inputs(2, seed=0), arch="small")
+
+
+def test_a_recipe_naming_absent_modules_is_refused(fp32_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="no such modules"):
+        quantize_int8(
+            fp32_model,
+            tmp_path / "x.onnx",
+            _inputs(2, seed=0),
+            arch="small",
+            recipe=QuantRecipe(scopes_to_exclude=("blocks.9",)),
+        )
+
+
+def test_scopes_to_exclude_keeps_those_modules_in_float(fp32_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "int8.onnx"
+    recipe = quantize_int8(
+        fp32_model, out, _inputs(8, seed=1), arch="small", recipe=QuantRecipe(scopes_to_exclude=("head",))
+    )
+    excluded = recipe["nodes_to_exclude"]
+    assert isinstance(excluded, list) and excluded
+    graph = onnx.load(str(out)).graph
+    float_convs = [n for n in graph.node if n.op_type == "Conv" and n.name in excluded]
+    weights = {t.name: t for t in graph.initializer}
+    assert float_convs and all(weights[n.input[1]].data_type == TensorProto.FLOAT for n in float_convs)
+
+
+def test_lite0_recipe_is_measured_one() -> None:
+    from edge_node.modelzoo.quantize import recipe_for
+
+    lite0 = recipe_for("efficientnet_lite0")
+    assert lite0.method == "Percentile" and lite0.scopes_to_exclude == ("blocks.0", "blocks.1")
+    assert recipe_for("ghostnetv2_100") == QuantRecipe()
