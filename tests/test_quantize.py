@@ -189,4 +189,42 @@ def test_lite0_recipe_is_measured_one() -> None:
 
     lite0 = recipe_for("efficientnet_lite0")
     assert lite0.method == "Percentile" and lite0.scopes_to_exclude == ("blocks.0", "blocks.1")
-    assert recipe_for("ghostnetv2_100") == QuantRecipe()
+    assert recipe_for("ghostnetv2_100") == QuantRecipe(pooled_convs=True)
+    assert recipe_for("mobilenetv3_large_100") == QuantRecipe()
+
+
+class GateNet(torch.nn.Module):
+    """GhostNetV2's DFC pattern: AvgPool(2) -> 1x1 conv -> sigmoid -> nearest upsample -> multiply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main = torch.nn.Conv2d(3, 16, 3, 1, 1)
+        self.reduce = torch.nn.Conv2d(3, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.reduce(torch.nn.functional.avg_pool2d(x, 2, 2)))
+        return self.main(x) * torch.nn.functional.interpolate(gate, size=x.shape[-2:], mode="nearest")
+
+
+def test_int8_graph_passes_keep_the_function(tmp_path: Path) -> None:
+    """flat_resizes and pooled_convs are exact rewrites: compare FP32 graphs before and after."""
+    from edge_node.modelzoo.quantize import flat_resizes, pooled_convs
+
+    torch.manual_seed(0)
+    path = export_onnx(GateNet().eval(), RES, tmp_path / "gate.onnx")
+    model = onnx.load(str(path))
+    x = _inputs(1, seed=3)[0]
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"input": x})[0]
+    assert flat_resizes(model) == 1
+    assert pooled_convs(model) == 1
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert "AveragePool" not in ops and ops.count("Reshape") == 2
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"input": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+    recipe = quantize_int8(path, tmp_path / "int8.onnx", _inputs(8, seed=1), arch="ghostnetv2_100")
+    assert recipe["flat_resizes"] == 1 and recipe["pooled_convs"] == 1
+    recipe = quantize_int8(path, tmp_path / "int8.onnx", _inputs(8, seed=1), arch="other")
+    assert recipe["flat_resizes"] == 1 and recipe["pooled_convs"] == 0  # off by default: 4x the conv weights

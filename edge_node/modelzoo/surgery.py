@@ -181,10 +181,11 @@ def _ghost_layout(ghost: Any, opts: GhostExportOptions) -> _Layout:
 
 
 def _upsample_nearest(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """timm's ``F.interpolate(gate, size=like.shape[-2:], mode="nearest")`` (exported as one Resize).
+    """timm's ``F.interpolate(gate, size=like.shape[-2:], mode="nearest")``, exported as one Resize.
 
-    Measured alternatives (docs/quantization.md): DepthToSpace of four copies and two index Gathers are
-    both exact but slower in ORT, as neither stays in the NHWC layout of the INT8 graph.
+    The INT8 file gets that Resize in a form ORT runs faster (edge_node.modelzoo.quantize.flat_resizes);
+    the FP32 file keeps it, as ORT's FP32 kernels are fastest with it. Alternatives measured slower
+    (docs/quantization.md): DepthToSpace of four copies, two index Gathers, Reshape/Expand.
     """
     return F.interpolate(gate, size=like.shape[-2:], mode="nearest")
 
