@@ -34,9 +34,7 @@ class MissingExtraError(EdgeError):
     """An optional dependency group is not installed."""
 
     def __init__(self, what: str, extra: str) -> None:
-        super().__init__(
-            f"{what} needs the '{extra}' extra. Install it with: pip install 'ghostpi-edge-node[{extra}]'"
-        )
+        super().__init__(f"{what} needs the '{extra}' extra. Install it with: pip install 'ghostpi-edge-node[{extra}]'")
         self.extra = extra
 
 

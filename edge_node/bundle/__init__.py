@@ -65,8 +65,6 @@ def open_bundle(
     verify_files(path, manifest)
     labels = tuple(line.strip() for line in (path / manifest.labels).read_text().splitlines() if line.strip())
     if len(labels) != manifest.num_classes:
-        raise BundleError(
-            f"{manifest.labels} has {len(labels)} labels, manifest says {manifest.num_classes} classes"
-        )
+        raise BundleError(f"{manifest.labels} has {len(labels)} labels, manifest says {manifest.num_classes} classes")
     log.debug("opened bundle %s %s from %s", manifest.name, manifest.version, path)
     return Bundle(path=path, manifest=manifest, labels=labels, signed_by=signed_by)
