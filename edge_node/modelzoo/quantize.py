@@ -2,11 +2,14 @@
 
 The recipe (docs/quantization.md has every variant measured): QDQ format, per-channel symmetric INT8
 weights, asymmetric UINT8 activations (U8S8, the fast VNNI path), MinMax calibration on real
-preprocessed images. Two graph-level choices on top of ORT's defaults:
+preprocessed images. On top of ORT's defaults:
 
+* exact graph passes on the INT8 file's source graph only (the FP32 file keeps the form ORT's FP32
+  kernels prefer): spatial ReduceMean -> GlobalAveragePool, exact 2x nearest Resizes on a flat NCHW view,
+  optionally AveragePool(2x2) folded into the following 1x1 Conv;
 * Concat inputs share the output's quantisation range, so ONNX Runtime's QLinearConcat copies bytes
-  instead of requantising each input through a lookup table (what TFLite does as well).
-* Per-architecture node exclusions, if any (``EXCLUDE``), stay in FP32.
+  instead of requantising each input through a lookup table (what TFLite does as well);
+* per-architecture recipes (``recipe_for``): calibration method and nodes kept in FP32.
 
 Calibration runs once; its tensor ranges are cached and re-used for the final quantisation pass that
 applies the range overrides.
@@ -375,6 +378,7 @@ def quantize_int8(
         "op_types": list(recipe.op_types),
         "nodes_to_exclude": excluded,
         "op_types_to_exclude": list(recipe.op_types_to_exclude),
+        "scopes_to_exclude": list(recipe.scopes_to_exclude),
         "shared_concat_inputs": len(overrides),
         "reduce_mean_to_global_pool": pools,
         "flat_resizes": resizes,
