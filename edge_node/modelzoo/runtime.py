@@ -9,18 +9,14 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from edge_node.errors import InferenceError
+from edge_node.vision.classifier import session_options
 
 __all__ = ["run_logits", "session"]
 
 
 def session(path: Path, *, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:  # the node's own session options, so that latencies measured here are the node's
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
         raise InferenceError(f"ONNX Runtime cannot load {path.name}: {exc}") from exc
 
