@@ -23,7 +23,7 @@ __all__ = ["DEMO_ARCH", "DEMO_VERSION", "demo_bundle_path", "ensure_demo_bundle"
 log = logging.getLogger(__name__)
 
 DEMO_ARCH = "efficientnet_lite0"
-DEMO_VERSION = "2"  # bump when the recipe changes, so caches rebuild (2: Lite0 recipe with FP32 blocks 0-1)
+DEMO_VERSION = "3"  # bump when the recipe changes, so caches rebuild (3: linear resize)
 DEMO_RESOLUTIONS = (224, 192, 160)
 
 
