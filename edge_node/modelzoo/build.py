@@ -63,6 +63,7 @@ class BuildOptions:
     tolerance: float = 1e-3  # max |ORT - PyTorch| logit accepted for an FP32 export
     eval_limit: int | None = None
     progress: bool = True
+    interpolation: Literal["linear", "area", "cubic"] | None = None  # None: from timm's config
 
 
 def model_file_name(resolution: int, precision: str) -> str:
@@ -111,7 +112,7 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
         model = create_model(arch, num_classes=len(imagenet_labels()))
         weights = load_weights(model, arch, options.weights, sha256=options.weights_sha256, progress=options.progress)
         model = prepare_for_export(model, arch.name).eval()
-    spec = preprocess_spec(model)
+    spec = preprocess_spec(model, interpolation=options.interpolation)
     want_int8 = options.precision in ("int8", "both")
     ship_fp32 = options.precision in ("fp32", "both")
     files: list[ModelFile] = []
