@@ -1,6 +1,8 @@
 # Convenience targets; the README's Quick start uses the scripts directly (make is not on every fresh Pi).
 .PHONY: demo test lint bench-pipeline bench-ghostnet bench-monitor bench-ota
 
+PY := PYTHONPATH=. .venv/bin/python
+
 demo:
 	scripts/demo.sh
 
@@ -11,13 +13,13 @@ lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
 bench-pipeline:
-	.venv/bin/python bench/bench_pipeline.py
+	$(PY) bench/bench_pipeline.py
 
 bench-ghostnet:
-	.venv/bin/python bench/bench_ghostnetv2_int8.py
+	$(PY) bench/bench_ghostnetv2_int8.py --rounds 15 --runs 20
 
 bench-monitor:
-	.venv/bin/python bench/bench_monitor_ingest.py
+	$(PY) -m bench.bench_monitor_ingest --nodes 200 --rate 10 --seconds 10
 
 bench-ota:
-	PYTHONPATH=. .venv/bin/python -m bench.ota_swap --updates 5
+	$(PY) -m bench.ota_swap --updates 5
