@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
 import cv2
-import numpy as np
 
 from edge_node.capture.base import Frame, Pacer
 from edge_node.errors import CameraError, MissingExtraError
@@ -19,7 +19,14 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # scikit-image ships these real photos in its wheel: no download needed.
-DEMO_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "motorcycle")
+DEMO_FILES = {
+    "chelsea": "chelsea.png",
+    "coffee": "coffee.png",
+    "rocket": "rocket.jpg",
+    "astronaut": "astronaut.png",
+    "motorcycle": "motorcycle_left.png",
+}
+DEMO_PHOTOS = tuple(DEMO_FILES)
 
 
 class StillsSource:
@@ -76,14 +83,19 @@ def folder_source(folder: Path, fps: float, hold: float = 0.0) -> StillsSource:
 
 
 def demo_photos() -> list[tuple[str, Frame]]:
-    """The demo photos as BGR frames."""
-    try:
-        import skimage.data
-    except ImportError as exc:
-        raise MissingExtraError("the demo camera source", "demo") from exc
+    """The demo photos as BGR frames, read straight from scikit-image's data folder.
+
+    Importing scikit-image itself would cost the node ~40 MB of RSS (it pulls in scipy and PIL) for five
+    files that OpenCV reads just as well, so only its package location is looked up.
+    """
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError("the demo camera source", "demo")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
     photos = []
-    for name in DEMO_PHOTOS:
-        loader = getattr(skimage.data, "stereo_motorcycle" if name == "motorcycle" else name)
-        rgb = loader()[0] if name == "motorcycle" else loader()
-        photos.append((name, np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))))
+    for name, filename in DEMO_FILES.items():
+        img = cv2.imread(str(folder / filename), cv2.IMREAD_COLOR)
+        if img is None:
+            raise CameraError(f"demo photo {folder / filename} is missing or unreadable; reinstall scikit-image")
+        photos.append((name, cast(Frame, img)))
     return photos
