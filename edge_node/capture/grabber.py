@@ -54,10 +54,6 @@ class Grabber:
             return None
         return (time.monotonic() if now is None else now) - self.last_frame_at
 
-    @property
-    def error(self) -> str | None:
-        return self._error
-
     def _run(self) -> None:
         while not self._stop.is_set():
             source: FrameSource | None = None

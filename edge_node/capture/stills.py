@@ -13,7 +13,7 @@ import cv2
 from edge_node.capture.base import Frame, Pacer
 from edge_node.errors import CameraError, MissingExtraError
 
-__all__ = ["DEMO_PHOTOS", "StillsSource", "demo_photos", "folder_source"]
+__all__ = ["DEMO_FILES", "StillsSource", "demo_photos", "folder_source"]
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ DEMO_FILES = {
     "astronaut": "astronaut.png",
     "motorcycle": "motorcycle_left.png",
 }
-DEMO_PHOTOS = tuple(DEMO_FILES)
 
 
 class StillsSource:
@@ -46,11 +45,6 @@ class StillsSource:
             raise CameraError(f"{self.name}: no images to show")
         for _, img in self._images:
             img.setflags(write=False)
-
-    @property
-    def current(self) -> str:
-        """Name of the image being shown (the demo prints it beside the prediction)."""
-        return self._images[(self._count // self._per_image) % len(self._images)][0] if self._images else ""
 
     def read(self) -> Frame | None:
         self._pacer.wait()

@@ -10,7 +10,6 @@ Uses the standard library (urllib) so the Pi runtime needs no extra HTTP depende
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -34,6 +33,7 @@ from tenacity import (
 )
 
 from edge_node import __version__
+from edge_node.bundle.manifest import file_digest
 from edge_node.config import OtaConfig
 from edge_node.errors import DownloadError
 from edge_node.ota.fsutil import fsync_dir
@@ -72,11 +72,7 @@ def check_url(url: str, *, allow_http: bool) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path).sha256
 
 
 class _SchemeGuard(urllib.request.HTTPRedirectHandler):

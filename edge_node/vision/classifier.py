@@ -205,6 +205,3 @@ class Classifier:
                 raise InferenceError(f"warm-up at {resolution}px gave output shape {out.shape}, expected {expected}")
             if not np.all(np.isfinite(out)):
                 raise InferenceError(f"warm-up at {resolution}px gave non-finite outputs")
-
-    def close(self) -> None:
-        self._variants.clear()

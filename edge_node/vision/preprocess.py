@@ -50,10 +50,6 @@ class Preprocessor:
         self._scale = (1.0 / (255.0 * std)).astype(np.float32)
         self._shift = (-mean / std).astype(np.float32)
 
-    @property
-    def output(self) -> Tensor:
-        return self._out
-
     def crop(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         """The centre square, resized to the model's resolution (BGR, HWC; an internal buffer)."""
         if frame.ndim != 3 or frame.shape[2] != 3:
