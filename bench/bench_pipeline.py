@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_node.bundle import open_bundle  # noqa: E402
-from edge_node.vision.classifier import session_options  # noqa: E402
+from edge_node.runtimes.onnx import session_options  # noqa: E402
 from edge_node.vision.preprocess import Preprocessor  # noqa: E402
 from tests.brokers import Mosquitto  # noqa: E402
 

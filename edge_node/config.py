@@ -12,7 +12,6 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import ConfigError
 
 __all__ = [
@@ -34,12 +34,10 @@ __all__ = [
     "CameraConfig",
     "HaConfig",
     "HeartbeatConfig",
-    "Mode",
     "ModelConfig",
     "MqttConfig",
     "OtaConfig",
     "PublishConfig",
-    "PublishPolicy",
     "Settings",
     "cache_dir",
     "default_node_id",
@@ -49,21 +47,6 @@ __all__ = [
 ]
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class Mode(StrEnum):
-    """Resolution modes; ``auto`` lets the node pick by measured FPS."""
-
-    HIGH = "high"
-    BALANCED = "balanced"
-    PERFORMANCE = "performance"
-    AUTO = "auto"
-
-
-class PublishPolicy(StrEnum):
-    EVERY = "every"  # every processed frame
-    RATE = "rate"  # at most ``max_hz`` messages per second
-    CHANGE = "change"  # only when the top-1 label changes
 
 
 def default_node_id() -> str:

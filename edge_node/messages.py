@@ -13,10 +13,12 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from edge_node.config import Mode, PublishPolicy
+from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import CommandError
 
 __all__ = [
+    "OFFLINE",
+    "ONLINE",
     "Camera",
     "ClassScore",
     "Command",
@@ -36,6 +38,12 @@ __all__ = [
     "command_id",
     "parse_command",
 ]
+
+
+# Payloads of the retained ``<prefix>/<node>/status`` topic: "online" on connect, "offline" as the will and
+# on a clean shutdown.
+ONLINE = b"online"
+OFFLINE = b"offline"
 
 
 class _Wire(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_node.config import PublishPolicy
+from edge_node.domain import PublishPolicy
 
 __all__ = ["PublishGate"]
 

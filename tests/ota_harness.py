@@ -12,7 +12,8 @@ from pathlib import Path
 
 from edge_node.capture.factory import make_source
 from edge_node.capture.grabber import Grabber
-from edge_node.config import AutoModeConfig, CameraConfig, Mode, ModelConfig, OtaConfig
+from edge_node.config import AutoModeConfig, CameraConfig, ModelConfig, OtaConfig
+from edge_node.domain import Mode
 from edge_node.messages import Event, OtaStatus
 from edge_node.ota.store import BundleStore
 from edge_node.ota.updater import Updater

@@ -75,7 +75,7 @@ def test_pack_and_open_archive_round_trip(tmp_path: Path) -> None:
     opened = open_bundle(archive, unpack_dir=tmp_path / "unpacked")
     assert opened.manifest.name == "tiny" and opened.labels == ("class0", "class1", "class2")
     assert opened.model_file(64, "int8").read_bytes() == b"not really onnx"
-    with pytest.raises(BundleError, match="no fp32 model at 64px"):
+    with pytest.raises(BundleError, match="no onnxruntime fp32 model at 64px"):
         opened.model_file(64, "fp32")
 
 

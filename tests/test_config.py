@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.config import Mode, PublishPolicy, load_settings
+from edge_node.config import load_settings
+from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import ConfigError
 
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from edge_node.config import Mode, PublishPolicy
+from edge_node.domain import Mode, PublishPolicy
 from edge_node.fleet.hass import (
     HA_STATUS_TOPIC,
     discovery_message,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from edge_node.config import Mode, PublishPolicy
+from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import CommandError
 from edge_node.messages import Event, Ping, SetMode, SetPublish, UpdateModel, parse_command
 from edge_node.mqtt.control import ControlRouter, TokenBucket

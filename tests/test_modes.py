@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from edge_node.config import AutoModeConfig, Mode
+from edge_node.config import AutoModeConfig
+from edge_node.domain import Mode
 from edge_node.vision.modes import ModeController
 
 CFG = AutoModeConfig(low_fps=8, high_fps=15, cooldown=10, window=3)

@@ -11,6 +11,7 @@ from pathlib import Path
 from edge_node.bundle.archive import unpack
 from edge_node.bundle.manifest import MANIFEST, SIGNATURE, Manifest, read_manifest, verify_files
 from edge_node.errors import BundleError
+from edge_node.runtimes.base import Runtime
 
 __all__ = ["MANIFEST", "SIGNATURE", "Bundle", "Manifest", "open_bundle"]
 
@@ -26,8 +27,8 @@ class Bundle:
     labels: tuple[str, ...]
     signed_by: str | None = None
 
-    def model_file(self, resolution: int, precision: str) -> Path:
-        return self.path / self.manifest.variant(resolution, precision).file
+    def model_file(self, resolution: int, precision: str, runtime: Runtime = "onnxruntime") -> Path:
+        return self.path / self.manifest.variant(resolution, precision, runtime).file
 
 
 def open_bundle(

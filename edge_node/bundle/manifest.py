@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_node.errors import BundleError, BundleIntegrityError
+from edge_node.runtimes.base import Runtime
 
 __all__ = [
     "MANIFEST",
@@ -73,11 +74,12 @@ class Preprocess(_Model):
 
 
 class Variant(_Model):
-    """One ONNX file serving one input resolution at one precision."""
+    """One model file serving one input resolution at one precision on one runtime."""
 
     resolution: int = Field(ge=32, le=1024)
     precision: Precision
     file: str
+    runtime: Runtime = "onnxruntime"  # bundles made before LiteRT support list ONNX files only
 
     _file = field_validator("file")(classmethod(lambda cls, v: _safe_name(v)))
 
@@ -139,17 +141,23 @@ class Manifest(_Model):
             raise ValueError(f"no variant has the default precision {self.precision}")
         return self
 
-    def resolutions(self, precision: str) -> list[int]:
-        """Resolutions available at ``precision``, largest first."""
-        return sorted({v.resolution for v in self.variants if v.precision == precision}, reverse=True)
+    def resolutions(self, precision: str, runtime: Runtime = "onnxruntime") -> list[int]:
+        """Resolutions available at ``precision`` on ``runtime``, largest first."""
+        return sorted(
+            {v.resolution for v in self.variants if v.precision == precision and v.runtime == runtime}, reverse=True
+        )
 
-    def variant(self, resolution: int, precision: str) -> Variant:
+    def runtimes(self) -> list[Runtime]:
+        """The runtimes this bundle has files for."""
+        return sorted({v.runtime for v in self.variants})
+
+    def variant(self, resolution: int, precision: str, runtime: Runtime = "onnxruntime") -> Variant:
         for v in self.variants:
-            if v.resolution == resolution and v.precision == precision:
+            if v.resolution == resolution and v.precision == precision and v.runtime == runtime:
                 return v
         raise BundleError(
-            f"bundle {self.name} {self.version} has no {precision} model at {resolution}px; "
-            f"it has {[(v.precision, v.resolution) for v in self.variants]}"
+            f"bundle {self.name} {self.version} has no {runtime} {precision} model at {resolution}px; "
+            f"it has {[(v.runtime, v.precision, v.resolution) for v in self.variants]}"
         )
 
     def to_bytes(self) -> bytes:

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from edge_node.config import Mode, MqttConfig, load_settings
+from edge_node.config import MqttConfig, load_settings
+from edge_node.domain import Mode
 from edge_node.errors import CommandError
-from edge_node.messages import Event, OtaStatus, Ping, Rollback, SetMode, UpdateModel
+from edge_node.messages import ONLINE, Event, OtaStatus, Ping, Rollback, SetMode, UpdateModel
 from edge_node.topics import FLEET, Topics
 
 __all__ = ["Answer", "Tracker", "build_command", "register", "run_ctl"]
@@ -110,7 +111,7 @@ class Tracker:
     phases: dict[str, str] = field(default_factory=dict)
 
     def status(self, node: str, payload: bytes) -> None:
-        if payload.strip() == b"online":
+        if payload.strip() == ONLINE:
             self.expected.add(node)
 
     def feed(self, topic: str, payload: bytes) -> str | None:

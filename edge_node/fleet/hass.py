@@ -13,7 +13,8 @@ import json
 import random
 import re
 
-from edge_node.config import Mode
+from edge_node.domain import Mode
+from edge_node.messages import OFFLINE, ONLINE
 from edge_node.topics import Topics
 
 __all__ = [
@@ -30,8 +31,6 @@ __all__ = [
 HA_STATUS_TOPIC = "homeassistant/status"  # HA's birth/last-will topic (with the default discovery prefix)
 HA_ONLINE = b"online"
 ORIGIN_NAME = "ghostpi-edge-node"
-STATUS_ONLINE = "online"
-STATUS_OFFLINE = "offline"
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 
@@ -128,7 +127,7 @@ def discovery_message(
             "sw": sw_version,
         },
         "o": {"name": ORIGIN_NAME, "sw": sw_version},
-        "avty": [{"t": topics.status, "pl_avail": STATUS_ONLINE, "pl_not_avail": STATUS_OFFLINE}],
+        "avty": [{"t": topics.status, "pl_avail": ONLINE.decode(), "pl_not_avail": OFFLINE.decode()}],
         "qos": 1,
         "cmps": _components(topics, base),
     }

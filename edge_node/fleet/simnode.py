@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from edge_node import __version__
-from edge_node.config import Mode, PublishPolicy
+from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import CommandError
 from edge_node.messages import (
     ClassScore,

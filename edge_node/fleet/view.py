@@ -13,7 +13,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from edge_node.messages import Event, Heartbeat, NodeState, Prediction
+from edge_node.messages import OFFLINE, ONLINE, Event, Heartbeat, NodeState, Prediction
 from edge_node.topics import Topics
 
 __all__ = ["LEAVES", "FleetView", "NodeRow", "Status"]
@@ -21,7 +21,7 @@ __all__ = ["LEAVES", "FleetView", "NodeRow", "Status"]
 LEAVES = ("predictions", "heartbeat", "status", "state", "events")
 
 Status = Literal["online", "offline", "unknown"]
-_STATUS: dict[bytes, Status] = {b"online": "online", b"offline": "offline"}
+_STATUS: dict[bytes, Status] = {ONLINE: "online", OFFLINE: "offline"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,7 @@ class FleetView:
             return round(max(0.0, now - entry[1]), 3) if entry else None
 
         status_raw = (raw("status") or b"").strip().lower()
-        status: Status = "online" if status_raw == b"online" else "offline" if status_raw == b"offline" else "unknown"
+        status: Status = _STATUS.get(bytes(status_raw), "unknown")
         pred = self._cached(Prediction, raw("predictions"))
         beat = self._cached(Heartbeat, raw("heartbeat"))
         state = self._cached(NodeState, raw("state"))

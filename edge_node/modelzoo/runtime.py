@@ -9,7 +9,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from edge_node.errors import InferenceError
-from edge_node.vision.classifier import session_options
+from edge_node.runtimes.onnx import session_options
 
 __all__ = ["run_logits", "session"]
 

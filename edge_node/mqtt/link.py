@@ -17,6 +17,7 @@ import aiomqtt
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from edge_node.config import MqttConfig
+from edge_node.messages import OFFLINE, ONLINE
 from edge_node.mqtt.connect import aiomqtt_client, broker_host
 from edge_node.topics import Topics
 
@@ -24,7 +25,6 @@ __all__ = ["Link", "Outgoing"]
 
 log = logging.getLogger(__name__)
 
-ONLINE, OFFLINE = b"online", b"offline"
 PUBLISH_TIMEOUT = 10.0
 
 

@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from edge_node.bundle import Bundle
 from edge_node.bundle.manifest import Preprocess
 from edge_node.errors import InferenceError
 from edge_node.messages import ClassScore, ModelRef
+from edge_node.runtimes import Session, open_session
 from edge_node.vision.preprocess import Preprocessor
 
-__all__ = ["Classification", "Classifier", "Prepared", "session_options", "softmax_top_k"]
+__all__ = ["Classification", "Classifier", "Prepared", "softmax_top_k"]
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +36,6 @@ class Classification:
     preprocess_ms: float
     inference_ms: float
     resolution: int
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    """The options every session of the node uses (the benchmark uses the same)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return opts
 
 
 def softmax_top_k(logits: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
@@ -71,14 +60,13 @@ class Prepared:
 
 
 class _Variant:
-    __slots__ = ("_flip", "input_name", "preprocessors", "resolution", "session")
+    __slots__ = ("_flip", "preprocessors", "resolution", "session")
 
-    def __init__(self, session: ort.InferenceSession, spec: Preprocess, resolution: int) -> None:
+    def __init__(self, session: Session, spec: Preprocess, resolution: int) -> None:
         self.session = session
         self.preprocessors = (Preprocessor(spec, resolution), Preprocessor(spec, resolution))
         self._flip = 0
         self.resolution = resolution
-        self.input_name = session.get_inputs()[0].name
 
     def next_preprocessor(self) -> Preprocessor:
         self._flip ^= 1
@@ -119,13 +107,9 @@ class Classifier:
         path = self.bundle.model_file(resolution, self.precision)
         m = self.bundle.manifest
         try:
-            session = ort.InferenceSession(
-                str(path), sess_options=session_options(self._threads), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidProtobuf, ...)
-            raise InferenceError(
-                f"ONNX Runtime cannot load {path.name} from bundle {m.name} {m.version}: {str(exc).strip()[:300]}"
-            ) from exc
+            session = open_session(path, "onnxruntime", threads=self._threads)
+        except InferenceError as exc:
+            raise InferenceError(f"bundle {m.name} {m.version}: {exc}") from exc
         with self._lock:
             self._variants.setdefault(resolution, _Variant(session, m.preprocess, resolution))
 
@@ -145,10 +129,9 @@ class Classifier:
     def run(self, resolution: int, tensor: npt.NDArray[np.float32] | npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         v = self._variants[resolution]
         try:
-            out = v.session.run(None, {v.input_name: tensor})[0]
-        except Exception as exc:
-            raise InferenceError(f"inference failed at {resolution}px: {str(exc).strip()[:300]}") from exc
-        return np.asarray(out, dtype=np.float32)
+            return v.session.run(tensor)
+        except InferenceError as exc:
+            raise InferenceError(f"inference failed at {resolution}px: {exc}") from exc
 
     def prepare(self, frame_bgr: npt.NDArray[np.uint8], resolution: int) -> Prepared:
         """Preprocess for ``resolution`` (or the nearest one the bundle has), loading its session if needed.

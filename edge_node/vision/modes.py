@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_node.config import AutoModeConfig, Mode
+from edge_node.config import AutoModeConfig
+from edge_node.domain import Mode
 
 __all__ = ["MODE_RESOLUTION", "ModeController"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from edge_node.capture.base import Frame
 from edge_node.capture.grabber import Grabber
-from edge_node.config import Mode
+from edge_node.domain import Mode
 from edge_node.errors import InferenceError
 from edge_node.messages import ModelRef
 from edge_node.slot import LatestSlot

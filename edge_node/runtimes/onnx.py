@@ -1,0 +1,48 @@
+"""ONNX Runtime on the CPU, with the session options every part of the project uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from edge_node.errors import InferenceError
+from edge_node.runtimes.base import Tensor
+
+__all__ = ["OrtSession", "session_options"]
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """The options every session uses (node, toolchain and benchmarks alike)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+class OrtSession:
+    """An ``onnxruntime.InferenceSession`` on the CPU execution provider."""
+
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+
+    def __init__(self, path: Path, *, threads: int) -> None:
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own types (Fail, InvalidProtobuf, NoSuchFile, ...)
+            raise InferenceError(f"ONNX Runtime cannot load {path.name}: {str(exc).strip()[:300]}") from exc
+        self.input_name: str = self._session.get_inputs()[0].name
+
+    def run(self, tensor: Tensor) -> npt.NDArray[np.float32]:
+        try:
+            out = self._session.run(None, {self.input_name: tensor})[0]
+        except Exception as exc:
+            raise InferenceError(f"ONNX Runtime inference failed: {str(exc).strip()[:300]}") from exc
+        return np.asarray(out, dtype=np.float32)
