@@ -1,8 +1,9 @@
 """The composition root: builds the parts, runs them in one TaskGroup, and shuts them down cleanly.
 
 Data paths (see docs/architecture.md):
-  capture thread → latest-frame slot → inference thread → event loop → publish policy → MQTT
-  MQTT control → router → handler → events/ and retained state/
+  capture thread → frame slot → preprocess thread → inference workers → handoff → event loop → MQTT
+  MQTT control → router → command handler → events/ and retained state/
+  snapshots of camera and pipeline → supervisor → events, restarts, systemd watchdog
 """
 
 from __future__ import annotations
@@ -12,44 +13,36 @@ import contextlib
 import logging
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Protocol
 
-from edge_node import __version__
+from edge_node import memory
 from edge_node.bundle import Bundle
 from edge_node.capture.factory import make_source
 from edge_node.capture.grabber import Grabber
+from edge_node.commands import CommandHandler
 from edge_node.config import Settings
-from edge_node.messages import (
-    Command,
-    Event,
-    Heartbeat,
-    LatencyMs,
-    NodeState,
-    OtaStatus,
-    Ping,
-    Prediction,
-    Rollback,
-    SetMode,
-    SetPublish,
-    UpdateModel,
-)
+from edge_node.discovery import HaDiscovery
+from edge_node.handoff import LoopHandoff
+from edge_node.messages import Event, Heartbeat, OtaStatus, Prediction
 from edge_node.mqtt.connect import halt
 from edge_node.mqtt.control import ControlRouter
 from edge_node.mqtt.link import Link
 from edge_node.ota.store import BundleStore
+from edge_node.ota.updater import Updater
 from edge_node.publish import PublishGate
+from edge_node.reports import HeartbeatBuilder, LinkFigures, node_state, prediction
 from edge_node.sdnotify import Notifier, WatchdogGate, run_watchdog
-from edge_node.telemetry import CpuMeter, cpu_temperature, rss_mb
+from edge_node.supervisor import Health, supervise
 from edge_node.topics import Topics
-from edge_node.vision.classifier import Classifier
+from edge_node.vision.loading import load, select_model
 from edge_node.vision.modes import ModeController
-from edge_node.vision.pipeline import Pipeline, Result
+from edge_node.vision.pipeline import Failure, Output, Pipeline, Result
 
 __all__ = ["Node"]
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_OTA_GRACE = 4.0  # seconds a running update gets to end cleanly when the node stops
 
 
 class Node:
@@ -64,51 +57,65 @@ class Node:
         on_prediction: Callable[[Prediction], None] | None = None,
         store: BundleStore | None = None,
     ) -> None:
+        memory.limit_arenas(2)  # before any worker thread exists: see edge_node/memory.py
         self.settings = settings
         self.model_source = model_source
-        self.store = store
         self.topics = Topics(settings.topic_prefix, settings.node_id)
         self._on_prediction = on_prediction
-        self.started = time.monotonic()
-        self.cpu = CpuMeter()
         self.gate = PublishGate(settings.publish.policy, settings.publish.max_hz)
-        self.router = ControlRouter(max_bytes=settings.mqtt.max_control_bytes, rate=settings.mqtt.control_rate)
         self.notifier = Notifier.from_env()
-        # A pipeline that processed no frame for stall_timeout stops the pings: systemd restarts it.
-        self.watchdog = WatchdogGate(timeout_s=settings.camera.stall_timeout)
-        model = settings.model
-        classifier = Classifier(bundle, precision=model.precision, threads=model.threads, top_k=model.top_k)
-        controller = ModeController(settings.auto, classifier.resolutions, mode=settings.mode)
-        # Sessions for other resolutions are built when a mode needs them (or up front, with model.sessions).
-        classifier.warmup(
-            resolutions=classifier.resolutions[: max(1, model.sessions)]
-            if model.sessions > 1
-            else [controller.resolution]
-        )
+        self.watchdog = WatchdogGate(timeout_s=max(5.0, settings.camera.stall_timeout))
         cam = settings.camera
-        self.grabber = Grabber(lambda: make_source(cam), stall_timeout=cam.stall_timeout, reopen_delay=cam.reopen_delay)
-        self.pipeline = Pipeline(
-            self.grabber,
-            classifier,
-            controller,
-            self._result_from_worker,
-            fps_window=settings.auto.window,
-            on_progress=self.watchdog.progress,
-            keep_sessions=model.sessions,
+        self.grabber = Grabber(
+            lambda: make_source(cam), stall_timeout=cam.stall_timeout, reopen_delay=cam.reopen_delay, at_end=cam.at_end
         )
-        self.pipeline.on_resolution_change = self._resolution_from_worker
+        cfg = settings.model
+        model = select_model(bundle, cfg)
+        controller = ModeController(settings.auto, model.resolutions, mode=settings.mode)
+        # Only the resolution the mode asks for is built now; others are built when a mode needs them.
+        loaded = load(model, check=[model.nearest(controller.resolution)], keep=cfg.sessions)
+        self.pipeline = Pipeline(
+            self.grabber.slot, loaded, controller, self, keep=cfg.sessions, fps_window=settings.auto.window
+        )
+        self.health = Health(settings.supervisor, camera_stall=cam.stall_timeout, at_end=cam.at_end)
+        self.beats = HeartbeatBuilder(settings.node_id)
+        self.updater = (
+            None
+            if store is None
+            else Updater(settings.ota, store, self.pipeline, node_id=settings.node_id, model_cfg=cfg, sink=self)
+        )
+        self.commands = CommandHandler(
+            ControlRouter(max_bytes=settings.mqtt.max_control_bytes, rate=settings.mqtt.control_rate),
+            self.gate,
+            set_mode=self.pipeline.set_mode,
+            emit=self.event,
+            publish_state=self.publish_state,
+            publish_heartbeat=self.publish_heartbeat,
+            updates=self.updater,
+        )
+        self.discovery = (
+            HaDiscovery(
+                settings.ha,
+                prefix=settings.topic_prefix,
+                node_id=settings.node_id,
+                model_name=lambda: self.pipeline.model.info.name,
+                publish=lambda topic, payload: self.link.publish(topic, payload, qos=1, retain=True),
+            )
+            if settings.ha.enabled
+            else None
+        )
+        subscriptions = self.topics.subscriptions
+        if self.discovery is not None:
+            subscriptions = (*subscriptions, self.discovery.status_topic)
         self.link = Link(
             settings.mqtt,
             self.topics,
             client_id=settings.mqtt.client_id or f"ghostpi-{settings.node_id}",
-            subscriptions=self._subscriptions(),
+            subscriptions=subscriptions,
             on_message=self._on_message,
             on_connect=self._on_connect,
         )
-        self.updater = self._make_updater()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._results: deque[Result] = deque(maxlen=64)  # bounded: a stalled loop drops, never hoards
-        self._drain_scheduled = False
+        self._handoff: LoopHandoff[Output | None] | None = None
         self._ready = False
         self._stop = asyncio.Event()
         self.published = 0
@@ -116,33 +123,43 @@ class Node:
     # --- lifecycle -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        self._handoff = LoopHandoff(loop, self._deliver)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                self._loop.add_signal_handler(sig, self.stop)
+                loop.add_signal_handler(sig, self.stop)
         self.grabber.start()
         self.pipeline.start()
+        info = self.pipeline.model.info
         log.info(
-            "node %s running: camera=%s model=%s %s (%s) mode=%s %dpx",
+            "node %s running: camera=%s model=%s %s (%s %s) mode=%s %dpx",
             self.settings.node_id,
             self.settings.camera.source,
-            self.pipeline.classifier.model_ref().name,
-            self.pipeline.classifier.model_ref().version,
-            self.pipeline.classifier.precision,
+            info.name,
+            info.version,
+            info.runtime,
+            info.precision,
             self.pipeline.mode.value,
             self.pipeline.resolution,
         )
         try:
             async with asyncio.TaskGroup() as tg:
-                link_task = tg.create_task(self.link.run(), name="mqtt")
-                beat_task = tg.create_task(self._heartbeats(), name="heartbeat")
-                dog_task = tg.create_task(run_watchdog(self.notifier, self.watchdog), name="watchdog")
+                tasks = [
+                    tg.create_task(self.link.run(), name="mqtt"),
+                    tg.create_task(self._heartbeats(), name="heartbeat"),
+                    tg.create_task(run_watchdog(self.notifier, self.watchdog), name="watchdog"),
+                    tg.create_task(self._supervise(), name="supervisor"),
+                ]
+                if self.updater is not None:
+                    tasks.append(tg.create_task(self.updater.run(), name="ota"))
                 await self._stop.wait()
                 self.notifier.stopping()
+                if self.updater is not None:  # an update in progress ends cleanly and says so
+                    await self.updater.aclose(SHUTDOWN_OTA_GRACE)
                 # Stop producing first, so the link has nothing left to send but the offline status.
                 await asyncio.to_thread(self._stop_workers)
                 await self.link.close()
-                for task in (beat_task, dog_task, link_task):
+                for task in reversed(tasks):
                     await halt(task)
         finally:
             self._stop_workers()
@@ -150,59 +167,67 @@ class Node:
             log.info("node %s stopped", self.settings.node_id)
 
     def stop(self) -> None:
-        log.info("shutting down")
+        if not self._stop.is_set():
+            log.info("shutting down")
         self._stop.set()
 
     def _stop_workers(self) -> None:
         self.pipeline.stop()
         self.grabber.stop()
 
-    # --- worker → loop -----------------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        await supervise(
+            self.health,
+            camera=self.grabber.snapshot,
+            pipeline=self.pipeline.snapshot,
+            emit=self._supervised,
+            restart_pipeline=self.pipeline.restart,
+            restart_camera=self.grabber.restart,
+            alive=self.watchdog.progress,
+            clock=time.monotonic,
+        )
 
-    def _result_from_worker(self, result: Result) -> None:
-        """Hand a result to the loop, waking it only if it is not already due to drain (one wake-up per
-        batch instead of one per frame: each costs a syscall and a GIL hand-over)."""
-        self._results.append(result)
-        if not self._drain_scheduled and self._loop is not None:
-            self._drain_scheduled = True
-            self._loop.call_soon_threadsafe(self._drain_results)
+    def _supervised(self, ev: Event) -> None:
+        self.event(ev)
+        if ev.cmd == "camera_end" and self.settings.camera.at_end == "exit":
+            self.stop()
 
-    def _drain_results(self) -> None:
-        self._drain_scheduled = False
-        while self._results:
-            self._publish_result(self._results.popleft())
+    # --- pipeline → loop (Listener; called on the pipeline's threads) --------------------------------------
 
-    def _resolution_from_worker(self, resolution: int) -> None:
-        del resolution
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._publish_state)
+    def on_output(self, item: Output) -> None:
+        if self._handoff is not None:
+            self._handoff.put(item)
 
-    def _publish_result(self, r: Result) -> None:
-        c = r.classification
+    def on_change(self) -> None:
+        if self._handoff is not None:
+            self._handoff.put(None)  # None: publish the state again
+
+    def _deliver(self, item: Output | None) -> None:
+        """On the loop: one frame's outcome, or (None) a change of what serves."""
+        if item is None:
+            self.publish_state()
+            return
+        if self.updater is not None:
+            self.updater.observe(item)
+        if isinstance(item, Failure):
+            if item.seq is None:  # a resolution could not be loaded: the mode's switch did not happen
+                self.event(
+                    Event(cmd="model_load_failed", ok=False, error=item.error, detail={"resolution": item.resolution})
+                )
+            return
+        self._publish_prediction(item)
+
+    def _publish_prediction(self, r: Result) -> None:
         if not self._ready:
             self._ready = True
             self.notifier.ready()
-            log.info("first inference done: %s (%.2f) at %dpx", c.label, c.confidence, c.resolution)
-        if not self.gate.allow(c.label, time.monotonic()):
+            best = r.classification.best
+            log.info(
+                "first inference done: %s (%.2f) at %dpx", best.label, best.confidence, r.classification.resolution
+            )
+        if not self.gate.allow(r.classification.best.label, time.monotonic()):
             return
-        msg = Prediction(
-            node=self.settings.node_id,
-            seq=r.seq,
-            ts=round(r.ts, 3),
-            label=c.label,
-            class_id=c.class_id,
-            confidence=c.confidence,
-            top_k=c.top_k,
-            fps=r.fps,
-            latency_ms=LatencyMs(
-                preprocess=round(c.preprocess_ms, 2),
-                inference=round(c.inference_ms, 2),
-                total=round(r.total_ms, 2),
-            ),
-            resolution=c.resolution,
-            mode=r.mode,
-            model=r.model,
-        )
+        msg = prediction(self.settings.node_id, r)
         if self.link.publish_fast(self.topics.predictions, msg.to_bytes()):
             self.published += 1
         if self._on_prediction is not None:
@@ -210,158 +235,46 @@ class Node:
 
     # --- MQTT side -----------------------------------------------------------------------------------------
 
-    def _subscriptions(self) -> tuple[str, ...]:
-        subs = self.topics.subscriptions
-        if self.settings.ha.enabled:
-            from edge_node.fleet.hass import ha_status_topic
-
-            subs = (*subs, ha_status_topic(self.settings.ha.discovery_prefix))
-        return subs
-
     async def _on_connect(self) -> None:
-        self._publish_state()
-        self._publish_discovery()
+        self.publish_state()
+        if self.discovery is not None:
+            self.discovery.announce()
         if self.updater is not None:
             self.updater.republish()
 
-    def _publish_discovery(self) -> None:
-        if not self.settings.ha.enabled:
-            return
-        from edge_node.fleet.hass import discovery_message
-
-        topic, payload = discovery_message(
-            self.settings.topic_prefix,
-            self.settings.node_id,
-            discovery_prefix=self.settings.ha.discovery_prefix,
-            sw_version=__version__,
-            model_name=self.pipeline.classifier.model_ref().name,
-        )
-        self.link.publish(topic, payload, qos=1, retain=True)
-
-    async def _on_message(self, topic: str, payload: bytes) -> None:
+    async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic in self.topics.subscriptions:
-            routed = self.router.route(payload, time.monotonic())
-            if routed is None:
-                log.warning("control message on %s dropped: rate limit exceeded", topic)
-            elif isinstance(routed, Event):
-                log.warning("rejected control message on %s: %s", topic, routed.error)
-                self.emit(routed)
-            else:
-                await self._execute(routed)
-            return
-        if self.settings.ha.enabled:
-            from edge_node.fleet.hass import rediscovery_delay
+            self.commands.handle(topic, payload, retained=retained, now=time.monotonic())
+        elif self.discovery is not None and topic == self.discovery.status_topic:
+            self.discovery.on_status(payload)
 
-            delay = rediscovery_delay(payload)
-            if delay is None:
-                return
-            log.info("Home Assistant came online: re-sending discovery in %.1fs", delay)
-            assert self._loop is not None
-            self._loop.call_later(delay, self._publish_discovery)
+    # --- publishers (also the OTA updater's sink) --------------------------------------------------------------
 
-    async def _execute(self, cmd: Command) -> None:
-        log.info("command %s (id=%s)", cmd.cmd, cmd.id)
-        if isinstance(cmd, SetMode):
-            resolution = self.pipeline.set_mode(cmd.mode)
-            self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=True, detail={"mode": cmd.mode.value, "resolution": resolution}))
-            self._publish_state()
-        elif isinstance(cmd, Ping):
-            self._publish_heartbeat()
-            self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=True))
-        elif isinstance(cmd, SetPublish):
-            self.gate.configure(cmd.policy, cmd.max_hz)
-            self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=True, detail={"policy": cmd.policy.value}))
-            self._publish_state()
-        elif isinstance(cmd, UpdateModel | Rollback):
-            if self.updater is None:
-                self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=False, error="over-the-air updates are not available"))
-                return
-            assert self._loop is not None
-            self._loop.create_task(self.updater.handle(cmd))
+    def event(self, ev: Event) -> None:
+        self.link.publish(self.topics.events, ev.to_bytes(), qos=1)
 
-    def emit(self, event: Event) -> None:
-        self.link.publish(self.topics.events, event.to_bytes(), qos=1)
+    def ota(self, st: OtaStatus) -> None:
+        self.link.publish(self.topics.ota, st.to_bytes(), qos=1, retain=True)
 
-    def publish_ota(self, status: OtaStatus) -> None:
-        self.link.publish(self.topics.ota, status.to_bytes(), qos=1, retain=True)
-
-    def _publish_state(self) -> None:
-        state = NodeState(
-            node=self.settings.node_id,
-            ts=round(time.time(), 3),
-            mode=self.pipeline.mode,
-            resolution=self.pipeline.resolution,
-            model=self.pipeline.classifier.model_ref(),
-            publish=self.gate.policy,
-            publish_max_hz=self.gate.max_hz,
-            version=__version__,
-        )
+    def publish_state(self) -> None:
+        state = node_state(self.settings.node_id, self.pipeline.snapshot(), self.gate.policy, self.gate.max_hz)
         self.link.publish(self.topics.state, state.to_bytes(), qos=1, retain=True)
 
     def heartbeat(self) -> Heartbeat:
-        now = time.monotonic()
-        p = self.pipeline
-        age = self.grabber.frame_age(now)
-        return Heartbeat(
-            node=self.settings.node_id,
-            ts=round(time.time(), 3),
-            uptime_s=round(now - self.started, 1),
-            fps=round(p.fps.rate(now), 2),
-            inference_ms_avg=round(p.inference_ms.value, 2),
-            cpu_percent=self.cpu.percent(),
-            cpu_temp_c=cpu_temperature(),
-            rss_mb=rss_mb(),
-            frames_captured=self.grabber.captured,
-            frames_processed=p.processed,
-            frames_dropped=self.grabber.slot.dropped,
-            reconnects=self.link.reconnects,
-            model_version=p.classifier.model_ref().version,
+        link = self.link
+        return self.beats.build(
+            pipe=self.pipeline.snapshot(),
+            cam=self.grabber.snapshot(),
+            link=LinkFigures(link.reconnects, dict(link.dropped_offline), link.denied),
+            pipeline_state=self.health.pipeline,
+            restarts=self.health.restarts,
             model_source=self.updater.model_source if self.updater is not None else self.model_source,
-            mode=p.mode,
-            resolution=p.resolution,
-            camera=self.grabber.state(now),
-            camera_last_frame_age_s=None if age is None else round(age, 2),
         )
 
-    def _publish_heartbeat(self) -> None:
+    def publish_heartbeat(self) -> None:
         self.link.publish_fast(self.topics.heartbeat, self.heartbeat().to_bytes())
 
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat.interval)
-            hb = self.heartbeat()
-            if hb.camera != "ok":
-                log.warning("camera is %s (last frame %s s ago)", hb.camera, hb.camera_last_frame_age_s)
-            self.link.publish_fast(self.topics.heartbeat, hb.to_bytes())
-
-    # --- OTA -------------------------------------------------------------------------------------------
-
-    def _make_updater(self) -> _UpdaterLike | None:
-        """The OTA updater over the node's bundle store (see docs/ota.md); none without a store."""
-        if self.store is None:
-            return None
-        from edge_node.ota.node import NodeSink
-        from edge_node.ota.updater import Updater
-
-        return Updater(
-            self.settings.ota,
-            self.store,
-            self.pipeline,
-            node_id=self.settings.node_id,
-            model_cfg=self.settings.model,
-            sink=NodeSink(self.emit, self.publish_ota),
-        )
-
-
-class _UpdaterLike(Protocol):
-    """What the node needs from the OTA updater (edge_node.ota.updater.Updater)."""
-
-    async def handle(self, cmd: UpdateModel | Rollback) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def republish(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    @property
-    def model_source(self) -> str:  # pragma: no cover - interface
-        raise NotImplementedError
+            self.publish_heartbeat()

@@ -39,6 +39,7 @@ __all__ = [
     "OtaConfig",
     "PublishConfig",
     "Settings",
+    "SupervisorConfig",
     "cache_dir",
     "default_node_id",
     "load_settings",
@@ -135,7 +136,12 @@ class CameraConfig(_Section):
     source: str = "demo"
     width: int = Field(640, ge=16, le=8192)
     height: int = Field(480, ge=16, le=8192)
-    fps: float = Field(30.0, gt=0, le=1000)
+    fps: float | None = Field(
+        None, gt=0, le=1000, description="frame rate; unset: a video file's own rate, a camera's default, else 30"
+    )
+    at_end: Literal["loop", "stop", "exit"] = Field(
+        "loop", description="at the end of a video file: play it again, stop capturing, or stop the node"
+    )
     stall_timeout: float = Field(5.0, gt=0, description="seconds without a frame before the camera is 'stalled'")
     reopen_delay: float = Field(2.0, gt=0)
 
@@ -155,7 +161,8 @@ class ModelConfig(_Section):
 
     bundle: Path | None = None  # default: the cached demo bundle, built on first use
     precision: Literal["int8", "fp32"] = "int8"
-    threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads")
+    threads: int = Field(2, ge=1, le=64, description="inference threads in all, shared among the workers")
+    workers: int = Field(1, ge=1, le=16, description="inference workers, each with its own session per resolution")
     top_k: int = Field(5, ge=1, le=20)
     sessions: int = Field(
         1, ge=1, le=8, description="resolutions kept loaded; more makes mode switches instant, each costs RAM"
@@ -175,6 +182,16 @@ class AutoModeConfig(_Section):
         if self.high_fps <= self.low_fps:
             raise ValueError(f"auto.high_fps ({self.high_fps}) must be above auto.low_fps ({self.low_fps})")
         return self
+
+
+class SupervisorConfig(_Section):
+    """How the node restarts its own pipeline and camera before it leaves it to systemd's watchdog."""
+
+    stall_timeout: float = Field(
+        10.0, gt=0, description="seconds without a processed frame, while the camera delivers, before a restart"
+    )
+    max_restarts: int = Field(3, ge=1, le=100, description="restarts within restart_window before giving up")
+    restart_window: float = Field(600.0, gt=0)
 
 
 class PublishConfig(_Section):
@@ -241,6 +258,7 @@ class Settings(BaseSettings):
     auto: AutoModeConfig = AutoModeConfig()
     publish: PublishConfig = PublishConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     ota: OtaConfig = OtaConfig()
     ha: HaConfig = HaConfig()
 

@@ -6,11 +6,11 @@ docs/mqtt-api.md shows an example of each.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Annotated, Literal, get_args
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from edge_node.domain import Mode, PublishPolicy
@@ -30,11 +30,13 @@ __all__ = [
     "OtaPhase",
     "OtaStatus",
     "Ping",
+    "PipelineState",
     "Prediction",
     "Rollback",
     "SetMode",
     "SetPublish",
     "UpdateModel",
+    "WorkerStatus",
     "command_id",
     "parse_command",
 ]
@@ -69,6 +71,7 @@ class ModelRef(_Wire):
     name: str
     version: str
     precision: str
+    runtime: str = "onnxruntime"
 
 
 class Prediction(_Wire):
@@ -86,7 +89,15 @@ class Prediction(_Wire):
     model: ModelRef
 
 
-Camera = Literal["starting", "ok", "stalled", "error", "stopped"]
+Camera = Literal["starting", "ok", "stalled", "error", "ended", "stopped"]
+PipelineState = Literal["starting", "ok", "stalled", "failed"]
+
+
+class WorkerStatus(_Wire):
+    """One inference worker over the last heartbeat interval."""
+
+    busy_percent: float
+    frames: int
 
 
 class Heartbeat(_Wire):
@@ -108,6 +119,13 @@ class Heartbeat(_Wire):
     resolution: int
     camera: Camera
     camera_last_frame_age_s: float | None = None
+    pipeline: PipelineState = "ok"
+    frames_failed: int = 0
+    restarts: dict[str, int] = Field(default_factory=dict)  # pipeline / camera restarts by the node itself
+    last_error: str | None = None
+    workers: list[WorkerStatus] = Field(default_factory=list)
+    dropped_offline: dict[str, int] = Field(default_factory=dict)  # messages not sent while the broker was away
+    publish_denied: int = 0  # publishes the broker refused (MQTT 5 reason codes; 3.1.1 cannot tell)
 
 
 class NodeState(_Wire):
@@ -133,6 +151,14 @@ class Event(_Wire):
     detail: dict[str, object] | None = None
     ts: float = Field(default_factory=lambda: round(time.time(), 3))
 
+    @field_validator("id", "cmd", "error", mode="before")
+    @classmethod
+    def _printable(cls, value: object) -> object:
+        """Texts can come from hostile payloads or exceptions: make them valid UTF-8, so publishing never fails."""
+        if isinstance(value, str):
+            return value.encode("utf-8", "replace").decode("utf-8")[:1000]
+        return value
+
 
 OtaPhase = Literal["idle", "downloading", "verifying", "activating", "active", "failed", "rolled_back"]
 
@@ -156,7 +182,8 @@ _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class _Command(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a wrong type is refused, never coerced ("2" or true is not a number).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: _ID | None = None
 
@@ -173,7 +200,7 @@ class Ping(_Command):
 class SetPublish(_Command):
     cmd: Literal["set_publish"]
     policy: PublishPolicy
-    max_hz: float | None = Field(None, gt=0, le=1000)
+    max_hz: float | None = Field(None, ge=0.01, le=1000, allow_inf_nan=False)
 
 
 class UpdateModel(_Command):
@@ -222,10 +249,14 @@ def _names() -> list[str]:
 
 
 def command_id(payload: bytes) -> tuple[str | None, str]:
-    """Best-effort (id, cmd) of an invalid payload, so that its error event can be correlated."""
+    """Best-effort (id, cmd) of an invalid payload, so that its error event can be correlated.
+
+    It parses with the same strict JSON parser as the commands: what that parser refuses (invalid UTF-8, lone
+    surrogates, nesting past its limit) yields no id rather than an id that cannot be published.
+    """
     try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        data = pydantic_core.from_json(payload)
+    except ValueError:
         return None, "invalid"
     if not isinstance(data, dict):
         return None, "invalid"

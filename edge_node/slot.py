@@ -11,13 +11,18 @@ T = TypeVar("T")
 
 
 class LatestSlot(Generic[T]):
-    """A one-item mailbox between two threads. ``put`` replaces an unread item (counting it as dropped),
-    so the consumer always gets the newest one and nothing queues up."""
+    """A one-item mailbox between threads. ``put`` replaces an unread item (counting it as dropped), so a
+    consumer always gets the newest one and nothing queues up.
 
-    def __init__(self) -> None:
+    With ``keep_last`` the slot keeps the item after it was taken, for :meth:`peek`; without, it lets go of it
+    at once, so the slot never keeps anything alive that its consumer has finished with.
+    """
+
+    def __init__(self, *, keep_last: bool = True) -> None:
         self._cond = threading.Condition()
         self._item: T | None = None
         self._fresh = False
+        self._keep_last = keep_last
         self.dropped = 0
 
     def put(self, item: T) -> None:
@@ -32,9 +37,11 @@ class LatestSlot(Generic[T]):
         with self._cond:
             if not self._fresh and not self._cond.wait_for(lambda: self._fresh, timeout):
                 return None
-            self._fresh = False
+            item, self._fresh = self._item, False
+            if not self._keep_last:
+                self._item = None
             self._cond.notify_all()
-            return self._item
+            return item
 
     def wait_taken(self, timeout: float) -> bool:
         """Block until the current item was taken (back-pressure for a producer); False on timeout."""

@@ -12,11 +12,14 @@ Weights are seeded by the version, so two versions predict differently.
 - ``"slow"``: correct outputs after a chain of large MatMuls (passes warm-up, fails a tight latency bound)
 - ``"hash"``: a model file changed after the manifest was written (integrity check fails)
 - ``"labels"``: one label fewer than ``num_classes``
+- ``"nan_on_camera"``: finite on a grey frame (what start-up checks with), NaN on brighter, real-looking frames
+  (the synthetic camera's): a model that loads and passes its check but then fails on every frame
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,12 +27,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_node.bundle.manifest import MANIFEST, BuildInfo, Manifest, Preprocess, Variant, file_digest
+from edge_node.bundle import open_bundle
+from edge_node.bundle.manifest import MANIFEST, SIGNATURE, BuildInfo, Manifest, Preprocess, Variant, file_digest
 from edge_node.bundle.signing import generate_keypair, load_private_key, sign_bundle
 
-__all__ = ["BROKEN", "make_key", "make_tiny_bundle", "tiny_model"]
+__all__ = ["BROKEN", "make_key", "make_tiny_bundle", "resigned", "tiny_model"]
 
-BROKEN = ("not_onnx", "nan", "shape", "slow", "hash", "labels")
+BROKEN = ("not_onnx", "nan", "shape", "slow", "hash", "labels", "nan_on_camera")
 OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime >= 1.14
 SLOW_MATMULS = 100  # ~50 ms per inference at 224 px on one core
@@ -63,11 +67,24 @@ def tiny_model(
         nodes.append(helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"]))
     else:
         inits.append(numpy_helper.from_array(weights, "w"))
-    logits = "logits" if broken not in ("nan", "slow") else "raw"
+    logits = "logits" if broken not in ("nan", "slow", "nan_on_camera") else "raw"
     nodes.append(helper.make_node("Gemm", ["flat", "w", "bias"], [logits]))
     if broken == "nan":
         inits.append(numpy_helper.from_array(np.array([np.nan], dtype=np.float32), "nan"))
         nodes.append(helper.make_node("Mul", ["raw", "nan"], ["logits"]))
+    elif broken == "nan_on_camera":
+        # sqrt(0.1 - mean(input)) * 0: zero for a grey frame (normalised mean ~0), NaN for a brighter one (~0.2).
+        inits += [
+            numpy_helper.from_array(np.array(0.1, dtype=np.float32), "limit"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        ]
+        nodes += [
+            helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+            helper.make_node("Sub", ["limit", "mean"], ["room"]),
+            helper.make_node("Sqrt", ["room"], ["root"]),
+            helper.make_node("Mul", ["root", "zero"], ["zeroed"]),
+            helper.make_node("Add", ["raw", "zeroed"], ["logits"]),
+        ]
     elif broken == "slow":
         nodes += _slow_chain(resolution, inits)
         nodes.append(helper.make_node("Add", ["raw", "zeroed"], ["logits"]))
@@ -155,3 +172,13 @@ def make_tiny_bundle(
     if key is not None:
         sign_bundle(dir, load_private_key(key))
     return dir
+
+
+def resigned(src: Path, dest: Path, version: str, key: Path) -> Path:
+    """A copy of the bundle ``src`` at ``dest`` (created) with its version changed and signed with ``key``."""
+    shutil.copytree(src, dest)
+    manifest = open_bundle(dest).manifest.model_copy(update={"version": version})
+    (dest / MANIFEST).write_bytes(manifest.to_bytes())
+    (dest / SIGNATURE).unlink(missing_ok=True)
+    sign_bundle(dest, load_private_key(key))
+    return dest

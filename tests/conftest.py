@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import Mosquitto
+from tests.nodeproc import Collector
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -22,6 +23,16 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def bus(mosquitto: Mosquitto) -> Iterator[Collector]:
+    """A subscriber to everything on the test broker, as a dashboard would be."""
+    c = Collector(mosquitto.port)
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 @pytest.fixture(scope="session")

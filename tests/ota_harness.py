@@ -17,9 +17,9 @@ from edge_node.domain import Mode
 from edge_node.messages import Event, OtaStatus
 from edge_node.ota.store import BundleStore
 from edge_node.ota.updater import Updater
-from edge_node.vision.classifier import Classifier
+from edge_node.vision.loading import load, select_model
 from edge_node.vision.modes import ModeController
-from edge_node.vision.pipeline import Pipeline, Result
+from edge_node.vision.pipeline import Output, Pipeline, Result
 
 __all__ = ["LiveNode", "RecordingSink", "live_node"]
 
@@ -29,10 +29,10 @@ class RecordingSink:
     events: list[Event] = field(default_factory=list)
     statuses: list[OtaStatus] = field(default_factory=list)
 
-    async def event(self, ev: Event) -> None:
+    def event(self, ev: Event) -> None:
         self.events.append(ev)
 
-    async def ota(self, st: OtaStatus) -> None:
+    def ota(self, st: OtaStatus) -> None:
         self.statuses.append(st)
 
     def phases(self) -> list[str]:
@@ -51,7 +51,7 @@ class LiveNode:
 
     @property
     def serving(self) -> str:
-        return self.pipeline.classifier.bundle.manifest.version
+        return self.pipeline.model.info.version
 
     async def predictions_on(self, version: str, count: int = 3) -> None:
         """Wait (up to 10 s) until ``count`` new predictions come from ``version``."""
@@ -79,20 +79,31 @@ async def live_node(
     model = model or ModelConfig(threads=1)
     store = BundleStore(state, factory)
     bundle, _ = store.startup()
-    classifier = Classifier(bundle, precision=model.precision, threads=model.threads, top_k=model.top_k)
-    classifier.warmup()
+    chosen = select_model(bundle, model)
     cam = CameraConfig(source="synthetic", width=320, height=240, fps=fps)
     grabber = Grabber(lambda: make_source(cam), stall_timeout=5.0, reopen_delay=0.5)
-    controller = ModeController(AutoModeConfig(), classifier.resolutions, mode=Mode.HIGH)
+    controller = ModeController(AutoModeConfig(), chosen.resolutions, mode=Mode.HIGH)
     results: list[tuple[float, str]] = []
     arrived = asyncio.Event()
     loop = asyncio.get_running_loop()
+    updater: Updater | None = None
 
-    def on_result(r: Result) -> None:  # inference thread
-        results.append((time.monotonic(), r.model.version))
-        loop.call_soon_threadsafe(arrived.set)
+    class Listener:
+        def on_output(self, item: Output) -> None:  # inference thread
+            if isinstance(item, Result):
+                results.append((time.monotonic(), item.model.version))
+            loop.call_soon_threadsafe(delivered, item)
 
-    pipeline = Pipeline(grabber, classifier, controller, on_result)
+        def on_change(self) -> None:
+            pass
+
+    def delivered(item: Output) -> None:
+        arrived.set()
+        if updater is not None:
+            updater.observe(item)
+
+    loaded = load(chosen, check=chosen.resolutions, keep=model.sessions)
+    pipeline = Pipeline(grabber.slot, loaded, controller, Listener(), keep=model.sessions)
     sink = RecordingSink()
     updater = Updater(cfg, store, pipeline, node_id="n1", model_cfg=model, sink=sink, backoff=0.01)
     grabber.start()

@@ -69,6 +69,22 @@ def test_links_and_oversized_archives_are_refused(tmp_path: Path) -> None:
         unpack(tmp_path / "junk.tar.gz", tmp_path / "j")
 
 
+def test_an_archive_made_with_tar_czf_dash_C_dir_dot_opens(tmp_path: Path) -> None:
+    """``tar czf b.tar.gz -C dir .`` stores "." and "./name" entries: the usual way, and safe."""
+    import subprocess
+
+    bundle = _bundle(tmp_path / "b")
+    archive = tmp_path / "b.tar.gz"
+    subprocess.run(["tar", "czf", str(archive), "-C", str(bundle), "."], check=True)
+    with tarfile.open(archive) as tar:
+        assert "." in tar.getnames() and "./manifest.json" in tar.getnames()
+    opened = open_bundle(archive, unpack_dir=tmp_path / "unpacked")
+    assert opened.labels == ("class0", "class1", "class2")
+    for name in ("./../evil", "./a/../../evil"):  # a "./" prefix does not make ".." safe
+        with pytest.raises(BundleError, match="unsafe path"):
+            unpack(_tar(tmp_path / "e.tar.gz", [tarfile.TarInfo(name)]), tmp_path / "e")
+
+
 def test_pack_and_open_archive_round_trip(tmp_path: Path) -> None:
     bundle = _bundle(tmp_path / "b")
     archive = pack(bundle, tmp_path / "b.tar.gz")

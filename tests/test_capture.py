@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_node.capture.base import EndOfStream
 from edge_node.capture.factory import make_source
 from edge_node.capture.grabber import Grabber, LatestSlot
 from edge_node.capture.opencv import OpenCVSource
@@ -117,19 +118,54 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
         make_source(CameraConfig(source=f"dir:{tmp_path}/nope")).open()
 
 
-def test_video_file_plays_and_loops(tmp_path: Path) -> None:
-    path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 48))
-    for i in range(3):
-        writer.write(np.full((48, 64, 3), 60 * (i + 1), np.uint8))
+def _clip(path: Path, frames: int, fps: float) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), 20 * (i + 1), np.uint8))
     writer.release()
-    src = make_source(CameraConfig(source=str(path), fps=1000))
+    return path
+
+
+def test_video_file_plays_at_its_own_rate_then_ends(tmp_path: Path) -> None:
+    src = make_source(CameraConfig(source=str(_clip(tmp_path / "clip.avi", 6, 20.0))))
     assert isinstance(src, OpenCVSource)
     src.open()
-    frames = [src.read() for _ in range(5)]
+    start = time.monotonic()
+    frames = [src.read() for _ in range(6)]
+    elapsed = time.monotonic() - start
+    with pytest.raises(EndOfStream):
+        src.read()
     src.close()
     assert all(f is not None and f.shape == (48, 64, 3) for f in frames)
-    assert abs(int(frames[3][0, 0, 0]) - int(frames[0][0, 0, 0])) < 10  # type: ignore[index]
+    assert elapsed >= 5 / 20.0 * 0.9  # paced at the file's 20 fps, not as fast as it decodes
+
+
+def test_an_explicit_fps_overrides_the_files_rate(tmp_path: Path) -> None:
+    src = make_source(CameraConfig(source=str(_clip(tmp_path / "clip.avi", 6, 2.0)), fps=1000))
+    src.open()
+    start = time.monotonic()
+    for _ in range(6):
+        src.read()
+    src.close()
+    assert time.monotonic() - start < 1.0  # at 2 fps this would take 2.5 s
+
+
+@pytest.mark.parametrize("at_end", ["loop", "stop"])
+def test_grabber_loops_a_video_file_or_stops_at_its_end(tmp_path: Path, at_end: str) -> None:
+    clip = _clip(tmp_path / "clip.avi", 3, 100.0)
+    g = Grabber(lambda: make_source(CameraConfig(source=str(clip))), stall_timeout=1, reopen_delay=0.05, at_end=at_end)  # type: ignore[arg-type]
+    g.start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (g.captured >= 9 or g.state() == "ended"):
+            time.sleep(0.02)
+        snap = g.snapshot()
+    finally:
+        g.stop()
+    if at_end == "loop":
+        assert snap.captured >= 9 and snap.ends >= 2 and snap.state == "ok" and snap.failures == 0
+    else:
+        assert snap.captured == 3 and snap.ends == 1 and snap.state == "ended"
 
 
 def test_unknown_sources_are_config_errors() -> None:

@@ -87,3 +87,25 @@ def test_topics_are_built_and_parsed_in_one_place() -> None:
     assert Topics.parse("ghostpi", "other/n1/heartbeat") is None
     assert Topics.parse("ghostpi", "ghostpi/n1/a/b") is None
     assert Topics.wildcard("ghostpi", "predictions") == "ghostpi/+/predictions"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"id":"\\ud800","cmd":"ping"}',
+        b'{"cmd":"\xed\xa0\x80"}',
+        b'{"id":"x","cmd":"ping","deep":' + b"[" * 1000 + b"]" * 1000 + b"}",
+    ],
+    ids=["escaped-surrogate", "raw-surrogate", "deep-nesting"],
+)
+def test_router_answers_hostile_payloads_with_a_publishable_event(payload: bytes) -> None:
+    ev = ControlRouter(max_bytes=16384, rate=100.0).route(payload, now=0.0)
+    assert isinstance(ev, Event) and not ev.ok
+    json.loads(ev.to_bytes())  # serialising the answer must not fail either
+
+
+def test_wrong_types_are_refused_not_coerced() -> None:
+    for raw in ('"2"', "true", "1e-320", "0"):
+        with pytest.raises(CommandError, match="max_hz"):
+            parse_command(f'{{"cmd":"set_publish","policy":"rate","max_hz":{raw}}}'.encode())
+    assert parse_command(b'{"cmd":"set_publish","policy":"rate","max_hz":2}').max_hz == 2.0  # type: ignore[union-attr]

@@ -28,15 +28,6 @@ def node(node_env: dict[str, str], tmp_path: Path) -> Iterator[NodeProcess]:
             proc.terminate()
 
 
-@pytest.fixture
-def bus(mosquitto: Mosquitto) -> Iterator[Collector]:
-    c = Collector(mosquitto.port)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 def _prediction(bus: Collector, node: NodeProcess, pred=lambda p: True, since: float = 0.0) -> Prediction:
     try:
         m = bus.wait(f"{T}/predictions", lambda m: pred(Prediction.model_validate_json(m.payload)), since=since)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,10 +122,85 @@ def test_update_and_rollback_through_ctl(world, tmp_path: Path) -> None:  # type
         assert ota.version == "2.0.0"
         _serving(bus, node, "2.0.0")
         assert _heartbeat(bus, bus.messages[-1].at).model_source == "active"
+        assert _retained_state_version(env) == "2.0.0"  # the retained state follows every swap
 
         out = _ctl(env, "rollback")
         assert out.returncode == 0 and out.stdout.startswith("node-o: ok rollback version=1.0.0 from=2.0.0"), out
         _serving(bus, node, "1.0.0", since=bus.messages[-1].at)
+        assert _retained_state_version(env) == "1.0.0"
+    finally:
+        node.terminate()
+
+
+def _retained_state_version(env: dict[str, str]) -> str:
+    """What a dashboard that connects now reads from the retained state topic."""
+    fresh = Collector(int(env["EDGE_MQTT__PORT"]), (f"{T}/state",))
+    try:
+        return str(fresh.wait(f"{T}/state", lambda m: m.retain, timeout=10).json()["model"]["version"])
+    finally:
+        fresh.close()
+
+
+@pytest.mark.parametrize("phase", ["downloading", "activating"])
+def test_sigterm_during_an_update_exits_promptly_and_leaves_the_store_consistent(  # type: ignore[no-untyped-def]
+    world, tmp_path: Path, phase: str
+) -> None:
+    """The update task used to live outside the node's TaskGroup, so SIGTERM during a download waited on a thread
+    that nothing could cancel. Now it is interrupted, answered, and the node exits within 5 s."""
+    env, bus, srv, site, key = world
+    name, sha = _release(site, tmp_path, key, "2.0.0", pad=2_000_000)
+    if phase == "downloading":
+        srv.faults = ["stall"]
+        srv.stall_seconds = 60
+    else:
+        env = {**env, "EDGE_OTA__HEALTH_FRAMES": "100000", "EDGE_OTA__HEALTH_TIMEOUT": "600"}  # a long health watch
+    node = _start(env, tmp_path, bus, "1.0.0")
+    _publish_update(bus, srv, name, sha, "2.0.0", "s1")
+    if phase == "downloading":
+        bus.wait(f"{T}/ota", lambda m: m.json()["phase"] == "downloading" and m.json().get("progress", 0) > 0)
+    else:
+        _serving(bus, node, "2.0.0")  # swapped in, watching its health
+    assert node.proc is not None
+    start = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    rc = node.proc.wait(15)
+    took = time.monotonic() - start
+    assert rc == 0 and took < 5.0, f"exit {rc} after {took:.1f}s\n{node.log()[-3000:]}"
+    ev = bus.wait(f"{T}/events", lambda m: m.json().get("id") == "s1", timeout=5).json()
+    assert not ev["ok"], ev
+    state = json.loads((tmp_path / "state" / "ota" / "state.json").read_text())
+    assert state["active"] is None and state["pending"] is None  # still the factory bundle, nothing half-done
+    staging = {p.name for p in (tmp_path / "state" / "ota" / "staging").iterdir()}
+    assert all(n.endswith(".part") for n in staging), staging  # only a resumable partial download may stay
+    restarted = time.monotonic()
+    node = _start(env, tmp_path, bus, "1.0.0", since=restarted)
+    node.terminate()
+
+
+def test_after_a_fallback_from_a_corrupt_bundle_rollback_still_works(  # type: ignore[no-untyped-def]
+    world, tmp_path: Path
+) -> None:
+    env, bus, srv, site, key = world
+    node = _start(env, tmp_path, bus, "1.0.0")
+    for version in ("2.0.0", "3.0.0"):
+        name, sha = _release(site, tmp_path, key, version)
+        _publish_update(bus, srv, name, sha, version, f"u{version}")
+        assert bus.wait(f"{T}/events", lambda m, v=version: m.json().get("id") == f"u{v}", timeout=40).json()["ok"]
+    node.terminate()
+    bundles = tmp_path / "state" / "ota" / "bundles"
+    active = next(p for p in bundles.iterdir() if p.name.startswith("3.0.0-"))
+    (active / "labels.txt").write_text("tampered\n")  # the active bundle no longer matches its hashes
+
+    restarted = time.monotonic()
+    node = _start(env, tmp_path, bus, "2.0.0", since=restarted)  # falls back to the previous bundle
+    try:
+        fallback = bus.wait(f"{T}/events", lambda m: m.json()["cmd"] == "model_fallback", since=restarted).json()
+        assert "3.0.0" in fallback["error"]
+        state = json.loads((tmp_path / "state" / "ota" / "state.json").read_text())
+        assert state["active"].startswith("2.0.0-") and state["previous"] == "@factory"
+        out = _ctl(env, "rollback")
+        assert out.returncode == 0 and "version=1.0.0 from=2.0.0" in out.stdout, out.stdout + out.stderr
+        _serving(bus, node, "1.0.0", since=time.monotonic())
     finally:
         node.terminate()
 

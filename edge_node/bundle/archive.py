@@ -40,11 +40,13 @@ def unpack(archive: Path, dest: Path, *, max_files: int = MAX_FILES, max_total: 
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 name = member.name
-                parts = PurePosixPath(name).parts
-                if name.startswith(("/", "\\")) or ".." in parts or "\\" in name or not parts:
+                parts = PurePosixPath(name).parts  # "." and "./x" (tar -C dir .) normalise to () and ("x",)
+                if name.startswith(("/", "\\")) or ".." in parts or "\\" in name:
                     raise BundleError(f"archive entry {name!r} has an unsafe path; refusing the archive")
                 if member.isdir():
                     continue
+                if not parts:
+                    raise BundleError(f"archive entry {name!r} has no file name; refusing the archive")
                 if not member.isfile():
                     raise BundleError(f"archive entry {name!r} is a link or device; refusing the archive")
                 count += 1

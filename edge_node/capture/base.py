@@ -8,17 +8,22 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Frame", "FrameSource", "Pacer"]
+__all__ = ["DEFAULT_FPS", "EndOfStream", "Frame", "FrameSource", "Pacer"]
 
 Frame = npt.NDArray[np.uint8]  # H x W x 3, BGR, uint8
+DEFAULT_FPS = 30.0  # for sources without a rate of their own when EDGE_CAMERA__FPS is not set
+
+
+class EndOfStream(Exception):
+    """The source has no more frames (the end of a video file); not a fault."""
 
 
 @runtime_checkable
 class FrameSource(Protocol):
     """A camera-like source. ``read`` blocks until the next frame is due.
 
-    ``read`` returns None for a transient miss (the grabber counts it and tries again) and raises
-    CameraError when the source is gone for good (the grabber reopens it after a delay).
+    ``read`` returns None for a transient miss (the grabber counts it and tries again), raises CameraError when
+    the source is gone (the grabber reopens it after a delay) and EndOfStream at the end of a file.
     """
 
     name: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_node.capture.base import FrameSource
+from edge_node.capture.base import DEFAULT_FPS, FrameSource
 from edge_node.capture.opencv import OpenCVSource
 from edge_node.capture.picamera import Picamera2Source
 from edge_node.capture.stills import StillsSource, demo_photos, folder_source
@@ -33,17 +33,18 @@ def _options(spec: str) -> dict[str, int]:
 
 def make_source(cfg: CameraConfig) -> FrameSource:
     src = cfg.source
+    fps = cfg.fps or DEFAULT_FPS  # for sources without a rate of their own
     if src == "demo":
-        return StillsSource("demo", demo_photos, cfg.fps, DEMO_HOLD_S)
+        return StillsSource("demo", demo_photos, fps, DEMO_HOLD_S)
     if src == "synthetic" or src.startswith("synthetic:"):
         opts = _options(src.partition(":")[2])
         return SyntheticSource(
-            cfg.width, cfg.height, cfg.fps, stall_after=opts.get("stall_after"), on_demand=bool(opts.get("on_demand"))
+            cfg.width, cfg.height, fps, stall_after=opts.get("stall_after"), on_demand=bool(opts.get("on_demand"))
         )
     if src == "picamera2":
-        return Picamera2Source(cfg.width, cfg.height, cfg.fps)
+        return Picamera2Source(cfg.width, cfg.height, fps)
     if src.startswith("dir:"):
-        return folder_source(Path(src[4:]).expanduser(), cfg.fps)
+        return folder_source(Path(src[4:]).expanduser(), fps)
     if src.isdigit():
         return OpenCVSource(int(src), cfg.width, cfg.height, cfg.fps)
     if "://" in src:

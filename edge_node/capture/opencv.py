@@ -1,4 +1,4 @@
-"""OpenCV VideoCapture: USB cameras (device index), video files (looped) and RTSP/HTTP streams."""
+"""OpenCV VideoCapture: USB cameras (device index), video files and RTSP/HTTP streams."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import cast
 
 import cv2
 
-from edge_node.capture.base import Frame, Pacer
+from edge_node.capture.base import DEFAULT_FPS, EndOfStream, Frame, Pacer
 from edge_node.errors import CameraError
 
 __all__ = ["OpenCVSource"]
@@ -16,15 +16,19 @@ log = logging.getLogger(__name__)
 
 
 class OpenCVSource:
-    """``target`` is a device index, a file path or a URL. Files loop and are paced to ``fps``."""
+    """``target`` is a device index, a file path or a URL.
 
-    def __init__(self, target: int | str, width: int, height: int, fps: float) -> None:
+    A file plays at its own frame rate unless ``fps`` is given, and ends with EndOfStream (the grabber decides
+    whether it loops). A device is asked for ``fps`` only when one is given.
+    """
+
+    def __init__(self, target: int | str, width: int, height: int, fps: float | None) -> None:
         self.target = target
         self.name = f"opencv:{target}"
         self.width, self.height, self.fps = width, height, fps
         self._cap: cv2.VideoCapture | None = None
         self._is_file = isinstance(target, str) and "://" not in target
-        self._pacer = Pacer(fps)
+        self._pacer: Pacer | None = None
 
     def open(self) -> None:
         cap = cv2.VideoCapture(self.target)
@@ -34,23 +38,26 @@ class OpenCVSource:
         if isinstance(self.target, int):
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
-            cap.set(cv2.CAP_PROP_FPS, self.fps)
+            if self.fps is not None:
+                cap.set(cv2.CAP_PROP_FPS, self.fps)
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # we want the newest frame, not a backlog
+        if self._is_file:
+            native = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            rate = self.fps or (native if 0.0 < native <= 1000.0 else DEFAULT_FPS)
+            self._pacer = Pacer(rate)
+            log.info("%s plays at %.2f fps (%s)", self.name, rate, "as set" if self.fps else "the file's own rate")
         self._cap = cap
 
     def read(self) -> Frame | None:
         if self._cap is None:
             raise CameraError(f"{self.name} is not open")
-        if self._is_file:
+        if self._pacer is not None:
             self._pacer.wait()
         ok, frame = self._cap.read()
         if ok and frame is not None:
             return cast(Frame, frame)
         if self._is_file:
-            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # loop the file
-            ok, frame = self._cap.read()
-            if ok and frame is not None:
-                return cast(Frame, frame)
+            raise EndOfStream(f"end of video file {self.target}")
         raise CameraError(f"{self.name} stopped delivering frames")
 
     def close(self) -> None:

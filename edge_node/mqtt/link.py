@@ -2,18 +2,26 @@
 
 It sets the ``offline`` will, publishes ``online`` and re-subscribes on every connect, reconnects with
 exponential backoff and jitter (tenacity), and keeps reliable messages (events, state) queued while the
-broker is away. Predictions (QoS 0) are dropped while disconnected: a stale prediction is worth nothing.
+broker is away. Predictions and heartbeats (QoS 0) are dropped while disconnected, and counted: a stale
+prediction is worth nothing, but the operator learns how much was lost.
+
+It also says what a broker refuses: with MQTT 5, a PUBACK or SUBACK reason code of "not authorized" is
+logged and counted (MQTT 3.1.1 has no such codes: a broker drops a denied publish without a word). A broker
+that speaks only MQTT 3.1.1 (amqtt, NATS) makes the link fall back to 3.1.1 with one warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from edge_node.config import MqttConfig
@@ -26,6 +34,8 @@ __all__ = ["Link", "Outgoing"]
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT = 10.0
+UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported protocol version" (3.1.1's return code 1, as paho maps it)
+DENIAL_LOG_EVERY = 60.0  # seconds between two warnings about refused publishes to the same topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +56,7 @@ class Link:
         *,
         client_id: str,
         subscriptions: tuple[str, ...],
-        on_message: Callable[[str, bytes], Awaitable[None]],
+        on_message: Callable[[str, bytes, bool], Awaitable[None]],
         on_connect: Callable[[], Awaitable[None]],
         max_reliable: int = 1000,
         max_fast: int = 256,
@@ -61,9 +71,14 @@ class Link:
         self._fast: deque[Outgoing] = deque(maxlen=max_fast)
         self._wake = asyncio.Event()
         self._client: aiomqtt.Client | None = None
+        self._inflight: str | None = None  # topic of the reliable publish awaiting its PUBACK
+        self._denial_logged: dict[str, float] = {}
+        self._probe_311 = False  # the next attempt tries MQTT 3.1.1, because MQTT 5 failed as if unsupported
         self.connected = False
         self.connects = 0
-        self.dropped = 0
+        self.dropped_offline: Counter[str] = Counter()  # by topic leaf ("predictions", "heartbeat")
+        self.dropped_backlog = 0  # QoS 0 messages pushed out of a full send queue (the broker is too slow)
+        self.denied = 0
 
     @property
     def reconnects(self) -> int:
@@ -74,10 +89,10 @@ class Link:
     def publish_fast(self, topic: str, payload: bytes) -> bool:
         """QoS 0, best effort: dropped (and counted) while disconnected or when the sender lags."""
         if not self.connected:
-            self.dropped += 1
+            self.dropped_offline[topic.rsplit("/", 1)[-1]] += 1
             return False
         if len(self._fast) == self._fast.maxlen:
-            self.dropped += 1
+            self.dropped_backlog += 1
         self._fast.append(Outgoing(topic, payload))
         self._wake.set()
         return True
@@ -102,46 +117,81 @@ class Link:
                     await self._session()  # returns after a connection that worked was lost
             # A session that connected and then dropped starts a fresh backoff.
 
-    def _log_retry(self, state: object) -> None:
-        outcome = getattr(state, "outcome", None)
-        sleep = getattr(getattr(state, "next_action", None), "sleep", 0.0)
+    def _log_retry(self, state: Any) -> None:
+        outcome = state.outcome
         exc = outcome.exception() if outcome is not None else None
+        sleep = state.next_action.sleep if state.next_action is not None else 0.0
+        if self._probe_311:
+            log.info(
+                "MQTT 5 connect to %s:%s failed (%s); trying MQTT 3.1.1", broker_host(self.cfg), self.cfg.port, exc
+            )
+            return
         log.warning(
-            "MQTT broker %s:%s unreachable (%s); retrying in %.1fs",
-            broker_host(self.cfg),
-            self.cfg.port,
-            exc,
-            sleep,
+            "MQTT broker %s:%s unreachable (%s); retrying in %.1fs", broker_host(self.cfg), self.cfg.port, exc, sleep
         )
 
     async def _session(self) -> None:
+        probing = self._probe_311
+        cfg = self.cfg.model_copy(update={"protocol": "3.1.1"}) if probing else self.cfg
         will = aiomqtt.Will(self.topics.status, OFFLINE, qos=1, retain=True)
-        client = aiomqtt_client(self.cfg, identifier=self.client_id, will=will)
-        async with client:
-            self._client = client
-            self.connected = True
-            self.connects += 1
-            log.info("connected to MQTT broker %s:%s as %s", broker_host(self.cfg), self.cfg.port, self.client_id)
-            try:
-                await client.publish(self.topics.status, ONLINE, qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
-                for topic in self.subscriptions:
-                    await client.subscribe(topic, qos=1, timeout=PUBLISH_TIMEOUT)
-                await self._on_connect()
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._sender(client))
-                    tg.create_task(self._reader(client))
-            except* aiomqtt.MqttError as group:
-                log.warning("MQTT connection lost: %s", group.exceptions[0])
-            finally:
-                self.connected = False
-                self._client = None
-                self._fast.clear()
+        client = aiomqtt_client(cfg, identifier=self.client_id, will=will)
+        self._watch_acks(client)
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            self._probe_311 = not probing and cfg.protocol == "5" and _maybe_not_v5(exc)
+            raise
+        if probing:
+            # MQTT 5 was refused or never answered (amqtt does not even answer an MQTT 5 CONNECT with a will),
+            # and 3.1.1 connects: this broker does not speak MQTT 5.
+            log.warning(
+                "the MQTT broker %s:%s does not accept MQTT 5; using MQTT 3.1.1 from now on (set "
+                "EDGE_MQTT__PROTOCOL=3.1.1 to skip the attempt; 3.1.1 cannot report refused publishes)",
+                broker_host(self.cfg),
+                self.cfg.port,
+            )
+            self.cfg = cfg
+            self._probe_311 = False
+        try:
+            await self._connected(client)
+        finally:
+            await client.__aexit__(None, None, None)
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self.connected = True
+        self.connects += 1
+        log.info(
+            "connected to MQTT broker %s:%s as %s (MQTT %s)",
+            broker_host(self.cfg),
+            self.cfg.port,
+            self.client_id,
+            self.cfg.protocol,
+        )
+        try:
+            await self._send(client, Outgoing(self.topics.status, ONLINE, 1, True))
+            for topic in self.subscriptions:
+                granted = await client.subscribe(topic, qos=1, timeout=PUBLISH_TIMEOUT)
+                for code in granted:
+                    if _is_failure(code):
+                        self._refused(topic, f"subscription refused: {code}")
+            await self._on_connect()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._sender(client))
+                tg.create_task(self._reader(client))
+        except* aiomqtt.MqttError as group:
+            log.warning("MQTT connection lost: %s", group.exceptions[0])
+        finally:
+            self.connected = False
+            self._client = None
+            self._inflight = None
+            self._fast.clear()
 
     async def _reader(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
             try:
-                await self._on_message(str(message.topic), bytes(payload))
+                await self._on_message(str(message.topic), bytes(payload), bool(message.retain))
             except Exception:  # a handler bug must never take the link down
                 log.exception("handling a message on %s failed", message.topic)
 
@@ -151,14 +201,49 @@ class Link:
                 self._wake.clear()
                 await self._wake.wait()
             if self._reliable:
-                item = self._reliable[0]
-                await client.publish(
-                    item.topic, item.payload, qos=item.qos, retain=item.retain, timeout=PUBLISH_TIMEOUT
-                )
-                self._reliable.popleft()  # only once the broker has it
+                await self._send(client, self._reliable[0])
+                self._reliable.popleft()  # only once the broker has it (or refused it for good)
             elif self._fast:
                 item = self._fast.popleft()
                 await client.publish(item.topic, item.payload, qos=0, timeout=PUBLISH_TIMEOUT)
+
+    async def _send(self, client: aiomqtt.Client, item: Outgoing, wait: float = PUBLISH_TIMEOUT) -> None:
+        self._inflight = item.topic
+        try:
+            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain, timeout=wait)
+        finally:
+            self._inflight = None
+
+    # --- what the broker refuses ---------------------------------------------------------------------------
+
+    def _watch_acks(self, client: aiomqtt.Client) -> None:
+        """See PUBACK reason codes, which aiomqtt does not surface: wrap paho's on_publish callback."""
+        paho = client._client  # aiomqtt's documented escape hatch to the paho client
+        inner: Any = paho.on_publish
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+            if _is_failure(reason):
+                self._refused(self._inflight or "(unknown topic)", f"publish refused: {reason}")
+            if inner is not None:
+                inner(c, userdata, mid, reason, properties)
+
+        paho.on_publish = on_publish
+
+    def _refused(self, topic: str, why: str) -> None:
+        self.denied += 1
+        now = time.monotonic()
+        if now - self._denial_logged.get(topic, float("-inf")) < DENIAL_LOG_EVERY:
+            return
+        self._denial_logged[topic] = now
+        log.error(
+            "the MQTT broker refused %s on %s (client id %s): check that this node's certificate or user is the one "
+            "the broker's ACL expects for node %s (%d refusals so far)",
+            why,
+            topic,
+            self.client_id,
+            self.topics.node_id,
+            self.denied,
+        )
 
     async def close(self) -> None:
         """Publish ``offline`` explicitly and flush what we can: a clean shutdown, not a will."""
@@ -167,8 +252,21 @@ class Link:
             return
         try:
             while self._reliable:
-                item = self._reliable.popleft()
-                await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain, timeout=2.0)
-            await client.publish(self.topics.status, OFFLINE, qos=1, retain=True, timeout=2.0)
+                await self._send(client, self._reliable.popleft(), wait=2.0)
+            await self._send(client, Outgoing(self.topics.status, OFFLINE, 1, True), wait=2.0)
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.warning("could not publish offline status on shutdown: %s", exc)
+
+
+def _maybe_not_v5(exc: aiomqtt.MqttError) -> bool:
+    """A connect failure that a broker without MQTT 5 causes: "unsupported protocol version", or no CONNACK."""
+    if isinstance(exc, MqttConnectError):
+        value = getattr(exc.rc, "value", exc.rc)
+        return value == UNSUPPORTED_PROTOCOL
+    return "timed out" in str(exc).lower()
+
+
+def _is_failure(code: Any) -> bool:
+    """A paho ReasonCode >= 0x80 (MQTT 5), or a SUBACK 0x80 (3.1.1's "failure")."""
+    value = getattr(code, "value", code)
+    return isinstance(value, int) and value >= 0x80

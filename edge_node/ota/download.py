@@ -10,10 +10,12 @@ Uses the standard library (urllib) so the Pi runtime needs no extra HTTP depende
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
 import re
+import socket
 import ssl
 import threading
 import urllib.error
@@ -38,7 +40,7 @@ from edge_node.config import OtaConfig
 from edge_node.errors import DownloadError
 from edge_node.ota.fsutil import fsync_dir
 
-__all__ = ["CHUNK", "Progress", "check_url", "download", "sha256_file"]
+__all__ = ["CHUNK", "Interrupter", "Progress", "check_url", "download", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,63 @@ def check_url(url: str, *, allow_http: bool) -> str:
 
 def sha256_file(path: Path) -> str:
     return file_digest(path).sha256
+
+
+class Interrupter:
+    """Lets another thread break a download out of a blocking socket read at once (node shutdown), instead of
+    waiting up to ``download_timeout`` for the read to time out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._interrupted = False
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._interrupted = True
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._interrupted:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._sockets.add(sock)
+
+    def forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
+
+    def handlers(self, context: ssl.SSLContext) -> list[urllib.request.BaseHandler]:
+        """urllib handlers whose connections register their sockets here."""
+        interrupter = self
+
+        def tracked(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+            class Tracked(base):  # type: ignore[valid-type,misc]
+                def connect(self) -> None:
+                    super().connect()
+                    interrupter.track(self.sock)
+
+                def close(self) -> None:
+                    if self.sock is not None:
+                        interrupter.forget(self.sock)
+                    super().close()
+
+            return Tracked
+
+        http_conn, https_conn = tracked(http.client.HTTPConnection), tracked(http.client.HTTPSConnection)
+
+        class HTTP(urllib.request.HTTPHandler):
+            def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(http_conn, req)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(https_conn, req, context=context)
+
+        return [HTTP(), HTTPS()]
 
 
 class _SchemeGuard(urllib.request.HTTPRedirectHandler):
@@ -197,6 +256,7 @@ def download(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     context: ssl.SSLContext | None = None,
+    interrupter: Interrupter | None = None,
     backoff: float = 1.0,
 ) -> Path:
     """Fetch ``url`` to ``dest`` (blocking; run it in a thread). Raise DownloadError when it cannot.
@@ -209,10 +269,8 @@ def download(
         raise DownloadError(
             f"bundle of {size} bytes exceeds EDGE_OTA__MAX_BUNDLE_BYTES={cfg.max_bundle_bytes}; refusing it"
         )
-    opener = urllib.request.build_opener(
-        urllib.request.HTTPSHandler(context=context or ssl.create_default_context()),
-        _SchemeGuard(cfg.allow_http),
-    )
+    handlers = (interrupter or Interrupter()).handlers(context or ssl.create_default_context())
+    opener = urllib.request.build_opener(*handlers, _SchemeGuard(cfg.allow_http))
     job = _Job(
         url=url,
         part=dest.with_name(dest.name + ".part"),
@@ -238,7 +296,11 @@ def download(
                 job.attempt()
                 _check_hash(job)
     except _Retry as exc:  # the partial file stays for the next try to resume
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled("download cancelled") from exc
         raise DownloadError(f"download failed after {cfg.download_attempts} attempt(s): {exc}") from exc
+    except _Cancelled:  # shutdown: the partial file stays, so the next run resumes
+        raise
     except DownloadError:
         job.part.unlink(missing_ok=True)
         raise

@@ -122,6 +122,7 @@ class BundleStore:
             self._running = Running(slot, name, bundle)
             if source != "active" and self._state.active is not None:
                 log.warning("started on the %s bundle %s because the active one failed", name, slot)
+                self._settle_fallback(slot)
             self.gc()
             return bundle, name
         raise BundleError("no usable model bundle: " + "; ".join(errors or ["no factory bundle configured"]))
@@ -138,6 +139,12 @@ class BundleStore:
         if pending.get("id"):
             ids[str(pending["id"])] = False
         self._write(pending=None, ids=ids)
+
+    def _settle_fallback(self, running: Slot) -> None:
+        """Start-up skipped unusable bundles: make the state say what runs, with the next bundle down (the
+        factory one) as the rollback target, so neither a restart nor ``rollback`` returns to a broken bundle."""
+        previous = FACTORY if running != FACTORY and self.factory is not None else None
+        self._write(active=running, previous=previous)
 
     def _clean_staging(self) -> None:
         """Drop unpack folders and temp files from an interrupted update; keep ``*.part`` to resume."""

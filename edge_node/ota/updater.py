@@ -8,7 +8,8 @@ check, so a crash or kill at any point restarts on the last good bundle.
 
 One update runs at a time; a command id that already ran is answered, not run again (ids survive
 restarts). Results go to the sink: one final :class:`Event` per command, progress on the retained
-:class:`OtaStatus`.
+:class:`OtaStatus`. Commands run as tasks of :meth:`Updater.run`, which lives in the node's TaskGroup;
+:meth:`Updater.aclose` interrupts a download and lets the command end before the node stops.
 """
 
 from __future__ import annotations
@@ -19,21 +20,20 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from edge_node.bundle import Bundle, open_bundle
 from edge_node.bundle.archive import MAX_TOTAL, unpack
 from edge_node.config import ModelConfig, OtaConfig
 from edge_node.errors import EdgeError, UpdateError
 from edge_node.messages import Event, OtaPhase, OtaStatus, Rollback, UpdateModel
-from edge_node.ota.download import Progress, download
+from edge_node.ota.download import Interrupter, Progress, download
 from edge_node.ota.store import BundleStore, Slot, slot_name
 
 if TYPE_CHECKING:
-    from edge_node.vision.classifier import Classifier
-    from edge_node.vision.pipeline import Outcome, Pipeline
+    from edge_node.vision.pipeline import Loaded, Output, Pipeline
 
 __all__ = ["OtaSink", "Updater"]
 
@@ -46,9 +46,9 @@ PROGRESS_PERIOD = 1.0  # ... or seconds
 class OtaSink(Protocol):
     """Where the updater reports: ``<prefix>/<node>/events`` and the retained ``<prefix>/<node>/ota``."""
 
-    async def event(self, ev: Event) -> None: ...
+    def event(self, ev: Event) -> None: ...
 
-    async def ota(self, st: OtaStatus) -> None: ...
+    def ota(self, st: OtaStatus) -> None: ...
 
 
 class _Failed(UpdateError):
@@ -82,8 +82,12 @@ class Updater:
         self.backoff = backoff
         self._busy: str | None = None  # "<cmd> <version>, id <id>" while a command runs
         self._busy_id: str | None = None
-        self._cancel = threading.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._cancel = threading.Event()  # for threads: the download stops
+        self._closing = asyncio.Event()  # for the loop: a health watch ends
+        self._interrupter = Interrupter()
+        self._running: asyncio.Task[None] | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._watch: Callable[[Output], None] | None = None  # the health check's eye on the output stream
         self._status = self._initial_status()
         self._announced = False
         if cfg.allow_unsigned_models:
@@ -105,55 +109,88 @@ class Updater:
     def republish(self) -> None:
         """Re-send the retained OTA status (call on every MQTT connect); the first call also reports a
         start-up fallback or an update that a restart interrupted."""
-        self._spawn(self.sink.ota(self._status))
+        self.sink.ota(self._status)
         if self._announced:
             return
         self._announced = True
         interrupted = self.store.interrupted
         if interrupted is not None:
-            self._spawn(
-                self.sink.event(
-                    Event(
-                        id=interrupted.get("id"),
-                        cmd=interrupted.get("cmd", "update_model"),
-                        ok=False,
-                        error=f"the update to {interrupted.get('version')} was interrupted by a restart; "
-                        f"serving {self._serving_version()}",
-                        detail={"phase": "failed", "stage": "restart", "serving": self._serving_version()},
-                    )
+            self.sink.event(
+                Event(
+                    id=interrupted.get("id"),
+                    cmd=interrupted.get("cmd", "update_model"),
+                    ok=False,
+                    error=f"the update to {interrupted.get('version')} was interrupted by a restart; "
+                    f"serving {self._serving_version()}",
+                    detail={"phase": "failed", "stage": "restart", "serving": self._serving_version()},
                 )
             )
         if self.store.startup_errors:
-            self._spawn(
-                self.sink.event(
-                    Event(
-                        cmd="model_fallback",
-                        ok=False,
-                        error="; ".join(self.store.startup_errors),
-                        detail={"model_source": self.model_source, "serving": self._serving_version()},
-                    )
+            self.sink.event(
+                Event(
+                    cmd="model_fallback",
+                    ok=False,
+                    error="; ".join(self.store.startup_errors),
+                    detail={"model_source": self.model_source, "serving": self._serving_version()},
                 )
             )
 
-    async def aclose(self) -> None:
-        """Stop a running download and wait for outstanding reports (node shutdown)."""
+    async def run(self) -> None:
+        """Run submitted commands until cancelled; the node runs this in its TaskGroup."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self._group = None
+
+    def submit(self, cmd: UpdateModel | Rollback) -> None:
+        """Start ``cmd`` as a task of :meth:`run` (or refuse it at once with an event)."""
+        if self._group is None:
+            self.sink.event(Event(id=cmd.id, cmd=cmd.cmd, ok=False, error="the node is shutting down"))
+            return
+        self._group.create_task(self.handle(cmd), name=f"ota-{cmd.cmd}")
+
+    async def aclose(self, grace: float = 4.0) -> None:
+        """Node shutdown: interrupt a download and give the running command ``grace`` s to end cleanly
+        (it reports, and the store stays consistent); then it is cancelled."""
         self._cancel.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2.0)
+        self._closing.set()
+        self._interrupter.interrupt()
+        task = self._running
+        if task is not None and not task.done():
+            _, pending = await asyncio.wait({task}, timeout=grace)
+            for t in pending:
+                t.cancel()
+                await asyncio.wait({t}, timeout=1.0)
+
+    def observe(self, item: Output) -> None:
+        """Every frame's outcome, on the loop: what the health check of a new model watches."""
+        if self._watch is not None:
+            self._watch(item)
 
     async def handle(self, cmd: UpdateModel | Rollback) -> None:
-        """Run one command to its end; never raises for an update that fails."""
+        """Run one command to its end and answer it with exactly one event; never raises for a failure."""
         if cmd.id is not None:
             if cmd.id == self._busy_id:
-                log.info("command %s is already running; ignoring the duplicate", cmd.id)
+                log.info("command %s is already running", cmd.id)
+                self.sink.event(
+                    Event(
+                        id=cmd.id,
+                        cmd=cmd.cmd,
+                        ok=False,
+                        error="this command is already running",
+                        detail={"duplicate": True},
+                    )
+                )
                 return
             done = self.store.outcome(cmd.id)
             if done is not None:
                 log.info("command %s already ran (ok=%s); not running it again", cmd.id, done)
-                await self.sink.event(Event(id=cmd.id, cmd=cmd.cmd, ok=done, detail={"duplicate": True}))
+                self.sink.event(Event(id=cmd.id, cmd=cmd.cmd, ok=done, detail={"duplicate": True}))
                 return
         if self._busy is not None:
-            await self.sink.event(
+            self.sink.event(
                 Event(
                     id=cmd.id,
                     cmd=cmd.cmd,
@@ -162,15 +199,24 @@ class Updater:
                 )
             )
             return
+        if self._cancel.is_set():
+            self.sink.event(Event(id=cmd.id, cmd=cmd.cmd, ok=False, error="the node is shutting down"))
+            return
         what = cmd.version if isinstance(cmd, UpdateModel) else "previous"
         self._busy, self._busy_id = f"{cmd.cmd} {what}, id {cmd.id}", cmd.id
-        self._cancel.clear()
+        self._running = asyncio.current_task()
         try:
             ok = await (self._update(cmd) if isinstance(cmd, UpdateModel) else self._rollback(cmd))
-            if cmd.id is not None:
+            if cmd.id is not None and not self._cancel.is_set():
                 await asyncio.to_thread(self.store.remember, cmd.id, ok)
+        except asyncio.CancelledError:
+            self._fail(
+                cmd, "shutdown", "interrupted by the node shutting down; send the command again", report_status=False
+            )
+            raise
         finally:
             self._busy = self._busy_id = None
+            self._running = None
 
     # --- update_model ---------------------------------------------------------------------------------
 
@@ -178,7 +224,7 @@ class Updater:
         started = time.monotonic()
         running = self.store.running
         if not self.cfg.trusted_keys and not self.cfg.allow_unsigned_models:
-            return await self._fail(
+            return self._fail(
                 cmd,
                 "verify",
                 "no trusted keys are configured (EDGE_OTA__TRUSTED_KEYS), so no bundle can be verified; "
@@ -188,15 +234,15 @@ class Updater:
         try:
             slot = slot_name(cmd.version, cmd.sha256)
         except UpdateError as exc:
-            return await self._fail(cmd, "verify", str(exc), report_status=False)
+            return self._fail(cmd, "verify", str(exc), report_status=False)
         if slot == running.slot:
-            await self._report(cmd, "active", cmd.version)
-            await self.sink.event(
+            self._report(cmd, "active", cmd.version)
+            self.sink.event(
                 Event(id=cmd.id, cmd=cmd.cmd, ok=True, detail={"version": cmd.version, "already_active": True})
             )
             return True
         if cmd.version == running.bundle.manifest.version:
-            return await self._fail(
+            return self._fail(
                 cmd,
                 "verify",
                 f"version {cmd.version} is already serving with different content; give the new build a new version",
@@ -207,10 +253,13 @@ class Updater:
             try:
                 bundle = await self._fetch_and_verify(cmd, slot)
             except _Failed as exc:
-                return await self._fail(cmd, exc.stage, str(exc))
+                if self._cancel.is_set():
+                    return self._fail(cmd, exc.stage, f"interrupted by the node shutting down ({exc})")
+                return self._fail(cmd, exc.stage, str(exc))
             return await self._activate(cmd, slot, bundle, started)
         finally:
-            await asyncio.to_thread(self.store.mark_pending, None)
+            # Synchronous on purpose: it must happen even while the task is being cancelled (a small file write).
+            self.store.mark_pending(None)
 
     async def _fetch_and_verify(self, cmd: UpdateModel, slot: Slot) -> Bundle:
         """Download, unpack and verify into ``bundles/<slot>``; reuse it if it is already installed."""
@@ -220,7 +269,7 @@ class Updater:
             except EdgeError as exc:
                 log.warning("installed copy of %s is unusable (%s); downloading it again", slot, exc)
         archive = self.store.staging / f"{cmd.sha256}.tar.gz"
-        await self._report(cmd, "downloading", cmd.version, progress=0.0)
+        self._report(cmd, "downloading", cmd.version, progress=0.0)
         try:
             await asyncio.to_thread(
                 download,
@@ -231,11 +280,12 @@ class Updater:
                 cfg=self.cfg,
                 progress=self._progress_reporter(cmd),
                 cancel=self._cancel,
+                interrupter=self._interrupter,
                 backoff=self.backoff,
             )
         except EdgeError as exc:
             raise _Failed("download", str(exc)) from exc
-        await self._report(cmd, "verifying", cmd.version)
+        self._report(cmd, "verifying", cmd.version)
         staged = self.store.staging / f"unpack-{slot}"
         try:
             bundle = await asyncio.to_thread(self._verify, archive, staged, cmd.version)
@@ -263,22 +313,30 @@ class Updater:
         return bundle
 
     async def _activate(self, cmd: UpdateModel, slot: Slot, bundle: Bundle, started: float) -> bool:
-        await self._report(cmd, "activating", cmd.version)
+        self._report(cmd, "activating", cmd.version)
         try:
             new = await asyncio.to_thread(self._build, bundle)
         except EdgeError as exc:
             await asyncio.to_thread(self.store.discard, slot)
-            return await self._fail(cmd, "warmup", str(exc))
-        verdict, stats = await self._swap_and_watch(new)
+            return self._fail(cmd, "warmup", str(exc))
+        version = new.model.info.version
+        old = self.pipeline.swap(new)
+        try:
+            verdict, stats = await self._watch_health(version)
+        except BaseException:  # cancelled (shutdown): never leave an unconfirmed model serving
+            self.pipeline.retire(self.pipeline.swap(old))
+            raise
         if verdict is not None:
+            self.pipeline.retire(self.pipeline.swap(old))
             await asyncio.to_thread(self.store.discard, slot)
             serving = self._serving_version()
             error = f"{cmd.version} failed its health check ({verdict}); rolled back to {serving}"
-            return await self._fail(cmd, "health", error, phase="rolled_back", status_version=serving, health=stats)
+            return self._fail(cmd, "health", error, phase="rolled_back", status_version=serving, health=stats)
         previous = self.store.running.bundle.manifest.version
         await asyncio.to_thread(self.store.commit, slot, bundle)
-        await self._report(cmd, "active", cmd.version)
-        await self.sink.event(
+        self.pipeline.retire(old)
+        self._report(cmd, "active", cmd.version)
+        self.sink.event(
             Event(
                 id=cmd.id,
                 cmd=cmd.cmd,
@@ -295,33 +353,32 @@ class Updater:
         )
         return True
 
-    def _build(self, bundle: Bundle) -> Classifier:
-        """Load every session and run a smoke inference on a real frame (in a worker thread)."""
-        from edge_node.vision.classifier import Classifier
+    def _build(self, bundle: Bundle) -> Loaded:
+        """Load and check every resolution on a real frame (in a worker thread); keep what will serve."""
+        from edge_node.vision.loading import load, select_model
 
-        m = self.model_cfg
-        classifier = Classifier(bundle, precision=m.precision, threads=m.threads, top_k=m.top_k)
-        classifier.warmup(self.pipeline.latest_frame())
-        return classifier
+        model = select_model(bundle, self.model_cfg)
+        wanted = model.nearest(self.pipeline.resolution)
+        order = [wanted, *(r for r in model.resolutions if r != wanted)]
+        return load(model, check=order, keep=self.model_cfg.sessions, frame=self.pipeline.latest_frame())
 
-    async def _swap_and_watch(self, new: Classifier) -> tuple[str | None, dict[str, object]]:
-        """Swap ``new`` in and watch its first inferences; swap the old one back if they are unhealthy.
-
-        Returns (None, stats) when healthy, else (reason, stats).
-        """
+    async def _watch_health(self, version: str) -> tuple[str | None, dict[str, object]]:
+        """Watch the first inferences of ``version`` (now serving). Returns (None, stats) when healthy, else
+        (reason, stats). Cancelled (shutdown), it swaps nothing itself: the caller's ``finally`` does."""
         loop = asyncio.get_running_loop()
-        version = new.bundle.manifest.version
         want = self.cfg.health_frames
-        verdict: asyncio.Future[str | None] = loop.create_future()
+        verdict: asyncio.Future[object] = loop.create_future()
         latencies: list[float] = []
 
-        def collect(outcome: Outcome) -> None:
-            if verdict.done():
+        def watch(item: Output) -> None:
+            from edge_node.vision.pipeline import Failure
+
+            if verdict.done() or item.model.version != version:
                 return
-            if not outcome.ok:
-                verdict.set_result(f"inference error: {outcome.error}")
+            if isinstance(item, Failure):
+                verdict.set_result(f"{item.stage} error: {item.error}")
                 return
-            latencies.append(outcome.latency_ms)
+            latencies.append(item.total_ms)
             if len(latencies) >= want:
                 median = statistics.median(latencies)
                 bound = self.cfg.health_max_latency_ms
@@ -329,24 +386,22 @@ class Updater:
                     None if median <= bound else f"median latency {median:.1f} ms is over the {bound:.0f} ms bound"
                 )
 
-        def observe(outcome: Outcome) -> None:  # inference thread
-            if outcome.model_version == version:
-                loop.call_soon_threadsafe(collect, outcome)
-
-        self.pipeline.add_observer(observe)
-        old = self.pipeline.swap(new)
-        reason: str | None
+        self._watch = watch
+        closing: asyncio.Future[object] = asyncio.ensure_future(self._closing.wait())
         try:
-            reason = await asyncio.wait_for(verdict, self.cfg.health_timeout)
-        except TimeoutError:
-            reason = f"only {len(latencies)} of {want} inferences within {self.cfg.health_timeout:.0f}s"
-        except BaseException:
-            self.pipeline.swap(old)  # cancelled (shutdown): never leave an unconfirmed model serving
-            raise
+            done, _ = await asyncio.wait(
+                {verdict, closing}, timeout=self.cfg.health_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            self.pipeline.remove_observer(observe)
-        if reason is not None:
-            self.pipeline.swap(old)
+            self._watch = None
+            closing.cancel()
+        reason: str | None
+        if verdict in done:
+            reason = cast(str | None, verdict.result())
+        elif closing in done:
+            reason = "interrupted by the node shutting down"
+        else:
+            reason = f"only {len(latencies)} of {want} inferences within {self.cfg.health_timeout:.0f}s"
         stats: dict[str, object] = {"frames": len(latencies)}
         if latencies:
             stats |= {"median_ms": round(statistics.median(latencies), 2), "max_ms": round(max(latencies), 2)}
@@ -357,21 +412,22 @@ class Updater:
     async def _rollback(self, cmd: Rollback) -> bool:
         target = self.store.previous
         if target is None:
-            return await self._fail(cmd, "rollback", "there is no previous bundle to roll back to", report_status=False)
+            where = "the factory bundle" if self.store.running.source == "factory" else self.store.running.slot
+            return self._fail(
+                cmd, "rollback", f"there is no previous bundle to roll back to (serving {where})", report_status=False
+            )
         current = self._serving_version()
         try:
             bundle = await asyncio.to_thread(self.store.open_slot, target)
             new = await asyncio.to_thread(self._build, bundle)
         except EdgeError as exc:
-            return await self._fail(
-                cmd, "rollback", f"the previous bundle {target} is unusable: {exc}", report_status=False
-            )
-        self.pipeline.swap(new)
+            return self._fail(cmd, "rollback", f"the previous bundle {target} is unusable: {exc}", report_status=False)
+        self.pipeline.retire(self.pipeline.swap(new))
         await asyncio.to_thread(self.store.commit, target, bundle)
         version = bundle.manifest.version
         log.info("rolled back from %s to %s on request", current, version)
-        await self._report(cmd, "rolled_back", version)
-        await self.sink.event(
+        self._report(cmd, "rolled_back", version)
+        self.sink.event(
             Event(
                 id=cmd.id,
                 cmd=cmd.cmd,
@@ -383,7 +439,7 @@ class Updater:
 
     # --- reporting ------------------------------------------------------------------------------------
 
-    async def _fail(
+    def _fail(
         self,
         cmd: UpdateModel | Rollback,
         stage: str,
@@ -398,9 +454,9 @@ class Updater:
         version = cmd.version if isinstance(cmd, UpdateModel) else None
         log.error("%s %s failed at %s: %s", cmd.cmd, version or "", stage, error)
         if report_status:
-            await self._report(cmd, phase, status_version or version, error=error)
+            self._report(cmd, phase, status_version or version, error=error)
         serving = self._serving_version()
-        await self.sink.event(
+        self.sink.event(
             Event(
                 id=cmd.id,
                 cmd=cmd.cmd,
@@ -411,7 +467,7 @@ class Updater:
         )
         return False
 
-    async def _report(
+    def _report(
         self,
         cmd: UpdateModel | Rollback,
         phase: OtaPhase,
@@ -429,7 +485,7 @@ class Updater:
             error=error,
             id=cmd.id,
         )
-        await self.sink.ota(self._status)
+        self.sink.ota(self._status)
 
     def _progress_reporter(self, cmd: UpdateModel) -> Progress:
         """A download callback (runs in the download thread) that reports at most every 5% or second."""
@@ -443,21 +499,16 @@ class Updater:
             if pct - last[0] < PROGRESS_STEP and now - last[1] < PROGRESS_PERIOD and done != total:
                 return
             last[:] = [pct, now]
-            loop.call_soon_threadsafe(self._spawn_report, cmd, round(pct, 1))
+            loop.call_soon_threadsafe(self._progress, cmd, round(pct, 1))
 
         return report
 
-    def _spawn_report(self, cmd: UpdateModel, pct: float) -> None:
+    def _progress(self, cmd: UpdateModel, pct: float) -> None:
         if self._status.phase == "downloading":
-            self._spawn(self._report(cmd, "downloading", cmd.version, progress=pct))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._report(cmd, "downloading", cmd.version, progress=pct)
 
     def _serving_version(self) -> str:
-        return self.pipeline.classifier.bundle.manifest.version
+        return self.pipeline.model.info.version
 
     def _initial_status(self) -> OtaStatus:
         running = self.store.running

@@ -1,34 +1,42 @@
-"""The two worker stages: newest frame → preprocess (thread 1) → ORT + top-k (thread 2) → result.
+"""The frame path: newest frame → preprocess (one thread) → inference workers (N threads) → outputs in order.
 
-The capture thread fills a one-frame slot; the preprocess stage takes whatever is newest, so a slow model
-never builds a backlog, and prepares the next tensor while the inference stage runs the current one (ORT
-releases the GIL). The stages hand over through a second one-item slot with back-pressure, and the two
-tensor buffers alternate, so nothing is copied or queued. Results go to ``on_result`` (the app hands
-them to the event loop). The classifier can be swapped atomically between two frames, which is how OTA
-activates a new model without a gap.
+The capture thread fills a one-frame slot; the preprocess stage takes whatever is newest, so a slow model never
+builds a backlog. It prepares the next tensor while the workers run theirs (runtimes release the GIL) and hands
+it over through a one-job slot with back-pressure: it prepares again only once a worker took the job. Each job
+holds the :class:`~edge_node.vision.model.Variant` it was prepared on and a buffer lent by that variant, so a
+mode switch or a model swap can never pull a session from under a running frame. Outputs (a
+:class:`Result` or a :class:`Failure` per frame) leave in frame order, whichever worker finished first.
+
+Sessions for another resolution are built by one long-lived builder thread while frames keep flowing at the
+old resolution. What the pipeline lets go of is returned to the OS once its last frame is done
+(:mod:`edge_node.memory`). Every loop survives any exception: it is counted, reported and the loop goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
+from edge_node import memory
 from edge_node.capture.base import Frame
-from edge_node.capture.grabber import Grabber
 from edge_node.domain import Mode
-from edge_node.errors import InferenceError
-from edge_node.messages import ModelRef
+from edge_node.runtimes import Tensor
 from edge_node.slot import LatestSlot
-from edge_node.vision.classifier import Classification, Classifier, Prepared
 from edge_node.vision.meters import Ewma, RateMeter
+from edge_node.vision.model import Classification, Model, ModelInfo, Variant
 from edge_node.vision.modes import ModeController
 
-__all__ = ["Outcome", "Pipeline", "Result"]
+__all__ = ["Failure", "Listener", "Loaded", "Pipeline", "PipelineSnapshot", "Result", "WorkerLoad"]
 
 log = logging.getLogger(__name__)
+
+POLL = 0.25  # seconds a blocked thread waits before it looks at its stop flag again
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,79 +49,160 @@ class Result:
     fps: float
     total_ms: float
     mode: Mode
-    model: ModelRef
+    model: ModelInfo
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A frame that could not be classified (``seq`` set), or a resolution that could not be loaded."""
+
+    stage: Literal["prepare", "infer", "load"]
+    error: str
+    model: ModelInfo
+    resolution: int
+    seq: int | None = None
+
+
+Output = Result | Failure
+
+
+class Listener(Protocol):
+    """Where the pipeline reports; called from its threads, so implementations only hand things over."""
+
+    def on_output(self, item: Output) -> None:
+        """Each frame's Result or Failure, in frame order; also a Failure for a resolution that failed to load."""
+
+    def on_change(self) -> None:
+        """The serving model or the resolution the mode asks for changed (a swap, an auto-mode step)."""
+
+
+@dataclass
+class Loaded:
+    """A model and the variants built for it. A swap hands one in and hands the previous one back."""
+
+    model: Model
+    variants: dict[int, Variant] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLoad:
+    """One inference worker: seconds spent inferring since start, frames done, and how long its current frame
+    has been running (None when idle)."""
+
+    busy_s: float
+    frames: int
+    running_for_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSnapshot:
+    """Everything the heartbeat and the supervisor need, read at once."""
+
+    fps: float
+    processed: int
+    failed: int
+    inference_ms: float
+    preprocess_ms: float
+    serving: int | None  # resolution of the last classified frame
+    resolution: int  # what the mode asks for
+    mode: Mode
+    model: ModelInfo
+    workers: tuple[WorkerLoad, ...]
+    restarts: int
+    last_error: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """A prepared frame on its way from the preprocess stage to the inference stage."""
-
-    classifier: Classifier
-    prepared: Prepared
-    wanted: int
+    seq: int
+    variant: Variant
+    tensor: Tensor
+    preprocess_ms: float
     mode: Mode
     started: float  # perf_counter() when preprocessing began
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What OTA's health check sees after each inference."""
-
-    ok: bool
-    latency_ms: float
+@dataclass(slots=True)
+class _Done:
+    job: _Job
+    worker: int
+    classification: Classification | None
     error: str | None
-    model_version: str
+
+
+class _WorkerStats:
+    """Written by its worker thread only; read by anyone (plain attribute reads are atomic)."""
+
+    __slots__ = ("busy_s", "frames", "since")
+
+    def __init__(self) -> None:
+        self.busy_s = 0.0
+        self.frames = 0
+        self.since: float | None = None  # monotonic start of the frame being inferred
+
+
+class _Generation:
+    """One set of worker threads. A restart stops it and starts another; a thread stuck in a runtime call is
+    left behind, and whatever it finishes later is dropped because its generation is over."""
+
+    def __init__(self, workers: int) -> None:
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.stats = tuple(_WorkerStats() for _ in range(workers))
 
 
 class Pipeline:
-    """Owns the worker thread, the current classifier and the mode controller."""
+    """Owns the preprocess, inference and builder threads, the serving model's loaded variants and the mode."""
 
     def __init__(
         self,
-        grabber: Grabber,
-        classifier: Classifier,
+        frames: LatestSlot[Frame],
+        loaded: Loaded,
         controller: ModeController,
-        on_result: Callable[[Result], None],
+        listener: Listener,
         *,
+        keep: int = 1,
         fps_window: float = 3.0,
-        on_progress: Callable[[], None] | None = None,
-        keep_sessions: int = 1,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.grabber = grabber
-        self._classifier = classifier
+        self._frames = frames
+        self._loaded = loaded
         self.controller = controller
-        self._on_result = on_result
-        self._on_progress = on_progress
-        self._lock = threading.Lock()
-        self._observers: list[Callable[[Outcome], None]] = []
-        self._stop = threading.Event()
-        self._jobs: LatestSlot[_Job] = LatestSlot()
-        self._threads = (
-            threading.Thread(target=self._prepare_loop, name="preprocess", daemon=True),
-            threading.Thread(target=self._infer_loop, name="inference", daemon=True),
-        )
-        self.fps = RateMeter(fps_window)
-        self.preprocess_ms = Ewma()
-        self.inference_ms = Ewma()
-        self.processed = 0
-        self.errors = 0
-        self.last_error: str | None = None
+        self._listener = listener
+        self._keep = max(1, keep)
+        self._clock = clock
+        self._workers = loaded.model.workers
+        self._lock = threading.Lock()  # the serving model, its variants, the mode, the build bookkeeping
+        self._emit_lock = threading.Lock()  # frame numbering, reordering and the figures derived from outputs
+        self._jobs: LatestSlot[_Job] = LatestSlot(keep_last=False)
+        self._builds: queue.SimpleQueue[tuple[Model, int] | None] = queue.SimpleQueue()
+        self._building: set[tuple[int, int]] = set()  # (id(model), resolution) queued or being built
+        self._failed: dict[tuple[int, int], str] = {}
+        self._retired: list[weakref.ref[Variant]] = []
+        self._gen = _Generation(self._workers)
+        # Guarded by _emit_lock:
         self._seq = 0
-        self.keep_sessions = keep_sessions
-        self._serving = controller.resolution  # what frames are classified at right now
-        self._loading: set[tuple[int, int]] = set()  # (id(classifier), resolution) being built
-        self._failed: set[tuple[int, int]] = set()
-        self.on_resolution_change: Callable[[int], None] | None = None
+        self._next_emit = 1
+        self._pending: dict[int, _Done | Failure] = {}
+        self.fps = RateMeter(fps_window)
+        self._inference_ms = Ewma()
+        self._preprocess_ms = Ewma()
+        self._processed = 0
+        self._failed_frames = 0
+        self._serving: int | None = None
+        self._last_error: str | None = None
+        self._restarts = 0
 
     # --- control (any thread) ------------------------------------------------------------------------
 
     @property
-    def classifier(self) -> Classifier:
-        return self._classifier
+    def model(self) -> Model:
+        return self._loaded.model
 
     @property
     def resolution(self) -> int:
-        """The resolution the mode asks for (frames follow once its session is built)."""
+        """The resolution the mode asks for (frames follow once its variant is built)."""
         return self.controller.resolution
 
     @property
@@ -122,139 +211,326 @@ class Pipeline:
 
     def set_mode(self, mode: Mode) -> int:
         with self._lock:
-            return self.controller.set_mode(mode, time.monotonic())
+            self._failed.clear()  # an operator's switch retries a resolution that failed to load before
+            resolution = self.controller.set_mode(mode, self._clock())
+        return resolution
 
-    def swap(self, classifier: Classifier) -> Classifier:
-        """Make ``classifier`` serve from the next frame on; returns the one it replaces."""
+    def swap(self, loaded: Loaded) -> Loaded:
+        """Serve ``loaded`` from the next frame on. Returns what served until now: the caller owns it and either
+        swaps it back or hands it to :meth:`retire`."""
+        if loaded.model.workers != self._workers:
+            raise ValueError(
+                f"the new model has {loaded.model.workers} workers' sessions, the pipeline runs {self._workers}"
+            )
         with self._lock:
-            old, self._classifier = self._classifier, classifier
-            self.controller.set_ladder(classifier.resolutions, time.monotonic())
-        log.info("model %s is now serving", classifier.model_ref().version)
+            old, self._loaded = self._loaded, loaded
+            self.controller.set_ladder(loaded.model.resolutions, self._clock())
+            self._failed.clear()
+            self._evict()
+        log.info(
+            "model %s %s (%s) is now serving",
+            loaded.model.info.name,
+            loaded.model.info.version,
+            loaded.model.info.runtime,
+        )
+        self._notify_change()
         return old
 
+    def retire(self, loaded: Loaded) -> None:
+        """Let go of a model that no longer serves; its memory goes back to the OS after its last frame."""
+        with self._lock:
+            for variant in loaded.variants.values():
+                self._retire(variant)
+            loaded.variants.clear()
+
     def latest_frame(self) -> Frame | None:
-        frame = self.grabber.slot.peek()
+        """A copy of the newest camera frame, for warm-ups and checks."""
+        frame = self._frames.peek()
         return None if frame is None else frame.copy()
 
-    def add_observer(self, fn: Callable[[Outcome], None]) -> None:
+    def snapshot(self) -> PipelineSnapshot:
+        now = self._clock()
+        gen = self._gen
         with self._lock:
-            self._observers.append(fn)
-
-    def remove_observer(self, fn: Callable[[Outcome], None]) -> None:
-        with self._lock:
-            if fn in self._observers:
-                self._observers.remove(fn)
+            model, resolution, mode = self._loaded.model, self.controller.resolution, self.controller.mode
+        with self._emit_lock:
+            fps = self.fps.rate(now)
+            processed, failed = self._processed, self._failed_frames
+            inference_ms, preprocess_ms = self._inference_ms.value, self._preprocess_ms.value
+            serving, restarts, last_error = self._serving, self._restarts, self._last_error
+        workers = tuple(
+            WorkerLoad(s.busy_s, s.frames, None if (since := s.since) is None else now - since) for s in gen.stats
+        )
+        return PipelineSnapshot(
+            fps=fps,
+            processed=processed,
+            failed=failed,
+            inference_ms=inference_ms,
+            preprocess_ms=preprocess_ms,
+            serving=serving,
+            resolution=resolution,
+            mode=mode,
+            model=model.info,
+            workers=workers,
+            restarts=restarts,
+            last_error=last_error,
+        )
 
     def start(self) -> None:
-        for t in self._threads:
-            t.start()
+        self._start(self._gen)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout)
+        self._end(self._gen, timeout)
+        with self._lock:
+            for variant in self._loaded.variants.values():
+                self._retire(variant)
+            self._loaded.variants.clear()
 
-    # --- worker ----------------------------------------------------------------------------------------
+    def restart(self, join_timeout: float = 2.0) -> None:
+        """Stop the worker threads (leaving a stuck one behind), drop every loaded variant, and start afresh:
+        the node's answer to a pipeline that stopped producing while the camera still delivers."""
+        old = self._gen
+        self._end(old, join_timeout)
+        with self._lock:
+            for variant in self._loaded.variants.values():
+                self._retire(variant)
+            self._loaded.variants.clear()
+            self._building.clear()
+            self._failed.clear()
+        new = _Generation(self._workers)
+        with self._emit_lock:
+            self._gen = new
+            self._pending.clear()
+            self._next_emit = self._seq + 1  # frames of the old generation are never emitted
+            self._restarts += 1
+        log.warning("pipeline restarted (restart %d)", self._restarts)
+        self._start(new)
 
-    def _pick(self, clf: Classifier, wanted: int) -> int:
-        """Serve ``wanted`` if its session is ready; otherwise build it in the background and keep
-        serving the current resolution meanwhile, so a mode switch never stalls the stream."""
-        if wanted not in clf.resolutions:
-            wanted = clf.nearest(wanted)
-        loaded = clf.loaded
-        if wanted in loaded or not loaded:
-            return wanted
-        key = (id(clf), wanted)
-        if key not in self._loading and key not in self._failed:
-            self._loading.add(key)
-            threading.Thread(target=self._load, args=(clf, wanted, key), name="session-build", daemon=True).start()
-        return self._serving_for(clf, loaded)
+    # --- threads ---------------------------------------------------------------------------------------
 
-    def _serving_for(self, clf: Classifier, loaded: frozenset[int]) -> int:
-        return self._serving if self._serving in loaded else max(loaded)
+    def _start(self, gen: _Generation) -> None:
+        targets: list[tuple[str, Callable[..., None], tuple[object, ...]]] = [("preprocess", self._prepare_loop, ())]
+        targets += [(f"inference-{i}", self._work_loop, (i,)) for i in range(self._workers)]
+        targets.append(("session-builder", self._build_loop, ()))
+        for name, target, args in targets:
+            thread = threading.Thread(target=self._guard, args=(gen, target, *args), name=name, daemon=True)
+            gen.threads.append(thread)
+            thread.start()
 
-    def _load(self, clf: Classifier, resolution: int, key: tuple[int, int]) -> None:
-        try:
-            clf.load(resolution)
-        except InferenceError as exc:
-            self._failed.add(key)
-            self.last_error = str(exc)
-            log.error("cannot switch to %dpx: %s; staying at the current resolution", resolution, exc)
-        finally:
-            self._loading.discard(key)
+    def _end(self, gen: _Generation, timeout: float) -> None:
+        gen.stop.set()
+        self._builds.put(None)  # wake the builder
+        deadline = time.monotonic() + timeout
+        for thread in gen.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.error("thread %s did not stop within %.1fs; leaving it behind", thread.name, timeout)
 
-    def _prepare_loop(self) -> None:
+    def _guard(self, gen: _Generation, loop: Callable[..., None], *args: object) -> None:
+        """Run one step of ``loop`` after another until the generation ends; no exception ends the thread."""
+        while not gen.stop.is_set():
+            try:
+                loop(gen, *args)
+            except Exception as exc:  # a bug of ours: count it, report it, go on
+                log.exception("%s: unexpected error; continuing", threading.current_thread().name)
+                with self._emit_lock:
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                time.sleep(0.05)  # never spin on a persistent fault
+
+    def _prepare_loop(self, gen: _Generation) -> None:
         import cv2
 
-        cv2.setNumThreads(1)  # OpenCV's own pool would fight ONNX Runtime's threads for the same cores
-        frames = self.grabber.slot
-        while not self._stop.is_set():
-            frame = frames.get(timeout=0.25)
-            if frame is None:
-                continue
-            t0 = time.perf_counter()
-            with self._lock:
-                clf = self._classifier
-                wanted = self.controller.resolution
-                mode = self.controller.mode
-            try:
-                prepared = clf.prepare(frame, self._pick(clf, wanted))
-            except InferenceError as exc:
-                self._failed_frame(clf, str(exc), t0)
-                continue
-            self._jobs.put(_Job(clf, prepared, wanted, mode, t0))
-            # Back-pressure: the next tensor is prepared only once this one is taken, so the buffer being
-            # inferred is never overwritten and stale work is never done.
-            while not self._jobs.wait_taken(0.25) and not self._stop.is_set():
-                pass
+        cv2.setNumThreads(1)  # OpenCV's own pool would fight the runtimes' threads for the same cores
+        while not gen.stop.is_set():
+            self._prepare_one(gen)
 
-    def _infer_loop(self) -> None:
-        while not self._stop.is_set():
-            job = self._jobs.get(timeout=0.25)
-            if job is not None:
-                self._step(job)
-
-    def _failed_frame(self, clf: Classifier, error: str, t0: float) -> None:
-        self.errors += 1
-        self.last_error = error
-        log.warning("inference failed: %s", error)
-        with self._lock:
-            observers = tuple(self._observers)
-        outcome = Outcome(False, (time.perf_counter() - t0) * 1000.0, error, clf.bundle.manifest.version)
-        for fn in observers:
-            fn(outcome)
-
-    def _step(self, job: _Job) -> None:
-        clf, resolution = job.classifier, job.prepared.resolution
-        try:
-            c = clf.infer(job.prepared)
-        except InferenceError as exc:
-            self._failed_frame(clf, str(exc), job.started)
+    def _prepare_one(self, gen: _Generation) -> None:
+        frame = self._frames.get(timeout=POLL)
+        if frame is None:
             return
-        wanted, mode, t0 = job.wanted, job.mode, job.started
+        t0 = time.perf_counter()
         with self._lock:
-            observers = tuple(self._observers)
-        version = clf.bundle.manifest.version
-        if self.keep_sessions < len(clf.loaded) and resolution == wanted:
-            clf.release(keep=resolution)  # the previous resolution's session is no longer needed
-        now = time.monotonic()
-        self.processed += 1
+            mode = self.controller.mode
+            variant = self._pick(self._loaded.model, self.controller.resolution)
+        if variant is None:
+            return  # nothing is loaded (after a restart, or every build failed): the frame is dropped
+        tensor = variant.buffers.acquire(POLL)
+        if tensor is None:
+            return  # every buffer is in flight: the workers are behind, and this frame is stale anyway
+        with self._emit_lock:
+            self._seq += 1
+            seq = self._seq
+        # From here on, the frame's seq must be completed exactly once, or output stalls behind it.
+        try:
+            ms = variant.prepare(frame, tensor)
+        except Exception as exc:
+            variant.buffers.release(tensor)
+            self._complete(gen, seq, Failure("prepare", _describe(exc), variant.model.info, variant.resolution, seq))
+            return
+        self._jobs.put(_Job(seq, variant, tensor, ms, mode, t0))
+        while not self._jobs.wait_taken(POLL):
+            if gen.stop.is_set():
+                return
+
+    def _work_loop(self, gen: _Generation, index: int) -> None:
+        stats = gen.stats[index]
+        while not gen.stop.is_set():
+            job = self._jobs.get(timeout=POLL)
+            if job is None:
+                continue
+            started = time.perf_counter()
+            stats.since = self._clock()
+            classification, error = None, None
+            try:
+                classification = job.variant.infer(index, job.tensor, job.preprocess_ms)
+            except Exception as exc:  # InferenceError, or anything a runtime throws: the frame fails, not the thread
+                error = _describe(exc)
+            finally:
+                job.variant.buffers.release(job.tensor)
+                stats.busy_s += time.perf_counter() - started
+                stats.frames += 1
+                stats.since = None
+            self._complete(gen, job.seq, _Done(job, index, classification, error))
+            del job  # the variant must not outlive its last frame in a local variable
+
+    def _build_loop(self, gen: _Generation) -> None:
+        while not gen.stop.is_set():
+            try:
+                request = self._builds.get(timeout=0.5)
+            except queue.Empty:
+                self._trim_retired()
+                continue
+            if request is None:
+                continue
+            model, resolution = request
+            try:
+                variant = model.build(resolution)
+                variant.check(self.latest_frame())
+            except Exception as exc:
+                error = _describe(exc)
+                log.error("cannot serve %dpx with %r: %s; staying at the current resolution", resolution, model, error)
+                with self._lock:
+                    self._building.discard((id(model), resolution))
+                    self._failed[(id(model), resolution)] = error
+                with self._emit_lock:
+                    self._last_error = error
+                self._safe_call(self._listener.on_output, Failure("load", error, model.info, resolution))
+                continue
+            with self._lock:
+                self._building.discard((id(model), resolution))
+                if model is self._loaded.model and not gen.stop.is_set():
+                    self._loaded.variants[resolution] = variant
+                    self._evict()
+                else:
+                    self._retire(variant)  # the model was swapped out while this was being built
+            del variant
+
+    # --- helpers (callers hold the locks named) --------------------------------------------------------------
+
+    def _pick(self, model: Model, wanted: int) -> Variant | None:
+        """The variant to prepare this frame on (with ``_lock``): the wanted resolution's if it is loaded;
+        otherwise ask the builder for it and keep serving what is loaded, so a switch never stalls the stream."""
+        resolution = wanted if wanted in model.resolutions else model.nearest(wanted)
+        variants = self._loaded.variants
+        if resolution in variants:
+            return variants[resolution]
+        key = (id(model), resolution)
+        if key not in self._building and key not in self._failed:
+            self._building.add(key)
+            self._builds.put((model, resolution))
+        if self._serving in variants:
+            return variants[self._serving]
+        return next(iter(variants.values()), None)
+
+    def _evict(self) -> None:
+        """Keep at most ``keep`` variants (with ``_lock``): the wanted one first, then the one serving."""
+        variants = self._loaded.variants
+        if len(variants) <= self._keep:
+            return
+        model = self._loaded.model
+        wanted = model.nearest(self.controller.resolution)
+        order = sorted(variants, key=lambda r: (r != wanted, r != self._serving))
+        for resolution in order[self._keep :]:
+            self._retire(variants.pop(resolution))
+
+    def _retire(self, variant: Variant) -> None:
+        self._retired.append(weakref.ref(variant))
+
+    def _trim_retired(self) -> None:
+        """Once no frame holds a retired variant any more, give its memory back (builder thread)."""
+        with self._lock:
+            if not self._retired or any(ref() is not None for ref in self._retired):
+                return
+            self._retired.clear()
+        memory.trim()
+
+    def _complete(self, gen: _Generation, seq: int, done: _Done | Failure) -> None:
+        """Record a frame's outcome and emit every outcome that is now next in frame order."""
+        with self._emit_lock:
+            if gen is not self._gen or seq < self._next_emit:
+                return  # a frame of a generation that was restarted away
+            self._pending[seq] = done
+            # A worker stuck on one frame must not hold every later frame back: give up on it.
+            if len(self._pending) > 4 * self._workers + 4 and self._next_emit not in self._pending:
+                lost = self._next_emit
+                self._pending[lost] = Failure(
+                    "infer",
+                    "no result: the worker running this frame is stuck",
+                    self._loaded.model.info,
+                    self.controller.resolution,
+                    lost,
+                )
+            while self._next_emit in self._pending:
+                item = self._pending.pop(self._next_emit)
+                self._next_emit += 1
+                self._emit(item)
+
+    def _emit(self, item: _Done | Failure) -> None:
+        """Turn one outcome into what the listener gets, and keep the figures (with ``_emit_lock``)."""
+        if isinstance(item, Failure):
+            self._failed_frames += 1
+            self._last_error = item.error
+            self._safe_call(self._listener.on_output, item)
+            return
+        job, c = item.job, item.classification
+        if c is None:
+            self._failed_frames += 1
+            self._last_error = item.error
+            self._safe_call(
+                self._listener.on_output,
+                Failure(
+                    "infer", item.error or "inference failed", job.variant.model.info, job.variant.resolution, job.seq
+                ),
+            )
+            return
+        now = self._clock()
+        self._processed += 1
         self.fps.tick(now)
         fps = self.fps.rate(now)
-        self.preprocess_ms.add(c.preprocess_ms)
-        self.inference_ms.add(c.inference_ms)
-        total_ms = (time.perf_counter() - t0) * 1000.0
+        self._inference_ms.add(c.inference_ms)
+        self._preprocess_ms.add(c.preprocess_ms)
         self._serving = c.resolution
-        self._seq += 1
-        self._on_result(Result(self._seq, time.time(), c, round(fps, 2), total_ms, mode, clf.model_ref()))
-        for fn in observers:
-            fn(Outcome(True, total_ms, None, version))
-        if self._on_progress is not None:
-            self._on_progress()
-        if mode is Mode.AUTO:
+        total_ms = (time.perf_counter() - job.started) * 1000.0
+        result = Result(job.seq, time.time(), c, round(fps, 2), total_ms, job.mode, job.variant.model.info, item.worker)
+        self._safe_call(self._listener.on_output, result)
+        if job.mode is Mode.AUTO:
             with self._lock:
                 switched = self.controller.observe(fps, now)
             if switched is not None:
                 log.info("auto mode: %.1f fps, switching to %dpx", fps, switched)
-                if self.on_resolution_change is not None:
-                    self.on_resolution_change(switched)
+                self._notify_change()
+
+    def _notify_change(self) -> None:
+        self._safe_call(self._listener.on_change)
+
+    @staticmethod
+    def _safe_call(fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("pipeline listener failed")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text[:300] if text else type(exc).__name__

@@ -28,9 +28,10 @@ def center_square(height: int, width: int, crop_pct: float) -> tuple[int, int, i
 
 
 class Preprocessor:
-    """Callable turning a BGR uint8 frame into the model's input; one instance per resolution.
+    """Callable turning a BGR uint8 frame into the model's input; one instance per resolution, used by one thread.
 
-    The returned array is the preallocated buffer itself: copy it if you keep it past the next call.
+    ``preprocessor(frame, out)`` writes into ``out`` (from :meth:`new_output`); without ``out`` it writes into its
+    own buffer and returns it, so copy that if you keep it past the next call.
     """
 
     def __init__(self, spec: Preprocess, resolution: int) -> None:
@@ -42,13 +43,17 @@ class Preprocessor:
         self._planes = [np.empty((r, r), np.uint8) for _ in range(3)]
         # OpenCV frames are BGR; model channel c reads frame channel _order[c].
         self._order = (2, 1, 0) if spec.color == "RGB" else (0, 1, 2)
-        dtype = np.uint8 if spec.input_dtype == "uint8" else np.float32
-        shape = (1, r, r, 3) if spec.layout == "NHWC" else (1, 3, r, r)
-        self._out: Tensor = np.empty(shape, dtype)  # type: ignore[assignment]
+        self._dtype = np.uint8 if spec.input_dtype == "uint8" else np.float32
+        self._shape = (1, r, r, 3) if spec.layout == "NHWC" else (1, 3, r, r)
+        self._out: Tensor = self.new_output()
         mean = np.asarray(spec.mean, np.float32)
         std = np.asarray(spec.std, np.float32)
         self._scale = (1.0 / (255.0 * std)).astype(np.float32)
         self._shift = (-mean / std).astype(np.float32)
+
+    def new_output(self) -> Tensor:
+        """A fresh input tensor of the model's shape and dtype."""
+        return np.empty(self._shape, self._dtype)  # type: ignore[return-value]
 
     def crop(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         """The centre square, resized to the model's resolution (BGR, HWC; an internal buffer)."""
@@ -60,9 +65,9 @@ class Preprocessor:
         cv2.resize(roi, (r, r), dst=self._crop, interpolation=self._interp)
         return self._crop
 
-    def __call__(self, frame: npt.NDArray[np.uint8]) -> Tensor:
+    def __call__(self, frame: npt.NDArray[np.uint8], out: Tensor | None = None) -> Tensor:
         crop = self.crop(frame)
-        out = self._out
+        out = self._out if out is None else out
         if self.spec.layout == "NHWC":
             out[0] = crop[:, :, ::-1] if self._order[0] == 2 else crop  # views: no allocation
             if out.dtype == np.float32:

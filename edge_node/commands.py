@@ -1,0 +1,92 @@
+"""Control messages in, exactly one event out for each (or a drop by the documented rate limit).
+
+The router turns bytes into a Command or an error Event (size cap, token bucket, strict validation); this
+module refuses replays (a retained command is delivered again on every reconnect and restart, so it is never
+executed) and runs the rest. Long commands (model updates) are handed to the OTA updater, which answers with
+its own event when they end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge_node.domain import Mode
+from edge_node.messages import (
+    Command,
+    Event,
+    Ping,
+    Rollback,
+    SetMode,
+    SetPublish,
+    UpdateModel,
+    command_id,
+)
+from edge_node.mqtt.control import ControlRouter
+from edge_node.publish import PublishGate
+
+__all__ = ["CommandHandler", "Updates"]
+
+log = logging.getLogger(__name__)
+
+
+class Updates(Protocol):
+    """What commands need from the OTA updater."""
+
+    def submit(self, cmd: UpdateModel | Rollback) -> None: ...
+
+
+@dataclass
+class CommandHandler:
+    router: ControlRouter
+    gate: PublishGate
+    set_mode: Callable[[Mode], int]
+    emit: Callable[[Event], None]
+    publish_state: Callable[[], None]
+    publish_heartbeat: Callable[[], None]
+    updates: Updates | None
+
+    def handle(self, topic: str, payload: bytes, *, retained: bool, now: float) -> None:
+        routed = self.router.route(payload, now)
+        if routed is None:
+            log.warning("control message on %s dropped: rate limit exceeded", topic)
+            return
+        if isinstance(routed, Event):
+            log.warning("rejected control message on %s: %s", topic, routed.error)
+            self.emit(routed)
+            return
+        if retained:
+            ident, cmd = command_id(payload)
+            log.warning("retained %s command on %s not executed", cmd, topic)
+            self.emit(
+                Event(
+                    id=ident,
+                    cmd=cmd,
+                    ok=False,
+                    error=f"retained control messages are never executed (they would run again on every reconnect); "
+                    f"clear it with: mosquitto_pub -r -n -t {topic}  and send the command without the retain flag",
+                )
+            )
+            return
+        self.execute(routed)
+
+    def execute(self, cmd: Command) -> None:
+        log.info("command %s (id=%s)", cmd.cmd, cmd.id)
+        if isinstance(cmd, SetMode):
+            resolution = self.set_mode(cmd.mode)
+            self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=True, detail={"mode": cmd.mode.value, "resolution": resolution}))
+            self.publish_state()
+        elif isinstance(cmd, Ping):
+            self.publish_heartbeat()
+            self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=True))
+        elif isinstance(cmd, SetPublish):
+            self.gate.configure(cmd.policy, cmd.max_hz)
+            self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=True, detail={"policy": cmd.policy.value}))
+            self.publish_state()
+        elif isinstance(cmd, UpdateModel | Rollback):
+            if self.updates is None:
+                self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=False, error="over-the-air updates are not available"))
+                return
+            self.updates.submit(cmd)

@@ -1,0 +1,152 @@
+"""Every control payload gets exactly one event (or is dropped by the rate limit), however hostile it is."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_node.commands import CommandHandler
+from edge_node.domain import Mode, PublishPolicy
+from edge_node.messages import Event, Rollback, UpdateModel
+from edge_node.mqtt.control import ControlRouter
+from edge_node.publish import PublishGate
+
+
+@dataclass
+class Recorder:
+    events: list[Event] = field(default_factory=list)
+    modes: list[Mode] = field(default_factory=list)
+    submitted: list[UpdateModel | Rollback] = field(default_factory=list)
+    states: int = 0
+    beats: int = 0
+
+    def emit(self, ev: Event) -> None:
+        ev.to_bytes()  # what the link would do: it must never fail
+        self.events.append(ev)
+
+    def set_mode(self, mode: Mode) -> int:
+        self.modes.append(mode)
+        return 160
+
+    def submit(self, cmd: UpdateModel | Rollback) -> None:
+        self.submitted.append(cmd)
+        self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=True))  # the updater answers each command once
+
+    def state(self) -> None:
+        self.states += 1
+
+    def beat(self) -> None:
+        self.beats += 1
+
+
+def _handler(rec: Recorder, rate: float = 1e9) -> CommandHandler:
+    return CommandHandler(
+        ControlRouter(max_bytes=16384, rate=rate),
+        PublishGate(PublishPolicy.EVERY, 2.0),
+        set_mode=rec.set_mode,
+        emit=rec.emit,
+        publish_state=rec.state,
+        publish_heartbeat=rec.beat,
+        updates=rec,
+    )
+
+
+DEEP = b'{"id":"d","cmd":"ping","x":' + b"[" * 1000 + b"]" * 1000 + b"}"
+HOSTILE = [
+    b'{"id":"\\ud800","cmd":"ping"}',  # a lone surrogate, escaped
+    b'{"cmd":"\xed\xa0\x80"}',  # a lone surrogate as raw (invalid UTF-8) bytes
+    b'{"id":"\xff\xfe","cmd":"ping"}',  # invalid UTF-8
+    DEEP,  # nesting under the size cap
+    b'{"a":' * 1000 + b"1" + b"}" * 1000,
+    b'{"cmd":"set_publish","policy":"rate","max_hz":"2"}',
+    b'{"cmd":"set_publish","policy":"rate","max_hz":true}',
+    b'{"cmd":"set_publish","policy":"rate","max_hz":1e-320}',
+    b'{"cmd":"set_publish","policy":"rate","max_hz":NaN}',
+    b'{"cmd":"set_publish","policy":"rate","max_hz":Infinity}',
+    b'{"cmd":"update_model","url":"https://h/x","sha256":"' + b"a" * 64 + b'","version":"1","size":"10"}',
+    b'{"cmd":"set_mode","mode":"high","id":5}',
+    b'{"cmd":["ping"]}',
+    b'{"cmd":null}',
+    b"null",
+    b"",
+    b"\x00" * 64,
+    b'"ping"',
+    b"1e999999",
+]
+
+
+@pytest.mark.parametrize("payload", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_payloads_get_exactly_one_error_event(payload: bytes) -> None:
+    rec = Recorder()
+    _handler(rec).handle("t/n/control", payload, retained=False, now=0.0)
+    assert len(rec.events) == 1, rec.events
+    assert not rec.events[0].ok and rec.modes == [] and rec.submitted == []
+
+
+def test_an_unpublishable_id_is_dropped_from_the_event_not_the_event() -> None:
+    rec = Recorder()
+    _handler(rec).handle("t/n/control", b'{"id":"\\ud800","cmd":"ping"}', retained=False, now=0.0)
+    (ev,) = rec.events
+    assert ev.id is None and "invalid JSON" in (ev.error or "")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_get_exactly_one_event(payload: bytes) -> None:
+    rec = Recorder()
+    _handler(rec).handle("t/n/control", payload, retained=False, now=0.0)
+    assert len(rec.events) == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {"cmd": st.sampled_from(["set_mode", "ping", "set_publish", "update_model", "rollback", "x"])},
+        optional={"id": json_values, "mode": json_values, "policy": json_values, "max_hz": json_values},
+    )
+)
+def test_any_command_shaped_json_gets_exactly_one_event(data: dict[str, object]) -> None:
+    rec = Recorder()
+    _handler(rec).handle("t/n/control", json.dumps(data).encode(), retained=False, now=0.0)
+    assert len(rec.events) == 1
+
+
+def test_rate_limited_payloads_are_dropped_without_an_event() -> None:
+    rec = Recorder()
+    handler = _handler(rec, rate=1.0)
+    for _ in range(5):
+        handler.handle("t/n/control", b'{"cmd":"ping"}', retained=False, now=0.0)
+    assert len(rec.events) == 2 and handler.router.limited == 3  # burst of 2, then the documented drop
+
+
+@pytest.mark.parametrize(
+    "payload", [b'{"id":"r1","cmd":"rollback"}', b'{"id":"r1","cmd":"set_mode","mode":"performance"}']
+)
+def test_a_retained_command_is_not_executed_and_says_why(payload: bytes) -> None:
+    rec = Recorder()
+    _handler(rec).handle("t/n/control", payload, retained=True, now=0.0)
+    (ev,) = rec.events
+    assert not ev.ok and ev.id == "r1" and "retained" in (ev.error or "") and "mosquitto_pub -r -n" in (ev.error or "")
+    assert rec.modes == [] and rec.submitted == []
+
+
+def test_valid_commands_run_and_answer_once() -> None:
+    rec = Recorder()
+    handler = _handler(rec)
+    handler.handle("t/n/control", b'{"id":"m","cmd":"set_mode","mode":"performance"}', retained=False, now=0.0)
+    handler.handle("t/n/control", b'{"id":"p","cmd":"ping"}', retained=False, now=0.0)
+    handler.handle("t/n/control", b'{"id":"r","cmd":"rollback"}', retained=False, now=0.0)
+    assert [(e.id, e.ok) for e in rec.events] == [("m", True), ("p", True), ("r", True)]
+    assert rec.modes == [Mode.PERFORMANCE] and rec.beats == 1 and rec.states == 1
+    assert rec.events[0].detail == {"mode": "performance", "resolution": 160}
