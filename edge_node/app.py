@@ -21,6 +21,7 @@ from edge_node.bundle import Bundle
 from edge_node.capture.factory import make_source
 from edge_node.capture.grabber import Grabber
 from edge_node.config import Settings
+from edge_node.errors import SnapshotError
 from edge_node.messages import (
     Command,
     Event,
@@ -33,6 +34,7 @@ from edge_node.messages import (
     Rollback,
     SetMode,
     SetPublish,
+    Snapshot,
     UpdateModel,
 )
 from edge_node.mqtt.connect import halt
@@ -41,9 +43,10 @@ from edge_node.mqtt.link import Link
 from edge_node.ota.store import BundleStore
 from edge_node.publish import PublishGate
 from edge_node.sdnotify import Notifier, WatchdogGate, run_watchdog
+from edge_node.snapshot import take_snapshot
 from edge_node.telemetry import CpuMeter, cpu_temperature, rss_mb
 from edge_node.topics import Topics
-from edge_node.vision.classifier import Classifier
+from edge_node.vision.classifier import Classification, Classifier
 from edge_node.vision.modes import ModeController
 from edge_node.vision.pipeline import Pipeline, Result
 
@@ -110,6 +113,7 @@ class Node:
         self._results: deque[Result] = deque(maxlen=64)  # bounded: a stalled loop drops, never hoards
         self._drain_scheduled = False
         self._ready = False
+        self._last: Classification | None = None  # the label a snapshot is captioned with
         self._stop = asyncio.Event()
         self.published = 0
 
@@ -178,7 +182,7 @@ class Node:
             self._loop.call_soon_threadsafe(self._publish_state)
 
     def _publish_result(self, r: Result) -> None:
-        c = r.classification
+        c = self._last = r.classification
         if not self._ready:
             self._ready = True
             self.notifier.ready()
@@ -278,6 +282,22 @@ class Node:
                 return
             assert self._loop is not None
             self._loop.create_task(self.updater.handle(cmd))
+        elif isinstance(cmd, Snapshot):
+            await self._snapshot(cmd)
+
+    async def _snapshot(self, cmd: Snapshot) -> None:
+        """The latest frame as a small captioned JPEG on ``snapshot`` (edge_node/snapshot.py); off by default."""
+        cfg, last = self.settings.snapshot, self._last
+        frame = self.pipeline.latest_frame() if cfg.enabled else None
+        label, confidence = (last.label, last.confidence) if last else (None, None)
+        camera = self.grabber.state(time.monotonic())
+        try:
+            jpeg = await asyncio.to_thread(take_snapshot, cfg, frame, label, confidence, camera)
+        except SnapshotError as exc:
+            self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=False, error=str(exc)))
+            return
+        self.link.publish(self.topics.snapshot, jpeg.data, qos=1)  # before the event: answered means sent
+        self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=True, detail=jpeg.detail()))
 
     def emit(self, event: Event) -> None:
         self.link.publish(self.topics.events, event.to_bytes(), qos=1)
