@@ -1,0 +1,124 @@
+"""Test helpers for the web dashboard: ``edge-node dashboard`` as a real process, and Debian's headless
+Chromium driven by Playwright (never a downloaded browser)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fleet_procs import edge_env
+
+__all__ = ["CHROMIUM_FLAGS", "DashboardProcess", "chromium", "chromium_path", "proc_cpu_seconds"]
+
+TOKEN = "test-operator-token-0123456789"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def chromium_path() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A Playwright Chromium browser on Debian's binary; skips with the reason when it cannot run here."""
+    binary = chromium_path()
+    if binary is None:
+        pytest.skip("the browser tests need Debian's chromium: apt-get install chromium (.ci/run does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the browser tests need the playwright package (the dev extra)")
+    with tempfile.TemporaryDirectory(prefix="ghostpi-chromium-") as profile, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=binary,
+            args=CHROMIUM_FLAGS,
+            headless=True,
+            viewport={"width": 1400, "height": 900},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+class DashboardProcess:
+    """``python -m edge_node dashboard --port 0`` on the test broker; ``url`` is read from its first line."""
+
+    def __init__(self, port: int, cwd: Path, *args: str, **env: str) -> None:
+        environment = edge_env(port, **({"EDGE_DASHBOARD__TOKEN": TOKEN} | env))
+        self.log_path = cwd / "dashboard.log"
+        cmd = [sys.executable, "-m", "edge_node", "dashboard", "--port", "0", *args]
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, env=environment, cwd=cwd, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.url = self._wait_url(30.0)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+
+    def _wait_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                break
+            match = re.search(r"(http://\S+)", line)
+            if match:
+                return match.group(1)
+        self.close()
+        raise AssertionError(f"the dashboard printed no URL in {timeout}s:\n{self.log()}")
+
+    @property
+    def base(self) -> str:
+        return self.url.split("#")[0].rstrip("/")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
