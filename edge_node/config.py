@@ -257,6 +257,7 @@ class DashboardConfig(_Section):
                 raise ConfigError(f"cannot read EDGE_DASHBOARD__TOKEN_FILE {self.token_file}: {exc}") from exc
         else:
             value = _credential("dashboard_token")
+        value = value.strip() if value else None  # an empty EDGE_DASHBOARD__TOKEN= means "none"
         if value is not None and len(value) < 16:
             raise ConfigError("the dashboard token is shorter than 16 characters; use e.g. `openssl rand -hex 24`")
         return value or None

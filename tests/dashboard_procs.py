@@ -97,9 +97,11 @@ class DashboardProcess:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
-                line = self._lines.get(timeout=left)
+                line = self._lines.get(timeout=min(left, 0.5))
             except queue.Empty:
-                break
+                if self.proc.poll() is not None:
+                    break
+                continue
             match = re.search(r"(http://\S+)", line)
             if match:
                 return match.group(1)
