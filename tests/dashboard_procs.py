@@ -21,7 +21,7 @@ import pytest
 
 from tests.fleet_procs import edge_env
 
-__all__ = ["CHROMIUM_FLAGS", "DashboardProcess", "chromium", "chromium_path", "proc_cpu_seconds"]
+__all__ = ["CHROMIUM_FLAGS", "DashboardProcess", "chromium", "chromium_path", "measure_fleet", "proc_cpu_seconds"]
 
 TOKEN = "test-operator-token-0123456789"
 CHROMIUM_FLAGS = [
@@ -124,3 +124,61 @@ class DashboardProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure_fleet(port: int, cwd: Path, *, nodes: int, rate: float, seconds: float) -> dict[str, float]:
+    """``simulate --nodes N --rate HZ``, the dashboard and a browser; after every card is on screen, measure
+    for ``seconds``: the dashboard's CPU (process CPU time / wall time, 100 = one core) and, in the browser,
+    the seconds from each prediction's ``ts`` (the simulator's clock, same machine) to the frame that
+    painted it."""
+    from tests.fleet_procs import Simulator
+
+    sim = Simulator(port, cwd, "--nodes", str(nodes), "--rate", str(rate))
+    dash = None
+    try:
+        sim.wait_event("online", timeout=120)
+        dash = DashboardProcess(port, cwd)
+        with chromium() as browser:
+            page = browser.new_page()
+            page.goto(dash.base + "/")
+            deadline = time.monotonic() + 60
+            while page.evaluate("document.querySelectorAll('.card').length") < nodes:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not all {nodes} cards appeared in 60 s:\n{dash.log()[-2000:]}")
+                time.sleep(0.2)
+            online = page.evaluate("document.querySelectorAll('.card.online').length")
+            time.sleep(2.0)  # settle: the first full picture and the charts' first points
+            page.evaluate("ghostpiStats.latencies = []; ghostpiStats.serverLags = []; ghostpiStats.renderMs = []")
+            cpu0, wall0 = proc_cpu_seconds(dash.proc.pid), time.monotonic()
+            time.sleep(seconds)
+            cpu1, wall1 = proc_cpu_seconds(dash.proc.pid), time.monotonic()
+            latencies = [float(x) for x in page.evaluate("ghostpiStats.latencies")]
+            lags = [float(x) for x in page.evaluate("ghostpiStats.serverLags")] or [0.0]
+            frames = [float(x) for x in page.evaluate("ghostpiStats.renderMs")] or [0.0]
+            page.close()
+        assert latencies, "the browser rendered no prediction in the window"
+        return {
+            "nodes": nodes,
+            "cards_online": online,
+            "window_s": round(wall1 - wall0, 1),
+            "dashboard_cpu_percent": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1),
+            "predictions_rendered": len(latencies),
+            "latency_median_s": round(_percentile(latencies, 0.5), 3),
+            "latency_p95_s": round(_percentile(latencies, 0.95), 3),
+            "latency_p99_s": round(_percentile(latencies, 0.99), 3),
+            "latency_max_s": round(max(latencies), 3),
+            "over_1s": sum(x > 1.0 for x in latencies),
+            "server_lag_median_s": round(_percentile(lags, 0.5), 3),
+            "render_ms_median": round(_percentile(frames, 0.5), 1),
+            "render_ms_p95": round(_percentile(frames, 0.95), 1),
+            "frames": len(frames),
+        }
+    finally:
+        if dash is not None:
+            dash.close()
+        sim.close()

@@ -108,3 +108,44 @@ def test_ctl_tracker_waits_for_the_jpeg_and_saves_it(tmp_path) -> None:  # type:
     assert one == [("a", tmp_path / "a.jpg")] and (tmp_path / "a.jpg").read_bytes() == b"\xff\xd8jpeg"
     many = save_snapshots([a, b, Answer("c")], tmp_path / "all", fleet=True)
     assert many == [("a", tmp_path / "all" / "a-snapshot.jpg")]
+
+
+@pytest.mark.timeout(90)
+def test_ctl_snapshot_saves_the_fleet_jpegs_and_a_real_node_refuses_by_default(
+    mosquitto,
+    node_env,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.fleet_procs import Simulator, edge_env
+    from tests.nodeproc import Collector, NodeProcess
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "edge_node", "ctl", *args]
+        return subprocess.run(cmd, env=edge_env(mosquitto.port), cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    sim = Simulator(mosquitto.port, tmp_path, "--nodes", "2", "--rate", "2")
+    try:
+        sim.wait_event("online", timeout=30)
+        out = ctl("all", "snapshot", "--out", str(tmp_path / "shots"))
+        assert out.returncode == 0, out.stderr
+        for node in ("sim-001", "sim-002"):
+            jpeg = (tmp_path / "shots" / f"{node}-snapshot.jpg").read_bytes()
+            assert _decode(jpeg).shape == (240, 320, 3) and f"{node}: saved" in out.stderr
+    finally:
+        sim.close()
+
+    node = NodeProcess(node_env, tmp_path / "node").start()  # EDGE_SNAPSHOT__ENABLED is not set
+    bus = Collector(mosquitto.port, ("ghostpi/node-t/predictions",))
+    try:
+        bus.wait("ghostpi/node-t/predictions", timeout=40)  # subscribed and serving
+        out = ctl("node-t", "snapshot", "--timeout", "40")
+        assert out.returncode == 1, out.stdout + out.stderr + node.log()[-2000:]
+        assert out.stdout.strip() == f"node-t: FAILED snapshot: {DISABLED}"
+        assert not list(tmp_path.glob("node-t*.jpg"))
+    finally:
+        bus.close()
+        node.terminate()

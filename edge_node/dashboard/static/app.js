@@ -19,7 +19,9 @@ const app = {
 };
 
 // Measured in the browser for tests and the curious: seconds from a prediction's ts to its paint.
-window.ghostpiStats = { latencies: [], batches: 0, rendered: 0, fulls: 0 };
+// latencies: prediction ts -> painted; serverLags: prediction ts -> batch built on the server; renderMs: per frame.
+window.ghostpiStats = { latencies: [], serverLags: [], renderMs: [], batches: 0, rendered: 0, fulls: 0 };
+const keep = (list, value) => { list.push(value); if (list.length > 100000) list.splice(0, list.length - 100000); };
 
 // --- token ---------------------------------------------------------------------------------------------
 
@@ -93,6 +95,7 @@ function handleFrame(frame) {
   if (!data) return;
   const msg = JSON.parse(data);
   app.offset = msg.ts - Date.now() / 1000;
+  app.batchTs = msg.ts;
   if (kind === "full") applyFull(msg);
   else if (kind === "delta") applyDelta(msg);
   window.ghostpiStats.batches++;
@@ -141,7 +144,10 @@ function merge(node, change) {
     if (key in change) d[key] = change[key];
   }
   if (change.seen) d.seen = Object.assign(d.seen || {}, change.seen);
-  if (change.predictions && change.predictions.ts) app.pendingTs.push(change.predictions.ts);
+  if (change.predictions && change.predictions.ts) {
+    app.pendingTs.push(change.predictions.ts);
+    if (app.batchTs) keep(window.ghostpiStats.serverLags, app.batchTs - change.predictions.ts);
+  }
   if (change.events) {
     for (const ev of change.events) {
       d.events.push(ev);
@@ -211,6 +217,7 @@ function schedule() {
 }
 
 function render() {
+  const t0 = performance.now();
   app.frameQueued = false;
   const filter = $("#filter").value.trim().toLowerCase();
   const problemsOnly = $("#problems").checked;
@@ -220,14 +227,13 @@ function render() {
   }
   window.ghostpiStats.rendered += app.dirty.size;
   app.dirty.clear();
+  keep(window.ghostpiStats.renderMs, performance.now() - t0);
   if (app.pendingTs.length) {
     const stamps = app.pendingTs;
     app.pendingTs = [];
     requestAnimationFrame(() => { // runs after the frame with these updates was painted
       const now = Date.now() / 1000;
-      const out = window.ghostpiStats.latencies;
-      for (const ts of stamps) out.push(now - ts);
-      if (out.length > 20000) out.splice(0, out.length - 20000);
+      for (const ts of stamps) keep(window.ghostpiStats.latencies, now - ts);
     });
   }
 }
