@@ -25,7 +25,8 @@ def main(out: Path) -> None:
             dash = DashboardProcess(broker.port, Path(tmp), EDGE_DASHBOARD__HISTORY_INTERVAL="0.5",
                                     EDGE_DASHBOARD__HISTORY_SECONDS="60")  # fmt: skip
             with chromium() as browser:
-                page = browser.new_page(viewport={"width": 1400, "height": 860})
+                page = browser.new_page()
+                page.set_viewport_size({"width": 1400, "height": 860})
                 page.goto(f"{dash.base}/#token={TOKEN}")
                 page.wait_for_selector('[data-node="sim-006"] .badge.online', timeout=30_000)
                 page.click('[data-node="sim-003"] .actions button[data-mode="performance"]')
