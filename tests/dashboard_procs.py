@@ -3,7 +3,6 @@ Chromium driven by Playwright (never a downloaded browser)."""
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import shutil
@@ -19,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.fleet_procs import edge_env
+from tests.fleet_procs import edge_env, proc_cpu_seconds, stop_process
 
-__all__ = ["CHROMIUM_FLAGS", "DashboardProcess", "chromium", "chromium_path", "measure_fleet", "proc_cpu_seconds"]
+__all__ = ["CHROMIUM_FLAGS", "DashboardProcess", "chromium", "chromium_path", "measure_fleet"]
 
 TOKEN = "test-operator-token-0123456789"
 CHROMIUM_FLAGS = [
@@ -43,12 +42,6 @@ def chromium_path() -> str | None:
         if found:
             return found
     return None
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -116,13 +109,7 @@ class DashboardProcess:
         return self.log_path.read_text(errors="replace")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._log.close()
 
 
