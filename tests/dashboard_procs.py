@@ -3,6 +3,7 @@ Chromium driven by Playwright (never a downloaded browser)."""
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import shutil
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,6 +82,18 @@ class DashboardProcess:
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.url = self._wait_url(30.0)
+        self._wait_broker(30.0)
+
+    def _wait_broker(self, timeout: float) -> None:
+        """The URL is printed once HTTP listens; the MQTT connection may take a moment longer."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(self.base + "/api/config", timeout=5) as resp:
+                if json.load(resp)["broker"]["connected"]:
+                    return
+            time.sleep(0.1)
+        self.close()
+        raise AssertionError(f"the dashboard did not connect to the broker in {timeout}s:\n{self.log()}")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

@@ -177,6 +177,7 @@ class Dashboard:
                 "history_seconds": self.cfg.history_seconds,
                 "push_interval": self.cfg.push_interval,
                 "token_ok": token_ok(self.token, request.headers.get("Authorization")),
+                "broker": self.broker_status(),
             }
         )
 

@@ -340,7 +340,9 @@ function eventText(ev) {
 function renderEvents(list, events) {
   const rows = [];
   for (const [id, p] of app.pending) {
-    if (p.node === list.closest(".card").dataset.node) rows.push({ text: `… ${p.cmd} sent, waiting`, cls: "pending", id });
+    if (p.node !== list.closest(".card").dataset.node) continue;
+    const late = Date.now() - p.at > 30000;
+    rows.push({ text: `… ${p.cmd} sent, ${late ? "no answer after 30 s (offline or busy?)" : "waiting"}`, cls: "pending", id });
   }
   for (const ev of events.slice().reverse()) rows.push({ text: eventText(ev), cls: ev.ok ? "ok" : "bad", id: ev.id });
   const key = rows.map((r) => r.text + r.id).join("\n");
@@ -366,7 +368,11 @@ function renderAge(node) {
   el.classList.toggle("warn", app.config && age > app.config.stale_after);
 }
 
-setInterval(() => { for (const node of app.nodes.values()) renderAge(node); }, 1000);
+setInterval(() => {
+  for (const node of app.nodes.values()) renderAge(node);
+  for (const p of app.pending.values()) app.dirty.add(p.node); // "waiting" turns into "no answer" in time
+  if (app.pending.size) schedule();
+}, 1000);
 
 function drawChart(node) {
   const canvas = node.refs.chart;
