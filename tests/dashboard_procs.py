@@ -81,8 +81,12 @@ class DashboardProcess:
         self.proc = subprocess.Popen(cmd, env=environment, cwd=cwd, stdout=subprocess.PIPE, stderr=self._log, text=True)
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.url = self._wait_url(30.0)
-        self._wait_broker(30.0)
+        try:
+            self.url = self._wait_url(30.0)
+            self._wait_broker(30.0)
+        except BaseException:
+            self.close()  # never leave a server behind when the start fails
+            raise
 
     def _wait_broker(self, timeout: float) -> None:
         """The URL is printed once HTTP listens; the MQTT connection may take a moment longer."""
