@@ -28,7 +28,7 @@ from edge_node.fleet.monitor import MonitorClient
 from edge_node.fleet.simnode import SimNode
 from edge_node.fleet.view import FleetView
 from tests.brokers import Mosquitto
-from tests.fleet_procs import Simulator
+from tests.fleet_procs import Simulator, proc_cpu_seconds
 
 
 def _flood(port: int, nodes: int, seconds: float, counter: mp.Value) -> None:  # type: ignore[type-arg]
@@ -46,12 +46,6 @@ def _flood(port: int, nodes: int, seconds: float, counter: mp.Value) -> None:  #
     client.loop_stop()
     client.disconnect()
     counter.value = sent
-
-
-def _proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of another process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _measure(view: FleetView, seconds: float) -> tuple[float, float]:
@@ -80,9 +74,9 @@ def main() -> None:
             sim = Simulator(broker.port, Path(tmp), "--nodes", str(args.nodes), "--rate", str(args.rate))
             sim.wait_event("online", timeout=60)
             time.sleep(2.0)  # let every node's phase settle
-            sim_cpu0 = _proc_cpu(sim.proc.pid)
+            sim_cpu0 = proc_cpu_seconds(sim.proc.pid)
             rate, cpu = _measure(view, args.seconds)
-            sim_cpu = 100.0 * (_proc_cpu(sim.proc.pid) - sim_cpu0) / args.seconds
+            sim_cpu = 100.0 * (proc_cpu_seconds(sim.proc.pid) - sim_cpu0) / args.seconds
             expected = args.nodes * args.rate
             print(f"realistic  nodes={args.nodes} rate={args.rate}/s  offered={expected:.0f} msg/s")
             print(f"           ingested={rate:.0f} msg/s ({rate / expected:.3f} of offered)  monitor CPU={cpu:.1f}%")

@@ -32,6 +32,7 @@ from edge_node.ota.updater import Updater
 from edge_node.publish import PublishGate
 from edge_node.reports import HeartbeatBuilder, LinkFigures, node_state, prediction
 from edge_node.sdnotify import Notifier, WatchdogGate, run_watchdog
+from edge_node.snapshot import Jpeg, take_snapshot
 from edge_node.supervisor import Health, supervise
 from edge_node.topics import Topics
 from edge_node.vision.loading import load, select_model
@@ -92,6 +93,8 @@ class Node:
             publish_state=self.publish_state,
             publish_heartbeat=self.publish_heartbeat,
             updates=self.updater,
+            take_snapshot=self.snapshot,
+            publish_snapshot=lambda jpeg: self.link.publish(self.topics.snapshot, jpeg, qos=1),
         )
         self.discovery = (
             HaDiscovery(
@@ -117,6 +120,7 @@ class Node:
         )
         self._handoff: LoopHandoff[Output | None] | None = None
         self._ready = False
+        self._last: Result | None = None  # what a snapshot is captioned with
         self._stop = asyncio.Event()
         self.published = 0
 
@@ -218,6 +222,7 @@ class Node:
         self._publish_prediction(item)
 
     def _publish_prediction(self, r: Result) -> None:
+        self._last = r
         if not self._ready:
             self._ready = True
             self.notifier.ready()
@@ -244,7 +249,7 @@ class Node:
 
     async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic in self.topics.subscriptions:
-            self.commands.handle(topic, payload, retained=retained, now=time.monotonic())
+            await self.commands.handle(topic, payload, retained=retained, now=time.monotonic())
         elif self.discovery is not None and topic == self.discovery.status_topic:
             self.discovery.on_status(payload)
 
@@ -270,6 +275,15 @@ class Node:
             restarts=self.health.restarts,
             model_source=self.updater.model_source if self.updater is not None else self.model_source,
         )
+
+    async def snapshot(self) -> Jpeg:
+        """The latest frame as a small captioned JPEG (edge_node/snapshot.py); refused unless enabled."""
+        cfg, last = self.settings.snapshot, self._last
+        frame = self.pipeline.latest_frame() if cfg.enabled else None
+        best = last.classification.best if last is not None else None
+        label, confidence = (best.label, best.confidence) if best is not None else (None, None)
+        camera = self.grabber.state()
+        return await asyncio.to_thread(take_snapshot, cfg, frame, label, confidence, camera)
 
     def publish_heartbeat(self) -> None:
         self.link.publish_fast(self.topics.heartbeat, self.heartbeat().to_bytes())

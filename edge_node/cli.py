@@ -1,4 +1,4 @@
-"""The ``edge-node`` command line: ``run``, ``model …``, ``ctl …``, ``monitor`` and ``simulate``.
+"""The ``edge-node`` command line: ``run``, ``model …``, ``ctl …``, ``monitor``, ``simulate`` and ``dashboard``.
 
 Each command group lives in its own module and registers its sub-parsers here; heavy imports (torch,
 rich tables) happen inside the handlers, so ``edge-node run`` on a Pi never loads them.
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 def _parser() -> argparse.ArgumentParser:
     from edge_node import runner
+    from edge_node.dashboard import cli as dashboard_cli
     from edge_node.fleet import cli as fleet_cli
     from edge_node.modelzoo import cli as model_cli
 
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     runner.register(sub)
     model_cli.register(sub)
     fleet_cli.register(sub)
+    dashboard_cli.register(sub)
     return parser
 
 

@@ -9,11 +9,12 @@ its own event when they end.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from edge_node.domain import Mode
+from edge_node.errors import SnapshotError
 from edge_node.messages import (
     Command,
     Event,
@@ -21,11 +22,13 @@ from edge_node.messages import (
     Rollback,
     SetMode,
     SetPublish,
+    Snapshot,
     UpdateModel,
     command_id,
 )
 from edge_node.mqtt.control import ControlRouter
 from edge_node.publish import PublishGate
+from edge_node.snapshot import Jpeg
 
 __all__ = ["CommandHandler", "Updates"]
 
@@ -47,8 +50,10 @@ class CommandHandler:
     publish_state: Callable[[], None]
     publish_heartbeat: Callable[[], None]
     updates: Updates | None
+    take_snapshot: Callable[[], Awaitable[Jpeg]]
+    publish_snapshot: Callable[[bytes], None]
 
-    def handle(self, topic: str, payload: bytes, *, retained: bool, now: float) -> None:
+    async def handle(self, topic: str, payload: bytes, *, retained: bool, now: float) -> None:
         routed = self.router.route(payload, now)
         if routed is None:
             log.warning("control message on %s dropped: rate limit exceeded", topic)
@@ -70,9 +75,9 @@ class CommandHandler:
                 )
             )
             return
-        self.execute(routed)
+        await self.execute(routed)
 
-    def execute(self, cmd: Command) -> None:
+    async def execute(self, cmd: Command) -> None:
         log.info("command %s (id=%s)", cmd.cmd, cmd.id)
         if isinstance(cmd, SetMode):
             resolution = self.set_mode(cmd.mode)
@@ -90,3 +95,11 @@ class CommandHandler:
                 self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=False, error="over-the-air updates are not available"))
                 return
             self.updates.submit(cmd)
+        elif isinstance(cmd, Snapshot):
+            try:
+                jpeg = await self.take_snapshot()
+            except SnapshotError as exc:
+                self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=False, error=str(exc)))
+                return
+            self.publish_snapshot(jpeg.data)  # before the event: "answered" means "sent"
+            self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=True, detail=jpeg.detail()))

@@ -32,6 +32,7 @@ from edge_node.errors import ConfigError
 __all__ = [
     "AutoModeConfig",
     "CameraConfig",
+    "DashboardConfig",
     "HaConfig",
     "HeartbeatConfig",
     "ModelConfig",
@@ -39,6 +40,7 @@ __all__ = [
     "OtaConfig",
     "PublishConfig",
     "Settings",
+    "SnapshotConfig",
     "SupervisorConfig",
     "cache_dir",
     "default_node_id",
@@ -229,6 +231,55 @@ class HaConfig(_Section):
     discovery_prefix: str = "homeassistant"
 
 
+class SnapshotConfig(_Section):
+    """On-demand JPEG snapshots of the latest frame (the ``snapshot`` command). Off by default: a camera
+    image may show people, so sending one over MQTT is an explicit choice (docs/mqtt-api.md)."""
+
+    enabled: bool = False
+    max_bytes: int = Field(50_000, ge=4096, le=1_000_000, description="largest JPEG sent; quality and size shrink")
+    max_width: int = Field(640, ge=64, le=4096, description="frames wider than this are scaled down first")
+
+
+class DashboardConfig(_Section):
+    """``edge-node dashboard``: the web dashboard (dashboard extra); see docs/dashboard.md."""
+
+    bind: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    view_requires_token: bool = False
+    stale_after: float = Field(30.0, gt=0, description="seconds without heartbeat or prediction: 'stale'")
+    history_seconds: float = Field(600.0, ge=10, le=86400, description="length of the fps/latency charts")
+    history_interval: float = Field(2.0, ge=0.1, le=600, description="seconds between two chart points")
+    push_interval: float = Field(0.25, ge=0.05, le=5, description="seconds between two batches to the browsers")
+    events_kept: int = Field(10, ge=1, le=1000, description="command results kept per node")
+    max_clients: int = Field(32, ge=1, le=10_000, description="browsers connected at once")
+
+    @model_validator(mode="after")
+    def _check(self) -> DashboardConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        if self.history_interval * 2 > self.history_seconds:
+            raise ValueError("history_seconds must hold at least two history_interval points")
+        return self
+
+    def resolved_token(self) -> str | None:
+        """The operator token from the environment, a file, or a systemd credential named ``dashboard_token``."""
+        if self.token is not None:
+            value: str | None = self.token.get_secret_value()
+        elif self.token_file is not None:
+            try:
+                value = self.token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read EDGE_DASHBOARD__TOKEN_FILE {self.token_file}: {exc}") from exc
+        else:
+            value = _credential("dashboard_token")
+        value = value.strip() if value else None  # an empty EDGE_DASHBOARD__TOKEN= means "none"
+        if value is not None and len(value) < 16:
+            raise ConfigError("the dashboard token is shorter than 16 characters; use e.g. `openssl rand -hex 24`")
+        return value or None
+
+
 def _split_list(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -261,6 +312,8 @@ class Settings(BaseSettings):
     supervisor: SupervisorConfig = SupervisorConfig()
     ota: OtaConfig = OtaConfig()
     ha: HaConfig = HaConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
     @field_validator("node_id")
     @classmethod

@@ -18,6 +18,7 @@ __all__ = [
     "MissingExtraError",
     "MqttError",
     "SignatureError",
+    "SnapshotError",
     "UpdateError",
 ]
 
@@ -72,3 +73,7 @@ class DownloadError(EdgeError):
 
 class UpdateError(EdgeError):
     """An over-the-air model update failed; the node keeps its current model."""
+
+
+class SnapshotError(EdgeError):
+    """A snapshot could not be taken or encoded within its size limit."""

@@ -35,6 +35,7 @@ __all__ = [
     "Rollback",
     "SetMode",
     "SetPublish",
+    "Snapshot",
     "UpdateModel",
     "WorkerStatus",
     "command_id",
@@ -222,7 +223,13 @@ class Rollback(_Command):
     cmd: Literal["rollback"]
 
 
-Command = Annotated[SetMode | Ping | SetPublish | UpdateModel | Rollback, Field(discriminator="cmd")]
+class Snapshot(_Command):
+    """Publish one JPEG of the latest frame to ``snapshot`` (only where EDGE_SNAPSHOT__ENABLED=true)."""
+
+    cmd: Literal["snapshot"]
+
+
+Command = Annotated[SetMode | Ping | SetPublish | UpdateModel | Rollback | Snapshot, Field(discriminator="cmd")]
 _COMMAND: TypeAdapter[Command] = TypeAdapter(Command)
 
 

@@ -44,6 +44,11 @@ class Topics:
         return self._t("ota")
 
     @property
+    def snapshot(self) -> str:
+        """A JPEG (raw bytes, not JSON) of the latest frame, sent in answer to a ``snapshot`` command."""
+        return self._t("snapshot")
+
+    @property
     def control(self) -> str:
         return self._t("control")
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPO", "Simulator", "edge_env", "monitor_snapshot"]
+__all__ = ["REPO", "Simulator", "edge_env", "monitor_snapshot", "proc_cpu_seconds", "stop_process"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +24,23 @@ def edge_env(port: int, **extra: str) -> dict[str, str]:
         PYTHONPATH=str(REPO), EDGE_MQTT__HOST="127.0.0.1", EDGE_MQTT__PORT=str(port), PYTHONUNBUFFERED="1", **extra
     )
     return env
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def monitor_snapshot(port: int, cwd: Path, *args: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -72,10 +89,4 @@ class Simulator:
         raise AssertionError(f"simulate sent no {name!r} event in {timeout}s; stderr: {''.join(self.stderr)[-2000:]}")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)

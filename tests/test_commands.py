@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 
@@ -11,9 +12,11 @@ from hypothesis import strategies as st
 
 from edge_node.commands import CommandHandler
 from edge_node.domain import Mode, PublishPolicy
+from edge_node.errors import SnapshotError
 from edge_node.messages import Event, Rollback, UpdateModel
 from edge_node.mqtt.control import ControlRouter
 from edge_node.publish import PublishGate
+from edge_node.snapshot import Jpeg
 
 
 @dataclass
@@ -42,6 +45,12 @@ class Recorder:
     def beat(self) -> None:
         self.beats += 1
 
+    async def snapshot(self) -> Jpeg:
+        raise SnapshotError("snapshots are off")
+
+    def publish_snapshot(self, data: bytes) -> None:
+        raise AssertionError("nothing to publish")
+
 
 def _handler(rec: Recorder, rate: float = 1e9) -> CommandHandler:
     return CommandHandler(
@@ -52,7 +61,13 @@ def _handler(rec: Recorder, rate: float = 1e9) -> CommandHandler:
         publish_state=rec.state,
         publish_heartbeat=rec.beat,
         updates=rec,
+        take_snapshot=rec.snapshot,
+        publish_snapshot=rec.publish_snapshot,
     )
+
+
+def _handle(handler: CommandHandler, payload: bytes, *, retained: bool = False) -> None:
+    asyncio.run(handler.handle("t/n/control", payload, retained=retained, now=0.0))
 
 
 DEEP = b'{"id":"d","cmd":"ping","x":' + b"[" * 1000 + b"]" * 1000 + b"}"
@@ -82,14 +97,14 @@ HOSTILE = [
 @pytest.mark.parametrize("payload", HOSTILE, ids=range(len(HOSTILE)))
 def test_hostile_payloads_get_exactly_one_error_event(payload: bytes) -> None:
     rec = Recorder()
-    _handler(rec).handle("t/n/control", payload, retained=False, now=0.0)
+    _handle(_handler(rec), payload)
     assert len(rec.events) == 1, rec.events
     assert not rec.events[0].ok and rec.modes == [] and rec.submitted == []
 
 
 def test_an_unpublishable_id_is_dropped_from_the_event_not_the_event() -> None:
     rec = Recorder()
-    _handler(rec).handle("t/n/control", b'{"id":"\\ud800","cmd":"ping"}', retained=False, now=0.0)
+    _handle(_handler(rec), b'{"id":"\\ud800","cmd":"ping"}')
     (ev,) = rec.events
     assert ev.id is None and "invalid JSON" in (ev.error or "")
 
@@ -98,7 +113,7 @@ def test_an_unpublishable_id_is_dropped_from_the_event_not_the_event() -> None:
 @given(st.binary(max_size=300))
 def test_any_bytes_get_exactly_one_event(payload: bytes) -> None:
     rec = Recorder()
-    _handler(rec).handle("t/n/control", payload, retained=False, now=0.0)
+    _handle(_handler(rec), payload)
     assert len(rec.events) == 1
 
 
@@ -118,7 +133,7 @@ json_values = st.recursive(
 )
 def test_any_command_shaped_json_gets_exactly_one_event(data: dict[str, object]) -> None:
     rec = Recorder()
-    _handler(rec).handle("t/n/control", json.dumps(data).encode(), retained=False, now=0.0)
+    _handle(_handler(rec), json.dumps(data).encode())
     assert len(rec.events) == 1
 
 
@@ -126,7 +141,7 @@ def test_rate_limited_payloads_are_dropped_without_an_event() -> None:
     rec = Recorder()
     handler = _handler(rec, rate=1.0)
     for _ in range(5):
-        handler.handle("t/n/control", b'{"cmd":"ping"}', retained=False, now=0.0)
+        _handle(handler, b'{"cmd":"ping"}')
     assert len(rec.events) == 2 and handler.router.limited == 3  # burst of 2, then the documented drop
 
 
@@ -135,7 +150,7 @@ def test_rate_limited_payloads_are_dropped_without_an_event() -> None:
 )
 def test_a_retained_command_is_not_executed_and_says_why(payload: bytes) -> None:
     rec = Recorder()
-    _handler(rec).handle("t/n/control", payload, retained=True, now=0.0)
+    _handle(_handler(rec), payload, retained=True)
     (ev,) = rec.events
     assert not ev.ok and ev.id == "r1" and "retained" in (ev.error or "") and "mosquitto_pub -r -n" in (ev.error or "")
     assert rec.modes == [] and rec.submitted == []
@@ -144,9 +159,9 @@ def test_a_retained_command_is_not_executed_and_says_why(payload: bytes) -> None
 def test_valid_commands_run_and_answer_once() -> None:
     rec = Recorder()
     handler = _handler(rec)
-    handler.handle("t/n/control", b'{"id":"m","cmd":"set_mode","mode":"performance"}', retained=False, now=0.0)
-    handler.handle("t/n/control", b'{"id":"p","cmd":"ping"}', retained=False, now=0.0)
-    handler.handle("t/n/control", b'{"id":"r","cmd":"rollback"}', retained=False, now=0.0)
+    _handle(handler, b'{"id":"m","cmd":"set_mode","mode":"performance"}')
+    _handle(handler, b'{"id":"p","cmd":"ping"}')
+    _handle(handler, b'{"id":"r","cmd":"rollback"}')
     assert [(e.id, e.ok) for e in rec.events] == [("m", True), ("p", True), ("r", True)]
     assert rec.modes == [Mode.PERFORMANCE] and rec.beats == 1 and rec.states == 1
     assert rec.events[0].detail == {"mode": "performance", "resolution": 160}

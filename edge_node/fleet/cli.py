@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     simulate.add_argument("--kill", type=int, default=0, metavar="K", help="nodes to crash (no DISCONNECT)")
     simulate.add_argument("--kill-after", type=float, metavar="S", help="crash --kill nodes S s after start")
     simulate.add_argument("--seed", type=int, help="random seed, for repeatable runs")
+    simulate.add_argument(
+        "--no-snapshots", action="store_true", help="refuse the snapshot command, like a node with snapshots off"
+    )
     _prefix_arg(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -72,6 +75,7 @@ def _simulate(args: argparse.Namespace) -> int:
         kill=args.kill,
         kill_after=args.kill_after,
         seed=args.seed,
+        snapshots=not args.no_snapshots,
     )
 
     async def main() -> int:

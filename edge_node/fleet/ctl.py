@@ -3,7 +3,8 @@
 The command gets a fresh id and goes to ``<prefix>/<target>/control``; each node answers on its
 ``events`` topic with that id. For ``all``, the nodes waited for are those whose retained ``status`` says
 ``online``. The exit code is 0 only if every node answered ``ok`` in time. While an update runs, phase
-changes from the retained ``ota`` topic are shown on stderr.
+changes from the retained ``ota`` topic are shown on stderr. ``snapshot`` also waits for each node's JPEG
+and saves it (``--out``).
 """
 
 from __future__ import annotations
@@ -16,19 +17,20 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from edge_node.config import MqttConfig, load_settings
 from edge_node.domain import Mode
 from edge_node.errors import CommandError
-from edge_node.messages import ONLINE, Event, OtaStatus, Ping, Rollback, SetMode, UpdateModel
+from edge_node.messages import ONLINE, Event, OtaStatus, Ping, Rollback, SetMode, Snapshot, UpdateModel
 from edge_node.topics import FLEET, Topics
 
-__all__ = ["Answer", "Tracker", "build_command", "register", "run_ctl"]
+__all__ = ["Answer", "Tracker", "build_command", "register", "run_ctl", "save_snapshots"]
 
 DISCOVERY = 1.0  # seconds to collect retained statuses when the target is "all"
-Command = SetMode | Ping | UpdateModel | Rollback
+Command = SetMode | Ping | UpdateModel | Rollback | Snapshot
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,6 +61,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     ping = actions.add_parser("ping", help="ask for an immediate heartbeat")
     _timeout(ping, 10.0)
+
+    snap = actions.add_parser(
+        "snapshot", help="fetch a JPEG of the latest frame (nodes need EDGE_SNAPSHOT__ENABLED=true)"
+    )
+    snap.add_argument(
+        "--out",
+        type=Path,
+        metavar="PATH",
+        help="file to write (one node) or folder (all); default: NODE-snapshot.jpg in the current folder",
+    )
+    _timeout(snap, 10.0)
     parser.set_defaults(handler=_handle)
 
 
@@ -78,6 +91,8 @@ def build_command(args: argparse.Namespace, ident: str) -> Command:
         )
     if args.action == "rollback":
         return Rollback(cmd="rollback", id=ident)
+    if args.action == "snapshot":
+        return Snapshot(cmd="snapshot", id=ident)
     return Ping(cmd="ping", id=ident)
 
 
@@ -85,6 +100,7 @@ def build_command(args: argparse.Namespace, ident: str) -> Command:
 class Answer:
     node: str
     event: Event | None = None  # None: no answer in time
+    snapshot: bytes | None = None  # the JPEG, for the snapshot command
 
     @property
     def ok(self) -> bool:
@@ -109,6 +125,7 @@ class Tracker:
     expected: set[str] = field(default_factory=set)
     answers: dict[str, Answer] = field(default_factory=dict)
     phases: dict[str, str] = field(default_factory=dict)
+    snapshots: dict[str, bytes] = field(default_factory=dict)
 
     def status(self, node: str, payload: bytes) -> None:
         if payload.strip() == ONLINE:
@@ -120,6 +137,9 @@ class Tracker:
         if parsed is None:
             return None
         node, leaf = parsed
+        if leaf == "snapshot":  # no id in a JPEG: the first one after the command was sent
+            self.snapshots.setdefault(node, payload)
+            return None
         if leaf == "events":
             try:
                 ev = Event.model_validate_json(payload)
@@ -143,11 +163,19 @@ class Tracker:
         return None
 
     def done(self) -> bool:
-        return bool(self.expected) and self.expected <= set(self.answers)
+        """Every expected node answered, and each successful snapshot answer has its JPEG."""
+        pending = [n for n, a in self.answers.items() if a.ok and a.event and a.event.cmd == "snapshot"]
+        return bool(self.expected) and self.expected <= set(self.answers) and set(pending) <= set(self.snapshots)
 
     def results(self) -> list[Answer]:
         nodes = sorted(self.expected | set(self.answers))
-        return [self.answers.get(n, Answer(n)) for n in nodes]
+        out = []
+        for n in nodes:
+            answer = self.answers.get(n, Answer(n))
+            if answer.ok and n in self.snapshots:
+                answer.snapshot = self.snapshots[n]
+            out.append(answer)
+        return out
 
 
 async def run_ctl(
@@ -164,6 +192,8 @@ async def run_ctl(
     async with connected(cfg, identifier=tool_client_id("ctl")) as client:
         await client.subscribe(Topics.wildcard(prefix, "events"), qos=1)
         await client.subscribe(Topics.wildcard(prefix, "ota"), qos=1)
+        if isinstance(command, Snapshot):
+            await client.subscribe(Topics.wildcard(prefix, "snapshot"), qos=1)
         if target == FLEET:
             await client.subscribe(Topics.wildcard(prefix, "status"), qos=1)
             with contextlib.suppress(TimeoutError):
@@ -186,6 +216,20 @@ async def run_ctl(
                     if tracker.done():
                         break
     return tracker.results()
+
+
+def save_snapshots(answers: list[Answer], out: Path | None, *, fleet: bool) -> list[tuple[str, Path]]:
+    """Write each received JPEG: to ``out`` (one node) or into the folder ``out`` (fleet); default cwd."""
+    folder = out if fleet and out is not None else Path()
+    saved = []
+    for answer in answers:
+        if answer.snapshot is None:
+            continue
+        path = out if out is not None and not fleet else folder / f"{answer.node}-snapshot.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(answer.snapshot)
+        saved.append((answer.node, path))
+    return saved
 
 
 def _payload(raw: object) -> bytes:
@@ -211,6 +255,9 @@ def _handle(args: argparse.Namespace) -> int:
             print(json.dumps({"node": answer.node, "event": answer.event and answer.event.model_dump(mode="json")}))
         else:
             print(answer.line())
+    if isinstance(command, Snapshot):
+        for node, path in save_snapshots(answers, args.out, fleet=args.target == FLEET):
+            print(f"{node}: saved {path}", file=sys.stderr)
     failed = sum(not a.ok for a in answers)
     if not args.json:
         took = time.monotonic() - started

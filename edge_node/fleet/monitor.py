@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,13 @@ from edge_node.fleet.view import LEAVES, FleetView, NodeRow
 from edge_node.mqtt.connect import broker_host, paho_client, tool_client_id
 from edge_node.topics import Topics
 
-__all__ = ["MonitorClient", "MonitorOptions", "collect", "run_live", "snapshot_json"]
+__all__ = ["Handler", "MonitorClient", "MonitorOptions", "collect", "run_live", "snapshot_json"]
 
 log = logging.getLogger(__name__)
 
-_QOS = {"predictions": 0, "heartbeat": 0, "status": 1, "state": 1, "events": 1}
+_QOS = {"predictions": 0, "heartbeat": 0, "status": 1, "state": 1, "events": 1, "ota": 1, "snapshot": 1}
+
+Handler = Callable[[str, bytes | bytearray], None]
 
 
 @dataclass(frozen=True)
@@ -40,16 +43,34 @@ class MonitorOptions:
 
 
 class MonitorClient:
-    """Subscribes to every node's published topics and feeds a :class:`FleetView` from paho's thread."""
+    """Subscribes to every node's published topics and feeds a :class:`FleetView` from paho's thread.
 
-    def __init__(self, cfg: MqttConfig, view: FleetView) -> None:
+    ``leaves`` go to the view (newest payload per topic wins); ``every`` maps further leaves to a handler
+    that sees each message (the web dashboard keeps every command result that way). ``publish`` is for
+    tools that also send commands.
+    """
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        view: FleetView,
+        *,
+        tool: str = "monitor",
+        leaves: Sequence[str] = LEAVES,
+        every: Mapping[str, Handler] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.view = view
+        self.leaves = tuple(leaves)
+        self.every = dict(every or {})
         self.subscribed = threading.Event()
+        self.connected = False
+        self.last_error: str | None = None
         self._connack = threading.Event()
         self._refused: str | None = None
-        self._client = paho_client(cfg, identifier=tool_client_id("monitor"))
+        self._client = paho_client(cfg, identifier=tool_client_id(tool))
         self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         ingest = view.ingest  # bound once: the per-message path is this call and nothing else
 
@@ -57,20 +78,30 @@ class MonitorClient:
             ingest(msg.topic, msg.payload)
 
         self._client.on_message = on_message
+        for leaf, handler in self.every.items():
+            self._client.message_callback_add(Topics.wildcard(view.prefix, leaf), _each(handler))
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         if reason.is_failure:
-            self._refused = str(reason)
+            self._refused = self.last_error = str(reason)
             self._connack.set()
             return
-        topics = [(Topics.wildcard(self.view.prefix, leaf), _QOS[leaf]) for leaf in LEAVES]
+        leaves = (*self.leaves, *self.every)
+        topics = [(Topics.wildcard(self.view.prefix, leaf), _QOS.get(leaf, 1)) for leaf in leaves]
         client.subscribe(topics)  # on every (re)connect: retained status/state come right after
+        self.connected, self.last_error = True, None
         self._connack.set()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        self.connected = False
+        if reason.is_failure:
+            self.last_error = str(reason)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         self.subscribed.set()
 
     def start(self) -> None:
+        """Connect and wait for the broker's answer; MqttError says what to check."""
         host = broker_host(self.cfg)
         try:
             self._client.connect(host, self.cfg.port, keepalive=self.cfg.keepalive)
@@ -84,11 +115,28 @@ class MonitorClient:
             raise MqttError(f"MQTT broker {host}:{self.cfg.port} did not answer within {self.cfg.connect_timeout}s")
         if self._refused is not None:
             self.stop()
-            raise MqttError(f"MQTT broker {host}:{self.cfg.port} refused the monitor: {self._refused}")
+            raise MqttError(f"MQTT broker {host}:{self.cfg.port} refused the {self.cfg.username or 'anonymous'} "
+                            f"client: {self._refused}")  # fmt: skip
+
+    def start_background(self) -> None:
+        """Connect without waiting, retrying forever (for long-running services); see ``connected``."""
+        self._client.connect_async(broker_host(self.cfg), self.cfg.port, keepalive=self.cfg.keepalive)
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> paho.MQTTMessageInfo:
+        """Thread-safe; wait on the returned info for the broker's acknowledgement."""
+        return self._client.publish(topic, payload, qos=qos)
 
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def _each(handler: Handler) -> Callable[[paho.Client, Any, paho.MQTTMessage], None]:
+    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        handler(msg.topic, msg.payload)
+
+    return on_message
 
 
 def _picture(rows: list[NodeRow]) -> tuple[tuple[str, str, bool], ...]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
 
 from edge_node import __version__
 from edge_node.domain import Mode, PublishPolicy
@@ -23,12 +26,14 @@ from edge_node.messages import (
     Ping,
     Prediction,
     SetMode,
+    Snapshot,
     command_id,
     parse_command,
 )
+from edge_node.snapshot import DISABLED, encode_snapshot
 from edge_node.vision.modes import MODE_RESOLUTION
 
-__all__ = ["SimNode"]
+__all__ = ["Reply", "SimNode"]
 
 _CLASSES = (
     (281, "tabby"),
@@ -48,6 +53,14 @@ _MODEL = ModelRef(name="sim-mobilenet", version="1.0.0", precision="int8")
 _INFERENCE_MS = {224: 62.0, 192: 45.0, 160: 31.0}  # a Pi 4 running an INT8 MobileNet-class model
 
 
+class Reply(NamedTuple):
+    """A simulated node's answer to one control payload."""
+
+    event: bytes
+    state_changed: bool = False
+    snapshot: bytes | None = None  # JPEG for the snapshot topic, published before the event
+
+
 @dataclass
 class SimNode:
     node_id: str
@@ -57,6 +70,7 @@ class SimNode:
     model: ModelRef = field(default_factory=lambda: _MODEL)
     started: float = field(default_factory=time.monotonic)
     seq: int = 0
+    snapshots: bool = True  # a simulated camera shows nobody, so snapshots are on
     _class: int = 0
     _class_until: float = 0.0
 
@@ -132,20 +146,35 @@ class SimNode:
             version=__version__,
         ).to_bytes()
 
-    def handle(self, payload: bytes) -> tuple[bytes, bool]:
-        """Answer a control payload: (event payload, whether the retained state changed)."""
+    def snapshot(self) -> bytes:
+        """A JPEG of a made-up frame (a colour per label) captioned like a real node's."""
+        class_id, label = _CLASSES[self._class]
+        ramp = np.linspace(40, 220, 320)
+        tint = np.array([(class_id * 37) % 200, (class_id * 91) % 200, (class_id * 53) % 200]) + 30
+        frame = np.empty((240, 320, 3), np.uint8)
+        frame[...] = (ramp[:, None] * tint[None, :] / 255).astype(np.uint8)[None, :, :]
+        return encode_snapshot(frame, f"{label} (simulated)").data
+
+    def handle(self, payload: bytes) -> Reply:
+        """Answer a control payload: the event, whether the retained state changed, and any snapshot."""
         try:
             command = parse_command(payload)
         except CommandError as exc:
             ident, cmd = command_id(payload)
-            return Event(id=ident, cmd=cmd, ok=False, error=str(exc)).to_bytes(), False
+            return Reply(Event(id=ident, cmd=cmd, ok=False, error=str(exc)).to_bytes())
         if isinstance(command, SetMode):
             self.mode = command.mode
             self.resolution = MODE_RESOLUTION.get(command.mode, self.resolution)
             detail: dict[str, object] = {"mode": self.mode.value, "resolution": self.resolution}
-            return Event(id=command.id, cmd=command.cmd, ok=True, detail=detail).to_bytes(), True
+            return Reply(Event(id=command.id, cmd=command.cmd, ok=True, detail=detail).to_bytes(), True)
         if isinstance(command, Ping):
             detail = {"uptime_s": round(time.monotonic() - self.started, 1), "simulated": True}
-            return Event(id=command.id, cmd=command.cmd, ok=True, detail=detail).to_bytes(), False
+            return Reply(Event(id=command.id, cmd=command.cmd, ok=True, detail=detail).to_bytes())
+        if isinstance(command, Snapshot):
+            if not self.snapshots:
+                return Reply(Event(id=command.id, cmd=command.cmd, ok=False, error=DISABLED).to_bytes())
+            jpeg = self.snapshot()
+            detail = {"bytes": len(jpeg), "simulated": True}
+            return Reply(Event(id=command.id, cmd=command.cmd, ok=True, detail=detail).to_bytes(), snapshot=jpeg)
         error = f"{command.cmd} is not implemented by the simulator"
-        return Event(id=command.id, cmd=command.cmd, ok=False, error=error).to_bytes(), False
+        return Reply(Event(id=command.id, cmd=command.cmd, ok=False, error=error).to_bytes())

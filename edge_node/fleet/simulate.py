@@ -49,6 +49,7 @@ class SimOptions:
     kill: int = 0
     kill_after: float | None = None
     seed: int | None = None
+    snapshots: bool = True  # answer the snapshot command with a made-up JPEG
     connect_concurrency: int = 32
 
 
@@ -120,7 +121,7 @@ class SimulatedFleet:
         topics = Topics(self.opts.topic_prefix, node_id)
         will = aiomqtt.Will(topics.status, OFFLINE, qos=1, retain=True)
         client = aiomqtt_client(self.cfg, identifier=f"ghostpi-sim-{node_id}", will=will, keepalive=self.opts.keepalive)
-        sim = SimNode(node_id, rng=random.Random(self._rng.random()))
+        sim = SimNode(node_id, rng=random.Random(self._rng.random()), snapshots=self.opts.snapshots)
         try:
             async with self._slots:
                 await client.__aenter__()
@@ -158,10 +159,12 @@ class SimulatedFleet:
     async def _command_loop(self, node: _Node) -> None:
         async for message in node.client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            event, changed = node.sim.handle(payload)
+            reply = node.sim.handle(payload)
             self.stats.commands += 1
-            await node.client.publish(node.topics.events, event, qos=1)
-            if changed:
+            if reply.snapshot is not None:
+                await node.client.publish(node.topics.snapshot, reply.snapshot, qos=1)
+            await node.client.publish(node.topics.events, reply.event, qos=1)
+            if reply.state_changed:
                 await node.client.publish(node.topics.state, node.sim.state(), qos=1, retain=True)
 
     def _start(self, node: _Node) -> None:

@@ -78,6 +78,10 @@ class FleetView:
         self._latest[topic] = (payload, time.monotonic() if now is None else now)
         self.messages += 1
 
+    def entries(self) -> list[tuple[str, bytes | bytearray, float]]:
+        """Every stored topic with its newest payload and arrival time; a copy, safe against the ingest thread."""
+        return [(topic, raw, at) for topic, (raw, at) in list(self._latest.items())]
+
     def node_ids(self) -> set[str]:
         nodes = set()
         for topic in list(self._latest):

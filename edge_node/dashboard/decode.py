@@ -1,0 +1,115 @@
+"""Lenient payload reading for the dashboard: known fields are picked and type-checked, the rest is kept
+generically. A newer node that adds fields must never blank a card (the wire models in messages.py refuse
+unknown fields on purpose; a viewer must not)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["JsonDict", "event", "heartbeat", "load", "ota", "prediction", "state"]
+
+JsonDict = dict[str, Any]
+
+_HB_KNOWN = {
+    "node", "ts", "uptime_s", "fps", "inference_ms_avg", "cpu_percent", "cpu_temp_c", "rss_mb",
+    "frames_captured", "frames_processed", "frames_dropped", "reconnects", "model_version", "model_source",
+    "mode", "resolution", "camera", "camera_last_frame_age_s", "pipeline",
+}  # fmt: skip
+_MAX_TEXT = 200
+
+
+def load(raw: bytes | bytearray) -> JsonDict | None:
+    """A JSON object, or None for anything else (the caller counts it as a bad payload)."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _num(data: JsonDict, key: str) -> float | None:
+    value = data.get(key)
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _str(data: JsonDict, key: str) -> str | None:
+    value = data.get(key)
+    return value[:_MAX_TEXT] if isinstance(value, str) else None
+
+
+def _obj(data: JsonDict, key: str) -> JsonDict:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _model(data: JsonDict) -> JsonDict:
+    m = _obj(data, "model")
+    return {k: _str(m, k) for k in ("name", "version", "precision", "runtime") if _str(m, k) is not None}
+
+
+def _generic(value: object) -> object:
+    """Numbers, booleans and short strings as they are; anything nested as compact, truncated JSON text."""
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, str):
+        return value[:_MAX_TEXT]
+    return json.dumps(value, separators=(",", ":"))[:_MAX_TEXT]
+
+
+def prediction(data: JsonDict) -> JsonDict:
+    latency = _obj(data, "latency_ms")
+    top = data.get("top_k")
+    top_k = [
+        [item.get("label"), item.get("confidence")]
+        for item in (top if isinstance(top, list) else [])[:5]
+        if isinstance(item, dict) and isinstance(item.get("label"), str) and _num(item, "confidence") is not None
+    ]
+    return {
+        "seq": _num(data, "seq"),
+        "ts": _num(data, "ts"),
+        "label": _str(data, "label"),
+        "confidence": _num(data, "confidence"),
+        "top_k": top_k,
+        "fps": _num(data, "fps"),
+        "latency": {k: _num(latency, k) for k in ("preprocess", "inference", "total")},
+        "resolution": _num(data, "resolution"),
+        "mode": _str(data, "mode"),
+        "model": _model(data),
+    }
+
+
+def heartbeat(data: JsonDict) -> JsonDict:
+    out: JsonDict = {k: data[k] for k in _HB_KNOWN if k in data and not isinstance(data[k], dict | list)}
+    out["other"] = {k: _generic(v) for k, v in sorted(data.items()) if k not in out}
+    return out
+
+
+def state(data: JsonDict) -> JsonDict:
+    return {
+        "mode": _str(data, "mode"),
+        "resolution": _num(data, "resolution"),
+        "model": _model(data),
+        "publish": _str(data, "publish"),
+        "publish_max_hz": _num(data, "publish_max_hz"),
+        "version": _str(data, "version"),
+    }
+
+
+def ota(data: JsonDict) -> JsonDict:
+    return {k: v for k in ("phase", "version", "error", "id") if (v := _str(data, k)) is not None} | {
+        "progress": _num(data, "progress"),
+        "ts": _num(data, "ts"),
+    }
+
+
+def event(data: JsonDict) -> JsonDict:
+    detail = _obj(data, "detail")
+    return {
+        "id": _str(data, "id"),
+        "cmd": _str(data, "cmd") or "?",
+        "ok": data.get("ok") is True,
+        "error": _str(data, "error"),
+        "detail": {k: _generic(v) for k, v in list(detail.items())[:20]},
+        "ts": _num(data, "ts"),
+    }

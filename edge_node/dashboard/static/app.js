@@ -1,0 +1,552 @@
+// GhostPi dashboard: one stream of batched changes in, one requestAnimationFrame render of the dirty cards out.
+// Every value from MQTT is shown with textContent (never parsed as HTML): node ids and labels are untrusted.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const TOKEN_KEY = "ghostpi-token";
+const MODES = ["high", "balanced", "performance", "auto"];
+const VERSION_COLOURS = ["#7fb3ff", "#3fb970", "#e3b341", "#c98bff", "#f0a04f", "#5fd4d4", "#f0534f"];
+
+const app = {
+  config: null,
+  nodes: new Map(), // name -> {data, el, refs, visible, chartDirty, snapVersion, snapUrl}
+  dirty: new Set(),
+  summary: null,
+  offset: 0, // server wall clock minus ours (seconds)
+  frameQueued: false,
+  pending: new Map(), // command id -> {node, cmd, at}
+  pendingTs: [], // prediction timestamps rendered, waiting for the next frame to be painted
+};
+
+// Measured in the browser for tests and the curious: seconds from a prediction's ts to its paint.
+// latencies: prediction ts -> painted; serverLags: prediction ts -> batch built on the server; renderMs: per frame.
+window.ghostpiStats = { latencies: [], serverLags: [], renderMs: [], batches: 0, rendered: 0, fulls: 0 };
+const keep = (list, value) => { list.push(value); if (list.length > 100000) list.splice(0, list.length - 100000); };
+
+// --- token ---------------------------------------------------------------------------------------------
+
+function takeTokenFromUrl() {
+  const m = location.hash.match(/(?:^#|&)token=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search); // out of the address bar and history
+  }
+}
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+const authHeaders = () => (token() ? { Authorization: "Bearer " + token() } : {});
+
+function showTokenState(text) { $("#token-state").textContent = text; }
+
+// --- the stream ----------------------------------------------------------------------------------------
+
+let retry = 1000;
+let streamAbort = null;
+
+async function connect() {
+  if (streamAbort) streamAbort.abort();
+  streamAbort = new AbortController();
+  setConn("connecting…");
+  let response;
+  try {
+    response = await fetch("/api/stream", { headers: authHeaders(), signal: streamAbort.signal, cache: "no-store" });
+  } catch (err) {
+    return reconnect("dashboard server unreachable");
+  }
+  if (response.status === 401) {
+    setConn("viewing needs the operator token: enter it above", true);
+    showTokenState("token needed");
+    return; // the token form reconnects
+  }
+  if (!response.ok) return reconnect(await errorText(response));
+  retry = 1000;
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        handleFrame(buffer.slice(0, cut));
+        buffer = buffer.slice(cut + 2);
+      }
+    }
+  } catch (err) {
+    if (err.name === "AbortError") return;
+  }
+  reconnect("stream ended");
+}
+
+function reconnect(why) {
+  setConn(why + "; reconnecting…", true);
+  setTimeout(connect, retry);
+  retry = Math.min(retry * 2, 10000);
+}
+
+function handleFrame(frame) {
+  let kind = "message";
+  let data = "";
+  for (const line of frame.split("\n")) {
+    if (line.startsWith("event: ")) kind = line.slice(7);
+    else if (line.startsWith("data: ")) data += line.slice(6);
+  }
+  if (!data) return;
+  const msg = JSON.parse(data);
+  app.offset = msg.ts - Date.now() / 1000;
+  app.batchTs = msg.ts;
+  if (kind === "full") applyFull(msg);
+  else if (kind === "delta") applyDelta(msg);
+  window.ghostpiStats.batches++;
+}
+
+function setConn(text, bad = false) {
+  const el = $("#conn");
+  el.textContent = text;
+  el.classList.toggle("bad", bad);
+}
+
+function showBroker(broker) {
+  if (!broker) return;
+  if (broker.connected) setConn(`live · broker ${broker.host}:${broker.port}`);
+  else setConn(`not connected to broker ${broker.host}:${broker.port}${broker.error ? ": " + broker.error : ""}`, true);
+}
+
+// --- state ---------------------------------------------------------------------------------------------
+
+function applyFull(msg) {
+  window.ghostpiStats.fulls++;
+  const names = new Set(msg.nodes.map((n) => n.node));
+  for (const [name, node] of app.nodes) {
+    if (!names.has(name)) { node.el.remove(); app.nodes.delete(name); }
+  }
+  for (const card of msg.nodes) {
+    const node = ensureNode(card.node);
+    node.data = { events: [], history: [] };
+    merge(node, card);
+  }
+  showBroker(msg.broker);
+  if (msg.summary) renderSummary(msg.summary);
+  schedule();
+}
+
+function applyDelta(msg) {
+  for (const change of msg.nodes) merge(ensureNode(change.node), change);
+  if (msg.broker) showBroker(msg.broker);
+  if (msg.summary) renderSummary(msg.summary);
+  schedule();
+}
+
+function merge(node, change) {
+  const d = node.data;
+  for (const key of ["status", "predictions", "heartbeat", "state", "ota", "bad_payloads"]) {
+    if (key in change) d[key] = change[key];
+  }
+  if (change.seen) d.seen = Object.assign(d.seen || {}, change.seen);
+  if (change.predictions && change.predictions.ts) {
+    app.pendingTs.push(change.predictions.ts);
+    if (app.batchTs) keep(window.ghostpiStats.serverLags, app.batchTs - change.predictions.ts);
+  }
+  if (change.events) {
+    for (const ev of change.events) {
+      d.events.push(ev);
+      if (ev.id) app.pending.delete(ev.id);
+    }
+    d.events = d.events.slice(-10);
+  }
+  if (change.history) {
+    d.history.push(...change.history);
+    const horizon = Date.now() / 1000 + app.offset - (app.config ? app.config.history_seconds : 600);
+    while (d.history.length && d.history[0][0] < horizon) d.history.shift();
+    node.chartDirty = true;
+  }
+  if ("snapshot" in change) {
+    d.snapshot = change.snapshot;
+    if (change.snapshot && change.snapshot.version !== node.snapVersion) fetchSnapshot(node);
+  }
+  app.dirty.add(node.name);
+}
+
+// --- cards ---------------------------------------------------------------------------------------------
+
+const observer = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    const node = app.nodes.get(entry.target.dataset.node);
+    if (!node) continue;
+    node.visible = entry.isIntersecting;
+    if (node.visible && node.chartDirty) { app.dirty.add(node.name); schedule(); }
+  }
+});
+
+function ensureNode(name) {
+  let node = app.nodes.get(name);
+  if (node) return node;
+  const el = $("#card-template").content.firstElementChild.cloneNode(true);
+  el.dataset.node = name;
+  const refs = {};
+  for (const cls of ["name", "status", "label", "conf", "topk", "fps", "latency", "res", "model", "hb-age", "cpu",
+    "rss", "camera", "counters", "ota", "ota-phase", "ota-progress", "ota-trail", "chart", "chart-span", "snap-img",
+    "snap-info", "events"]) {
+    refs[cls] = el.querySelector("." + cls);
+  }
+  refs.name.textContent = name;
+  refs.name.title = name;
+  node = { name, el, refs, data: { events: [], history: [] }, visible: false, chartDirty: true, snapVersion: 0 };
+  wireCard(node);
+  app.nodes.set(name, node);
+  insertSorted(el, name);
+  observer.observe(el);
+  $("#empty").hidden = true;
+  return node;
+}
+
+function insertSorted(el, name) {
+  const cards = $("#cards");
+  let before = null;
+  for (const other of cards.children) {
+    if (other.dataset.node > name) { before = other; break; }
+  }
+  cards.insertBefore(el, before);
+}
+
+function schedule() {
+  if (app.frameQueued) return;
+  app.frameQueued = true;
+  requestAnimationFrame(render);
+}
+
+function render() {
+  const t0 = performance.now();
+  app.frameQueued = false;
+  const filter = $("#filter").value.trim().toLowerCase();
+  const problemsOnly = $("#problems").checked;
+  for (const name of app.dirty) {
+    const node = app.nodes.get(name);
+    if (node) renderCard(node, filter, problemsOnly);
+  }
+  window.ghostpiStats.rendered += app.dirty.size;
+  app.dirty.clear();
+  keep(window.ghostpiStats.renderMs, performance.now() - t0);
+  if (app.pendingTs.length) {
+    const stamps = app.pendingTs;
+    app.pendingTs = [];
+    requestAnimationFrame(() => { // runs after the frame with these updates was painted
+      const now = Date.now() / 1000;
+      for (const ts of stamps) keep(window.ghostpiStats.latencies, now - ts);
+    });
+  }
+}
+
+const fmt = (v, digits = 1) => (typeof v === "number" ? v.toFixed(digits) : "–");
+
+function renderCard(node, filter, problemsOnly) {
+  const { el, refs, data: d } = node;
+  const status = d.status || "unknown";
+  el.className = "card " + status;
+  refs.status.className = "badge status " + status;
+  refs.status.textContent = status;
+  el.hidden = (filter && !node.name.toLowerCase().includes(filter)) || (problemsOnly && status === "online");
+
+  const p = d.predictions;
+  const s = d.state || {};
+  const hb = d.heartbeat || {};
+  if (p) {
+    refs.label.textContent = p.label || "–";
+    refs.conf.textContent = typeof p.confidence === "number" ? (p.confidence * 100).toFixed(0) + "%" : "";
+    renderTopK(refs.topk, p.top_k || []);
+    refs.latency.textContent = `${fmt(p.latency.preprocess)} / ${fmt(p.latency.inference)} / ${fmt(p.latency.total)}`;
+  }
+  refs.fps.textContent = fmt(p ? p.fps : hb.fps);
+  const res = (p && p.resolution) || s.resolution || hb.resolution;
+  const mode = (p && p.mode) || s.mode || hb.mode;
+  refs.res.textContent = res ? `${res}px ${mode || ""}` : "–";
+  const m = (p && p.model && p.model.version ? p.model : s.model) || {};
+  refs.model.textContent = m.version ? [m.name, m.version, m.precision, m.runtime].filter(Boolean).join(" ") : (hb.model_version || "–");
+  refs.model.title = refs.model.textContent;
+  refs.cpu.textContent = [hb.cpu_percent != null ? fmt(hb.cpu_percent, 0) + "%" : null,
+    hb.cpu_temp_c != null ? fmt(hb.cpu_temp_c, 0) + "°C" : null].filter(Boolean).join(" ") || "–";
+  refs.rss.textContent = hb.rss_mb != null ? fmt(hb.rss_mb, 0) + " MB" : "–";
+  refs.camera.textContent = hb.camera || "–";
+  refs.camera.classList.toggle("warn", !!hb.camera && hb.camera !== "ok");
+  for (const button of el.querySelectorAll(".actions .modes button")) {
+    button.classList.toggle("current", button.dataset.mode === mode);
+  }
+  renderCounters(refs.counters, hb, d.bad_payloads);
+  renderOta(refs, d.ota);
+  renderEvents(refs.events, d.events);
+  renderAge(node);
+  if (node.chartDirty && node.visible) { drawChart(node); node.chartDirty = false; }
+}
+
+function renderTopK(list, topK) {
+  while (list.children.length < topK.length) {
+    const li = document.createElement("li");
+    li.append(Object.assign(document.createElement("span"), { className: "name" }),
+      Object.assign(document.createElement("span"), { className: "bar" }),
+      Object.assign(document.createElement("span"), { className: "p" }));
+    list.append(li);
+  }
+  while (list.children.length > topK.length) list.lastChild.remove();
+  topK.forEach(([label, conf], i) => {
+    const [name, bar, pct] = list.children[i].children;
+    name.textContent = label;
+    bar.style.width = Math.max(1, Math.round(conf * 100)) + "px";
+    pct.textContent = (conf * 100).toFixed(0) + "%";
+  });
+}
+
+const KNOWN_COUNTERS = ["frames_dropped", "errors", "restarts", "reconnects", "dropped_offline", "denied"];
+
+function renderCounters(box, hb, bad) {
+  const items = [];
+  const all = Object.assign({}, hb.other, hb);
+  for (const key of KNOWN_COUNTERS) if (typeof all[key] === "number") items.push([key.replace(/_/g, " "), all[key]]);
+  if (hb.pipeline != null) items.push(["pipeline", hb.pipeline]);
+  if (hb.model_source && hb.model_source !== "active") items.push(["model from", hb.model_source]);
+  for (const [key, value] of Object.entries(hb.other || {})) {
+    if (!KNOWN_COUNTERS.includes(key)) items.push([key.replace(/_/g, " "), value]);
+  }
+  if (bad) items.push(["bad payloads", bad]);
+  const text = items.map(([k, v]) => `${k} ${v}`).join("|");
+  if (box.dataset.text === text) return;
+  box.dataset.text = text;
+  box.replaceChildren(...items.map(([k, v]) => {
+    const span = document.createElement("span");
+    span.textContent = `${k}: ${typeof v === "number" ? +v.toFixed(2) : v}`;
+    if (typeof v === "number" && v > 0) span.className = "nonzero";
+    return span;
+  }));
+}
+
+function renderOta(refs, ota) {
+  refs.ota.hidden = !ota;
+  if (!ota) return;
+  const phase = ota.phase || "?";
+  refs["ota-phase"].className = "ota-phase " + phase;
+  refs["ota-phase"].textContent = `OTA ${phase}${ota.version ? " " + ota.version : ""}` +
+    (phase === "downloading" && typeof ota.progress === "number" ? ` ${ota.progress.toFixed(0)}%` : "") +
+    (ota.error ? `: ${ota.error}` : "");
+  refs["ota-progress"].hidden = phase !== "downloading";
+  if (typeof ota.progress === "number") refs["ota-progress"].value = ota.progress;
+  refs["ota-trail"].textContent = (ota.trail || []).join(" → ");
+}
+
+function eventText(ev) {
+  const detail = Object.entries(ev.detail || {}).map(([k, v]) => `${k}=${v}`).join(" ");
+  return `${ev.ok ? "✓" : "✗"} ${ev.cmd}${ev.error ? ": " + ev.error : ""}${detail ? " " + detail : ""}`;
+}
+
+function renderEvents(list, events) {
+  const rows = [];
+  for (const [id, p] of app.pending) {
+    if (p.node !== list.closest(".card").dataset.node) continue;
+    const late = Date.now() - p.at > 30000;
+    rows.push({ text: `… ${p.cmd} sent, ${late ? "no answer after 30 s (offline or busy?)" : "waiting"}`, cls: "pending", id });
+  }
+  for (const ev of events.slice().reverse()) rows.push({ text: eventText(ev), cls: ev.ok ? "ok" : "bad", id: ev.id });
+  const key = rows.map((r) => r.text + r.id).join("\n");
+  if (list.dataset.key === key) return;
+  list.dataset.key = key;
+  list.replaceChildren(...rows.map((r) => {
+    const li = document.createElement("li");
+    li.className = r.cls;
+    li.textContent = r.text;
+    li.title = (r.id ? r.id + ": " : "") + r.text;
+    if (r.id) li.dataset.id = r.id;
+    return li;
+  }));
+}
+
+function renderAge(node) {
+  const seen = node.data.seen || {};
+  const hb = seen.heartbeat;
+  const el = node.refs["hb-age"];
+  if (hb == null) { el.textContent = "–"; return; }
+  const age = Math.max(0, Date.now() / 1000 + app.offset - hb);
+  el.textContent = age < 90 ? `${age.toFixed(0)} s ago` : `${(age / 60).toFixed(0)} min ago`;
+  el.classList.toggle("warn", app.config && age > app.config.stale_after);
+}
+
+setInterval(() => {
+  for (const node of app.nodes.values()) renderAge(node);
+  for (const p of app.pending.values()) app.dirty.add(p.node); // "waiting" turns into "no answer" in time
+  if (app.pending.size) schedule();
+}, 1000);
+
+function drawChart(node) {
+  const canvas = node.refs.chart;
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height;
+  ctx.clearRect(0, 0, w, h);
+  const hist = node.data.history;
+  if (hist.length < 2) { node.refs["chart-span"].textContent = ""; return; }
+  const span = app.config ? app.config.history_seconds : 600;
+  const end = Date.now() / 1000 + app.offset;
+  const x = (t) => w - ((end - t) / span) * w;
+  const series = (index, colour) => {
+    let max = 0;
+    for (const p of hist) if (p[index] != null && p[index] > max) max = p[index];
+    if (max <= 0) return 0;
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    let pen = false;
+    for (const p of hist) {
+      if (p[index] == null) { pen = false; continue; }
+      const y = h - 3 - (p[index] / max) * (h - 8);
+      if (pen) ctx.lineTo(x(p[0]), y); else ctx.moveTo(x(p[0]), y);
+      pen = true;
+    }
+    ctx.stroke();
+    return max;
+  };
+  const fpsMax = series(1, "#3fb970");
+  const infMax = series(2, "#f0a04f");
+  node.refs["chart-span"].textContent = `last ${Math.round(span / 60)} min · max ${fmt(fpsMax)} fps, ${fmt(infMax)} ms`;
+}
+
+// --- summary -------------------------------------------------------------------------------------------
+
+function renderSummary(summary) {
+  app.summary = summary;
+  for (const key of ["online", "stale", "offline", "unknown", "total"]) $("#n-" + key).textContent = summary[key];
+  const box = $("#versions");
+  const total = Object.values(summary.versions).reduce((a, b) => a + b, 0);
+  box.replaceChildren(...Object.entries(summary.versions).map(([version, count], i) => {
+    const span = document.createElement("span");
+    span.style.flex = String(count);
+    span.style.background = VERSION_COLOURS[i % VERSION_COLOURS.length];
+    span.textContent = `${version}: ${count}`;
+    span.title = `model ${version} on ${count} of ${total} nodes`;
+    return span;
+  }));
+}
+
+// --- actions -------------------------------------------------------------------------------------------
+
+async function errorText(response) {
+  try { return (await response.json()).error || response.statusText; } catch { return response.statusText; }
+}
+
+async function send(target, body) {
+  if (!token()) {
+    showTokenState("enter the operator token to act");
+    $("#token").focus();
+    return { ok: false, error: "actions need the operator token: enter it at the top" };
+  }
+  let response;
+  try {
+    response = await fetch(`/api/nodes/${encodeURIComponent(target)}/command`, {
+      method: "POST",
+      headers: Object.assign({ "Content-Type": "application/json" }, authHeaders()),
+      body: JSON.stringify(body),
+      cache: "no-store",
+    });
+  } catch (err) {
+    return { ok: false, error: "dashboard server unreachable" };
+  }
+  if (response.status === 401) showTokenState("token refused");
+  if (!response.ok) return { ok: false, error: await errorText(response) };
+  const answer = await response.json();
+  if (target !== "all") {
+    app.pending.set(answer.id, { node: target, cmd: body.cmd, at: Date.now() });
+    app.dirty.add(target);
+    schedule();
+  }
+  return { ok: true, id: answer.id };
+}
+
+function note(node, text) {
+  node.data.events.push({ id: null, cmd: "dashboard", ok: false, error: text, detail: {} });
+  app.dirty.add(node.name);
+  schedule();
+}
+
+function wireCard(node) {
+  const el = node.el;
+  const act = async (body) => {
+    const result = await send(node.name, body);
+    if (!result.ok) note(node, result.error);
+  };
+  for (const button of el.querySelectorAll(".actions .modes button")) {
+    button.addEventListener("click", () => act({ cmd: "set_mode", mode: button.dataset.mode }));
+  }
+  $(".ping", el).addEventListener("click", () => act({ cmd: "ping" }));
+  $(".snapshot", el).addEventListener("click", () => act({ cmd: "snapshot" }));
+  $(".rollback", el).addEventListener("click", () => act({ cmd: "rollback" }));
+  $(".update-form", el).addEventListener("submit", (e) => {
+    e.preventDefault();
+    act(updateBody(e.target));
+  });
+}
+
+function updateBody(form) {
+  const f = new FormData(form);
+  return { cmd: "update_model", url: f.get("url").trim(), sha256: f.get("sha256").trim(), version: f.get("version").trim() };
+}
+
+async function fleetAction(body) {
+  const out = $("#fleet-result");
+  const result = await send("all", body);
+  out.className = "result " + (result.ok ? "ok" : "bad");
+  out.textContent = result.ok ? `${body.cmd} sent to every node (${result.id}); results appear on the cards` : result.error;
+}
+
+async function fetchSnapshot(node) {
+  const version = node.data.snapshot.version;
+  let response;
+  try {
+    response = await fetch(`/api/nodes/${encodeURIComponent(node.name)}/snapshot.jpg`, { headers: authHeaders(), cache: "no-store" });
+  } catch { return; }
+  if (!response.ok) return;
+  const url = URL.createObjectURL(await response.blob());
+  if (node.snapUrl) URL.revokeObjectURL(node.snapUrl);
+  node.snapUrl = url;
+  node.snapVersion = version;
+  const img = node.refs["snap-img"];
+  img.src = url;
+  img.hidden = false;
+  img.dataset.version = String(version);
+  const at = new Date(node.data.snapshot.at * 1000);
+  node.refs["snap-info"].textContent = `snapshot ${at.toLocaleTimeString()} · ${(node.data.snapshot.bytes / 1024).toFixed(1)} KB`;
+}
+
+// --- start ---------------------------------------------------------------------------------------------
+
+async function loadConfig() {
+  const response = await fetch("/api/config", { headers: authHeaders(), cache: "no-store" });
+  app.config = await response.json();
+  $("#prefix").textContent = app.config.prefix + "/+";
+  showTokenState(token() ? (app.config.token_ok ? "token accepted" : "token refused") : "view only");
+}
+
+function start() {
+  takeTokenFromUrl();
+  $("#token-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const value = $("#token").value.trim();
+    if (value) sessionStorage.setItem(TOKEN_KEY, value);
+    $("#token").value = "";
+    await loadConfig();
+    connect();
+  });
+  $("#token-forget").addEventListener("click", async () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    await loadConfig();
+  });
+  for (const button of document.querySelectorAll(".fleet-bar .modes button")) {
+    button.addEventListener("click", () => fleetAction({ cmd: "set_mode", mode: button.dataset.mode }));
+  }
+  $("#fleet-ping").addEventListener("click", () => fleetAction({ cmd: "ping" }));
+  $(".fleet-update .update-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    fleetAction(updateBody(e.target));
+  });
+  const rerender = () => { for (const name of app.nodes.keys()) app.dirty.add(name); schedule(); };
+  $("#filter").addEventListener("input", rerender);
+  $("#problems").addEventListener("change", rerender);
+  loadConfig().then(connect, () => reconnect("dashboard server unreachable"));
+}
+
+start();
