@@ -1,5 +1,6 @@
 # Convenience targets; the README's Quick start uses the scripts directly (make is not on every fresh Pi).
-.PHONY: demo test lint bench-pipeline bench-ghostnet bench-monitor bench-ota bench-dashboard
+# bench-chaos and bench-memory: docs/reliability.md
+.PHONY: demo test lint bench-chaos bench-memory bench-pipeline bench-ghostnet bench-monitor bench-ota bench-dashboard
 
 PY := PYTHONPATH=. .venv/bin/python
 
@@ -26,3 +27,9 @@ bench-ota:
 
 bench-dashboard:
 	$(PY) -m bench.bench_dashboard --nodes 200 --rate 10 --seconds 60
+
+bench-chaos:
+	$(PY) -m bench.chaos --log /tmp/chaos-node.log
+
+bench-memory:
+	$(PY) bench/session_memory.py

@@ -216,6 +216,7 @@ def main() -> None:
     parser.add_argument("--payloads", type=int, default=5000)
     parser.add_argument("--modes", type=int, default=300)
     parser.add_argument("--swaps", type=int, default=20)
+    parser.add_argument("--log", type=Path, help="write the node's log here")
     args = parser.parse_args()
     if args.bundle is None:
         from edge_node.modelzoo.demo import ensure_demo_bundle
@@ -277,8 +278,13 @@ def main() -> None:
     print("|" + "---|" * len(head))
     for row in rows:
         print("| " + " | ".join(row.cells()) + " |")
-    tracebacks = log.count("Traceback")
-    print(f"\nnode log: {tracebacks} tracebacks, {log.count('ERROR')} ERROR lines; CPU flags: {cpu_flags()}")
+    errors = [line for line in log.splitlines() if " ERROR " in line or line.startswith("Traceback")]
+    print(f"\nnode log: {log.count('Traceback')} tracebacks, {len(errors)} ERROR lines; CPU flags: {cpu_flags()}")
+    for line in errors:
+        print("  " + line[:200])
+    if args.log is not None:
+        args.log.write_text(log)
+        print(f"node log written to {args.log}")
 
 
 def cpu_flags() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any
@@ -60,10 +61,16 @@ class EmbeddedBroker:
         log.info("embedded MQTT broker (amqtt) listening on %s:%d", self.host, self.port)
         return self.port
 
-    async def stop(self) -> None:
-        if self._broker is not None:
-            try:
-                await self._broker.shutdown()
-            except Exception:
-                log.debug("embedded broker shutdown failed", exc_info=True)
-            self._broker = None
+    async def stop(self, grace: float = 5.0) -> None:
+        """Shut the broker down; bounded, because amqtt's shutdown waits on each client's connection handler
+        and one that never sees its socket close would otherwise keep ``edge-node run`` from exiting."""
+        if self._broker is None:
+            return
+        broker, self._broker = self._broker, None
+        try:
+            async with asyncio.timeout(grace):
+                await broker.shutdown()
+        except TimeoutError:
+            log.warning("the embedded broker did not shut down within %.0f s; exiting without waiting for it", grace)
+        except Exception:
+            log.debug("embedded broker shutdown failed", exc_info=True)

@@ -36,10 +36,20 @@ class Received:
 class Collector:
     """Subscribes to ``topics`` and keeps every message; ``wait`` blocks until a matching one arrives."""
 
-    def __init__(self, port: int, topics: tuple[str, ...] = ("#",), host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        topics: tuple[str, ...] = ("#",),
+        host: str = "127.0.0.1",
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-collector-{os.getpid()}-{id(self)}")
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.on_message = self._on_message
         self._topics = topics
         self._client.on_connect = lambda c, *_: [c.subscribe(t, qos=1) for t in self._topics]

@@ -10,7 +10,16 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from edge_node.errors import BundleError, BundleIntegrityError
 from edge_node.runtimes.base import Runtime
@@ -82,6 +91,14 @@ class Variant(_Model):
     runtime: Runtime = "onnxruntime"  # bundles made before LiteRT support list ONNX files only
 
     _file = field_validator("file")(classmethod(lambda cls, v: _safe_name(v)))
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """ONNX variants are written without ``runtime``, so nodes older than LiteRT support still read them."""
+        data: dict[str, object] = handler(self)
+        if data.get("runtime") == "onnxruntime":
+            del data["runtime"]
+        return data
 
 
 class FileEntry(_Model):

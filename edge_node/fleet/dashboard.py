@@ -67,12 +67,16 @@ def render(
         ("model", "left"),
         ("hb age", "right"),
         ("camera", "left"),
+        ("pipeline", "left"),
+        ("denied", "right"),
         ("last event", "left"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in shown:
         style = "red" if row.status == "offline" else "yellow" if row.stale else None
         camera = Text(row.camera or "-", style="yellow" if row.camera not in (None, "ok") else "")
+        pipeline = Text(row.pipeline or "-", style="red" if row.pipeline in ("stalled", "failed") else "")
+        denied = Text(str(row.denied) if row.denied else "-", style="bold red" if row.denied else "")
         table.add_row(
             row.node,
             _status(row),
@@ -85,6 +89,8 @@ def render(
             row.model_version or "-",
             _num(row.heartbeat_age_s, ".0f") + ("s" if row.heartbeat_age_s is not None else ""),
             camera,
+            pipeline,
+            denied,
             row.last_event or "",
             style=style,
         )

@@ -1,6 +1,6 @@
 """Home Assistant MQTT device discovery for one node (off by default: ``EDGE_HA__ENABLED``).
 
-One retained-free message on ``<discovery_prefix>/device/<object_id>/config`` declares the whole device:
+One retained message on ``<discovery_prefix>/device/<object_id>/config`` declares the whole device:
 sensors fed by the node's own ``predictions`` and ``heartbeat`` JSON, a ``select`` whose command goes to
 the node's control topic as a ``set_mode`` command, and availability from ``status``. The node publishes
 it after connecting and again, after a random delay, whenever HA announces ``online`` on

@@ -40,12 +40,20 @@ class NodeRow:
     resolution: int | None = None
     model_version: str | None = None
     camera: str | None = None
+    pipeline: str | None = None
+    denied: int = 0  # publishes the broker refused (the node's heartbeat; MQTT 5 only)
+    dropped_offline: int = 0
     cpu_temp_c: float | None = None
     heartbeat_age_s: float | None = None
     prediction_age_s: float | None = None
     last_seen_age_s: float | None = None
     last_event: str | None = None
     bad_payloads: int = 0
+
+    @property
+    def troubled(self) -> bool:
+        """Online but not well: camera or pipeline not ok, or the broker refusing its publishes."""
+        return self.camera not in (None, "ok") or self.pipeline not in (None, "ok") or self.denied > 0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -91,7 +99,7 @@ class FleetView:
         return nodes
 
     def snapshot(self, now: float | None = None) -> list[NodeRow]:
-        """Rows sorted with problems first (offline, then stale), then by node id."""
+        """Rows sorted with problems first (offline, then stale, then unhealthy), then by node id."""
         current = time.monotonic() if now is None else now
         per_node: dict[str, dict[str, tuple[bytes | bytearray, float]]] = {}
         for topic, entry in list(self._latest.items()):
@@ -101,7 +109,7 @@ class FleetView:
         live = {id(raw) for raw, _ in self._latest.values()}
         self._decoded = {key: hit for key, hit in self._decoded.items() if key in live}  # forget replaced payloads
         rows = [self._row(node, leaves, current) for node, leaves in per_node.items()]
-        rows.sort(key=lambda r: (r.online, not r.stale, r.node))
+        rows.sort(key=lambda r: (r.online, not r.stale, not r.troubled, r.node))
         return rows
 
     def _cached(self, model: type[M], raw: bytes | bytearray | None) -> M | None:
@@ -165,6 +173,9 @@ class FleetView:
             resolution=settings[1] if settings else None,
             model_version=pred.model.version if pred else state.model.version if state else None,
             camera=beat.camera if beat else None,
+            pipeline=beat.pipeline if beat else None,
+            denied=beat.publish_denied if beat else 0,
+            dropped_offline=sum(beat.dropped_offline.values()) if beat else 0,
             cpu_temp_c=beat.cpu_temp_c if beat else None,
             heartbeat_age_s=beat_age,
             prediction_age_s=pred_age,
