@@ -45,7 +45,9 @@ def bare_fps(model: Path, tensor: np.ndarray, threads: int, seconds: float) -> f
     return n / (time.perf_counter() - t0)
 
 
-def node_fps(bundle: Path, port: int, threads: int, seconds: float, workdir: Path) -> tuple[float, float, dict]:
+def node_fps(
+    bundle: Path, port: int, threads: int, seconds: float, workdir: Path, workers: str = "1"
+) -> tuple[float, float, dict]:
     """Predictions per second as received by a subscriber (mosquitto_sub: a C client, so the measuring
     costs the 2-core machine as little as possible), over ``seconds`` after a warm-up."""
     received = workdir / "received.txt"
@@ -63,6 +65,7 @@ def node_fps(bundle: Path, port: int, threads: int, seconds: float, workdir: Pat
         EDGE_MODE="high",
         EDGE_MODEL__BUNDLE=str(bundle),
         EDGE_MODEL__THREADS=str(threads),
+        EDGE_MODEL__WORKERS=workers,
         EDGE_PUBLISH__POLICY="every",
         EDGE_STATE_DIR=str(workdir / "state"),
         PYTHONPATH=str(ROOT),
@@ -103,7 +106,8 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, default=None, help="default: the demo bundle (built if missing)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="threads of bare ORT and of the node, in all")
+    parser.add_argument("--workers", default="1", help="the node's EDGE_MODEL__WORKERS")
     args = parser.parse_args()
     if args.bundle is None:
         from edge_node.modelzoo.demo import ensure_demo_bundle
@@ -123,7 +127,9 @@ def main() -> int:
         try:
             for i in range(args.rounds):
                 bares.append(bare_fps(model, tensor, args.threads, args.seconds))
-                fps, hwm, sample = node_fps(args.bundle, broker.port, args.threads, args.seconds, Path(tmp))
+                fps, hwm, sample = node_fps(
+                    args.bundle, broker.port, args.threads, args.seconds, Path(tmp), args.workers
+                )
                 nodes.append(fps)
                 rss.append(hwm)
                 print(

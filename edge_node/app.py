@@ -36,7 +36,7 @@ from edge_node.snapshot import Jpeg, take_snapshot
 from edge_node.supervisor import Health, supervise
 from edge_node.topics import Topics
 from edge_node.vision.loading import load, select_model
-from edge_node.vision.modes import ModeController
+from edge_node.vision.modes import MODE_RESOLUTION, ModeController
 from edge_node.vision.pipeline import Failure, Output, Pipeline, Result
 
 __all__ = ["Node"]
@@ -71,10 +71,13 @@ class Node:
             lambda: make_source(cam), stall_timeout=cam.stall_timeout, reopen_delay=cam.reopen_delay, at_end=cam.at_end
         )
         cfg = settings.model
-        model = select_model(bundle, cfg)
-        controller = ModeController(settings.auto, model.resolutions, mode=settings.mode)
+        self.device_cache = settings.state_dir / "device-choice.json"
+        model, choice = select_model(
+            bundle, cfg, resolution=MODE_RESOLUTION.get(settings.mode, 224), cache=self.device_cache
+        )
+        controller = ModeController(settings.auto, model.resolutions, mode=settings.mode, workers=model.workers)
         # Only the resolution the mode asks for is built now; others are built when a mode needs them.
-        loaded = load(model, check=[model.nearest(controller.resolution)], keep=cfg.sessions)
+        loaded = load(model, check=[model.nearest(controller.resolution)], keep=cfg.sessions, choice=choice)
         self.pipeline = Pipeline(
             self.grabber.slot, loaded, controller, self, keep=cfg.sessions, fps_window=settings.auto.window
         )
@@ -83,7 +86,15 @@ class Node:
         self.updater = (
             None
             if store is None
-            else Updater(settings.ota, store, self.pipeline, node_id=settings.node_id, model_cfg=cfg, sink=self)
+            else Updater(
+                settings.ota,
+                store,
+                self.pipeline,
+                node_id=settings.node_id,
+                model_cfg=cfg,
+                sink=self,
+                device_cache=self.device_cache,
+            )
         )
         self.commands = CommandHandler(
             ControlRouter(max_bytes=settings.mqtt.max_control_bytes, rate=settings.mqtt.control_rate),

@@ -1,4 +1,4 @@
-"""The ``edge-node`` command line: ``run``, ``model …``, ``ctl …``, ``monitor``, ``simulate`` and ``dashboard``.
+"""The ``edge-node`` command line: ``run``, ``bench``, ``model …``, ``ctl …``, ``monitor``, ``simulate``, ``dashboard``.
 
 Each command group lives in its own module and registers its sub-parsers here; heavy imports (torch,
 rich tables) happen inside the handlers, so ``edge-node run`` on a Pi never loads them.
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    from edge_node import runner
+    from edge_node import benchmark, runner
     from edge_node.dashboard import cli as dashboard_cli
     from edge_node.fleet import cli as fleet_cli
     from edge_node.modelzoo import cli as model_cli
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runner.register(sub)
+    benchmark.register(sub)
     model_cli.register(sub)
     fleet_cli.register(sub)
     dashboard_cli.register(sub)

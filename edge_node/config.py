@@ -159,16 +159,32 @@ class CameraConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Which bundle to run and how."""
+    """Which bundle to run and how. ``auto`` settings are decided on the device by measurement (docs/benchmarks.md)."""
 
     bundle: Path | None = None  # default: the cached demo bundle, built on first use
-    precision: Literal["int8", "fp32"] = "int8"
-    threads: int = Field(2, ge=1, le=64, description="inference threads in all, shared among the workers")
-    workers: int = Field(1, ge=1, le=16, description="inference workers, each with its own session per resolution")
+    runtime: Literal["auto", "onnxruntime", "litert"] = Field(
+        "auto", description="auto: every runtime the bundle has files for and this node has installed, measured"
+    )
+    precision: Literal["auto", "int8", "fp32"] = Field(
+        "auto", description="auto: every precision the bundle has, measured; INT8 only if it passes its check"
+    )
+    threads: int | Literal["auto"] = Field(
+        "auto", description="inference threads in all, shared among the workers; auto: the CPU cores usable"
+    )
+    workers: int | Literal["auto"] = Field(
+        "auto", description="inference workers, each with its own sessions; auto: the split measured fastest"
+    )
     top_k: int = Field(5, ge=1, le=20)
     sessions: int = Field(
         1, ge=1, le=8, description="resolutions kept loaded; more makes mode switches instant, each costs RAM"
     )
+
+    @field_validator("threads", "workers")
+    @classmethod
+    def _count(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("must be auto or a number from 1 to 64")
+        return value
 
 
 class AutoModeConfig(_Section):

@@ -22,6 +22,7 @@ __all__ = [
     "Camera",
     "ClassScore",
     "Command",
+    "DeviceChoice",
     "Event",
     "Heartbeat",
     "LatencyMs",
@@ -36,6 +37,7 @@ __all__ = [
     "SetMode",
     "SetPublish",
     "Snapshot",
+    "Trial",
     "UpdateModel",
     "WorkerStatus",
     "command_id",
@@ -116,6 +118,8 @@ class Heartbeat(_Wire):
     reconnects: int
     model_version: str
     model_source: str = "active"  # active, previous or factory: where start-up found a valid bundle
+    runtime: str | None = None
+    precision: str | None = None
     mode: Mode
     resolution: int
     camera: Camera
@@ -129,6 +133,31 @@ class Heartbeat(_Wire):
     publish_denied: int = 0  # publishes the broker refused (MQTT 5 reason codes; 3.1.1 cannot tell)
 
 
+class Trial(_Wire):
+    """One candidate measured on the device: every worker running its own session at once, inference only."""
+
+    runtime: str
+    precision: str
+    workers: int
+    threads: int  # per worker
+    resolution: int
+    fps: float
+    latency_ms: float
+    cpu_ms: float  # process CPU time per frame
+
+
+class DeviceChoice(_Wire):
+    """What serves on this device and why: the candidates measured (none when nothing was left to choose, or
+    when the decision was remembered from an earlier start, ``cached``)."""
+
+    runtime: str
+    precision: str
+    workers: int
+    threads: int
+    cached: bool = False
+    trials: list[Trial] = Field(default_factory=list)
+
+
 class NodeState(_Wire):
     """Retained: what the node is set to right now."""
 
@@ -140,6 +169,7 @@ class NodeState(_Wire):
     publish: PublishPolicy
     publish_max_hz: float
     version: str  # edge-node software version
+    device: DeviceChoice | None = None
 
 
 class Event(_Wire):

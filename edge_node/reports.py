@@ -14,17 +14,20 @@ from edge_node.capture.grabber import CameraSnapshot
 from edge_node.domain import PublishPolicy
 from edge_node.messages import (
     ClassScore,
+    DeviceChoice,
     Heartbeat,
     LatencyMs,
     ModelRef,
     NodeState,
     PipelineState,
     Prediction,
+    Trial,
     WorkerStatus,
 )
 from edge_node.telemetry import CpuMeter, cpu_temperature, rss_mb
 from edge_node.vision.model import ModelInfo
 from edge_node.vision.pipeline import PipelineSnapshot, Result
+from edge_node.vision.selection import Choice
 
 __all__ = ["HeartbeatBuilder", "LinkFigures", "model_ref", "node_state", "prediction"]
 
@@ -56,6 +59,20 @@ def prediction(node_id: str, r: Result) -> Prediction:
     )
 
 
+def device_choice(choice: Choice | None) -> DeviceChoice | None:
+    if choice is None:
+        return None
+    c = choice.candidate
+    return DeviceChoice(
+        runtime=c.runtime,
+        precision=c.precision,
+        workers=c.workers,
+        threads=c.threads,
+        cached=choice.cached,
+        trials=[Trial.model_validate(t.as_dict()) for t in choice.trials],
+    )
+
+
 def node_state(node_id: str, pipe: PipelineSnapshot, policy: PublishPolicy, max_hz: float) -> NodeState:
     return NodeState(
         node=node_id,
@@ -66,6 +83,7 @@ def node_state(node_id: str, pipe: PipelineSnapshot, policy: PublishPolicy, max_
         publish=policy,
         publish_max_hz=max_hz,
         version=__version__,
+        device=device_choice(pipe.choice),
     )
 
 
@@ -111,6 +129,8 @@ class HeartbeatBuilder:
             reconnects=link.reconnects,
             model_version=pipe.model.version,
             model_source=model_source,
+            runtime=pipe.model.runtime,
+            precision=pipe.model.precision,
             mode=pipe.mode,
             resolution=pipe.resolution,
             camera=cam.state,

@@ -79,10 +79,10 @@ async def live_node(
     model = model or ModelConfig(threads=1)
     store = BundleStore(state, factory)
     bundle, _ = store.startup()
-    chosen = select_model(bundle, model)
+    chosen, _ = select_model(bundle, model, resolution=224)
     cam = CameraConfig(source="synthetic", width=320, height=240, fps=fps)
     grabber = Grabber(lambda: make_source(cam), stall_timeout=5.0, reopen_delay=0.5)
-    controller = ModeController(AutoModeConfig(), chosen.resolutions, mode=Mode.HIGH)
+    controller = ModeController(AutoModeConfig(), chosen.resolutions, mode=Mode.HIGH, workers=chosen.workers)
     results: list[tuple[float, str]] = []
     arrived = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -52,13 +52,13 @@ def test_buffer_pool_lends_each_buffer_to_one_holder_at_a_time(tiny_bundle: Path
 
 
 def test_missing_precision_falls_back_to_what_the_bundle_has(tiny_bundle: Path) -> None:
-    model = select_model(open_bundle(tiny_bundle), ModelConfig(precision="fp32", threads=1))
+    model, _ = select_model(open_bundle(tiny_bundle), ModelConfig(precision="fp32", threads=1), resolution=224)
     assert model.info.precision == "int8"
 
 
 def test_threads_are_shared_among_workers(tiny_bundle: Path) -> None:
-    model = select_model(open_bundle(tiny_bundle), ModelConfig(threads=4, workers=2))
-    assert (model.workers, model.threads) == (2, 2)
+    model, choice = select_model(open_bundle(tiny_bundle), ModelConfig(threads=4, workers=2), resolution=224)
+    assert (model.workers, model.threads) == (2, 2) and not choice.measured  # nothing left to measure
 
 
 def test_a_file_that_is_not_onnx_is_refused_with_its_name(tmp_path: Path) -> None:

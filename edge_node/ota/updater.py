@@ -72,6 +72,7 @@ class Updater:
         model_cfg: ModelConfig,
         sink: OtaSink,
         backoff: float = 1.0,
+        device_cache: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -80,6 +81,7 @@ class Updater:
         self.model_cfg = model_cfg
         self.sink = sink
         self.backoff = backoff
+        self.device_cache = device_cache  # where the node remembers what serves best on this device
         self._busy: str | None = None  # "<cmd> <version>, id <id>" while a command runs
         self._busy_id: str | None = None
         self._cancel = threading.Event()  # for threads: the download stops
@@ -357,10 +359,19 @@ class Updater:
         """Load and check every resolution on a real frame (in a worker thread); keep what will serve."""
         from edge_node.vision.loading import load, select_model
 
-        model = select_model(bundle, self.model_cfg)
+        frame = self.pipeline.latest_frame()
+        # The pipeline's workers stay as they are (a swap happens between two frames, not between two thread
+        # sets); runtime and precision are chosen for the new bundle on this device.
+        serving = self.pipeline.model
+        cfg = self.model_cfg.model_copy(
+            update={"workers": serving.workers, "threads": serving.workers * serving.threads}
+        )
+        model, choice = select_model(
+            bundle, cfg, resolution=self.pipeline.resolution, frame=frame, cache=self.device_cache
+        )
         wanted = model.nearest(self.pipeline.resolution)
         order = [wanted, *(r for r in model.resolutions if r != wanted)]
-        return load(model, check=order, keep=self.model_cfg.sessions, frame=self.pipeline.latest_frame())
+        return load(model, check=order, keep=self.model_cfg.sessions, frame=frame, choice=choice)
 
     async def _watch_health(self, version: str) -> tuple[str | None, dict[str, object]]:
         """Watch the first inferences of ``version`` (now serving). Returns (None, stats) when healthy, else

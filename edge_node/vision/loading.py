@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from edge_node import memory
 from edge_node.bundle import Bundle
@@ -11,36 +12,35 @@ from edge_node.capture.base import Frame
 from edge_node.config import ModelConfig
 from edge_node.vision.model import Model
 from edge_node.vision.pipeline import Loaded
+from edge_node.vision.selection import Choice, choose
 
 __all__ = ["load", "select_model"]
 
 log = logging.getLogger(__name__)
 
 
-def select_model(bundle: Bundle, cfg: ModelConfig) -> Model:
-    """The files of ``bundle`` the node serves with ``cfg`` (the configured precision, or what the bundle has)."""
-    manifest = bundle.manifest
-    precision = cfg.precision
-    if not manifest.resolutions(precision):
-        log.warning("bundle %s has no %s model; using %s", manifest.name, precision, manifest.precision)
-        precision = manifest.precision
-    return Model(
-        bundle,
-        runtime="onnxruntime",
-        precision=precision,
-        workers=cfg.workers,
-        threads=max(1, cfg.threads // cfg.workers),
-        top_k=cfg.top_k,
+def select_model(
+    bundle: Bundle, cfg: ModelConfig, *, resolution: int, frame: Frame | None = None, cache: Path | None = None
+) -> tuple[Model, Choice]:
+    """The files of ``bundle`` that serve with ``cfg`` on this device (``auto`` settings measured here), and the
+    decision with its measurements. ``resolution`` is what the mode asks for; ``cache`` remembers decisions."""
+    choice = choose(bundle, cfg, resolution=resolution, frame=frame, cache=cache)
+    c = choice.candidate
+    model = Model(
+        bundle, runtime=c.runtime, precision=c.precision, workers=c.workers, threads=c.threads, top_k=cfg.top_k
     )
+    return model, choice
 
 
-def load(model: Model, *, check: Sequence[int], keep: int, frame: Frame | None = None) -> Loaded:
+def load(
+    model: Model, *, check: Sequence[int], keep: int, frame: Frame | None = None, choice: Choice | None = None
+) -> Loaded:
     """Build and check ``check`` (resolutions, in order) on ``frame``; keep the first ``keep`` of them loaded.
 
     Raises InferenceError for the first resolution that does not load or misbehaves. The others are dropped as
     soon as they passed, so checking every resolution of a new model costs the memory of one at a time.
     """
-    loaded = Loaded(model)
+    loaded = Loaded(model, choice=choice)
     for resolution in check:
         variant = model.build(resolution)
         variant.check(frame)

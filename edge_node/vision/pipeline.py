@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from edge_node import memory
 from edge_node.capture.base import Frame
@@ -31,6 +31,9 @@ from edge_node.slot import LatestSlot
 from edge_node.vision.meters import Ewma, RateMeter
 from edge_node.vision.model import Classification, Model, ModelInfo, Variant
 from edge_node.vision.modes import ModeController
+
+if TYPE_CHECKING:
+    from edge_node.vision.selection import Choice
 
 __all__ = ["Failure", "Listener", "Loaded", "Pipeline", "PipelineSnapshot", "Result", "WorkerLoad"]
 
@@ -79,10 +82,14 @@ class Listener(Protocol):
 
 @dataclass
 class Loaded:
-    """A model and the variants built for it. A swap hands one in and hands the previous one back."""
+    """A model and the variants built for it. A swap hands one in and hands the previous one back.
+
+    ``choice`` is why this model's runtime, precision and workers were chosen, carried along for the node's
+    state; the pipeline does not look at it."""
 
     model: Model
     variants: dict[int, Variant] = field(default_factory=dict)
+    choice: Choice | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,7 @@ class PipelineSnapshot:
     workers: tuple[WorkerLoad, ...]
     restarts: int
     last_error: str | None
+    choice: Choice | None = None  # the serving Loaded's choice
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +260,7 @@ class Pipeline:
         now = self._clock()
         gen = self._gen
         with self._lock:
-            model, resolution, mode = self._loaded.model, self.controller.resolution, self.controller.mode
+            loaded, resolution, mode = self._loaded, self.controller.resolution, self.controller.mode
         with self._emit_lock:
             fps = self.fps.rate(now)
             processed, failed = self._processed, self._failed_frames
@@ -270,10 +278,11 @@ class Pipeline:
             serving=serving,
             resolution=resolution,
             mode=mode,
-            model=model.info,
+            model=loaded.model.info,
             workers=workers,
             restarts=restarts,
             last_error=last_error,
+            choice=loaded.choice,
         )
 
     def start(self) -> None:
@@ -513,12 +522,11 @@ class Pipeline:
         total_ms = (time.perf_counter() - job.started) * 1000.0
         result = Result(job.seq, time.time(), c, round(fps, 2), total_ms, job.mode, job.variant.model.info, item.worker)
         self._safe_call(self._listener.on_output, result)
-        if job.mode is Mode.AUTO:
-            with self._lock:
-                switched = self.controller.observe(fps, now)
-            if switched is not None:
-                log.info("auto mode: %.1f fps, switching to %dpx", fps, switched)
-                self._notify_change()
+        with self._lock:  # every mode: the controller learns each resolution's cost for when auto is chosen
+            switched = self.controller.observe(now, fps=fps, resolution=c.resolution, inference_ms=c.inference_ms)
+        if switched is not None:
+            log.info("auto mode: %.1f fps at %dpx, switching to %dpx", fps, c.resolution, switched)
+            self._notify_change()
 
     def _notify_change(self) -> None:
         self._safe_call(self._listener.on_change)

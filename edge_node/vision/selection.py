@@ -1,0 +1,296 @@
+"""Which runtime, precision and workers x threads serve a bundle, decided on the device itself.
+
+Nobody can know in advance what is fastest on a given board, so for every setting left ``auto`` the node
+measures: it times each candidate (every worker running its own session at once) and keeps the fastest. The
+decision is remembered per device, bundle and software versions (``<state_dir>/device-choice.json``), so a
+restart does not measure again; a new bundle or a changed setting does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from edge_node import memory
+from edge_node.bundle import Bundle
+from edge_node.config import ModelConfig
+from edge_node.errors import EdgeError, InferenceError
+from edge_node.runtimes import RUNTIMES, Runtime, installed
+from edge_node.vision.model import GREY, Model
+from edge_node.vision.timing import time_variant
+
+__all__ = [
+    "Candidate",
+    "Choice",
+    "Trial",
+    "candidate_pairs",
+    "choose",
+    "decide",
+    "describe",
+    "measure",
+    "threads_and_splits",
+    "usable_cores",
+    "worker_splits",
+]
+
+log = logging.getLogger(__name__)
+
+TIE = 0.03  # candidates within 3 % of the fastest count as equal: then fewer workers (less memory) win
+_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    runtime: Runtime
+    precision: str
+    workers: int
+    threads: int  # per worker
+
+    def describe(self) -> str:
+        return f"{self.runtime} {self.precision} {self.workers}x{self.threads}"
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    candidate: Candidate
+    resolution: int
+    fps: float
+    latency_ms: float
+    cpu_ms: float
+
+    def as_dict(self) -> dict[str, object]:
+        figures = {"fps": round(self.fps, 1), "latency_ms": round(self.latency_ms, 2), "cpu_ms": round(self.cpu_ms, 2)}
+        return {**asdict(self.candidate), "resolution": self.resolution, **figures}
+
+
+@dataclass
+class Choice:
+    """What serves, and the measurements behind it (reported in the node's state)."""
+
+    candidate: Candidate
+    trials: list[Trial] = field(default_factory=list)
+    measured: bool = False  # False: nothing was left to measure, or the cached decision was used
+    cached: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self.candidate), "cached": self.cached, "trials": [t.as_dict() for t in self.trials]}
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_splits(threads: int, workers: int | None) -> list[tuple[int, int]]:
+    """(workers, threads per worker) to try: ``workers`` if given, else every way to share ``threads`` evenly."""
+    if workers is not None:
+        return [(workers, max(1, threads // workers))]
+    return [(w, threads // w) for w in range(1, threads + 1) if threads % w == 0]
+
+
+def threads_and_splits(cfg: ModelConfig) -> tuple[int, list[tuple[int, int]], tuple[int, int]]:
+    """(threads in all, the (workers, threads) splits to consider, the split runtimes are compared at)."""
+    threads = usable_cores() if cfg.threads == "auto" else cfg.threads
+    workers = None if cfg.workers == "auto" else cfg.workers
+    splits = worker_splits(threads, workers)
+    return threads, splits, splits[0] if workers is not None else (1, threads)
+
+
+def candidate_pairs(bundle: Bundle, cfg: ModelConfig) -> list[tuple[Runtime, str]]:
+    """(runtime, precision) pairs the settings allow for ``bundle`` on this node."""
+    return [(r, p) for r in _runtimes(bundle, cfg) for p in _precisions(bundle, cfg, r)]
+
+
+def _runtimes(bundle: Bundle, cfg: ModelConfig) -> list[Runtime]:
+    have = [r for r in bundle.manifest.runtimes() if installed(r)]
+    if cfg.runtime != "auto":
+        if cfg.runtime not in bundle.manifest.runtimes():
+            raise InferenceError(
+                f"EDGE_MODEL__RUNTIME={cfg.runtime}, but bundle {bundle.manifest.name} {bundle.manifest.version} "
+                f"has files only for {', '.join(bundle.manifest.runtimes())}"
+            )
+        if not installed(cfg.runtime):
+            raise InferenceError(
+                f"EDGE_MODEL__RUNTIME={cfg.runtime}, but its package is not installed: "
+                f"pip install 'ghostpi-edge-node[{'litert' if cfg.runtime == 'litert' else 'pi'}]'"
+            )
+        return [cfg.runtime]
+    if not have:
+        wanted = ", ".join(bundle.manifest.runtimes())
+        raise InferenceError(
+            f"none of the runtimes bundle {bundle.manifest.name} has files for ({wanted}) is installed"
+        )
+    return sorted(have, key=RUNTIMES.index)
+
+
+def _precisions(bundle: Bundle, cfg: ModelConfig, runtime: Runtime) -> list[str]:
+    have = [p for p in ("int8", "fp32") if bundle.manifest.resolutions(p, runtime)]
+    if cfg.precision == "auto":
+        return have
+    if cfg.precision in have:
+        return [cfg.precision]
+    log.warning("bundle %s has no %s %s files; using %s", bundle.manifest.name, runtime, cfg.precision, have[0])
+    return have[:1]
+
+
+def _key(bundle: Bundle, cfg: ModelConfig, threads: int) -> str:
+    """What the decision depends on: the bundle's exact files, this CPU and these runtime versions, the settings."""
+    cpu = ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((line for line in info.splitlines() if line.startswith(("model name", "Model", "flags"))), "")
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for runtime, package in _PACKAGES.items():
+        try:
+            versions[runtime] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[runtime] = None
+    parts = {
+        "manifest": hashlib.sha256((bundle.path / "manifest.json").read_bytes()).hexdigest(),
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": usable_cores(),
+        "runtimes": versions,
+        "settings": [cfg.runtime, cfg.precision, cfg.workers, threads],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _from_cache(path: Path | None, key: str) -> Candidate | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return Candidate(**data[key]) if key in data else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _to_cache(path: Path | None, key: str, candidate: Candidate) -> None:
+    if path is None:
+        return
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    data[key] = asdict(candidate)
+    while len(data) > 16:
+        data.pop(next(iter(data)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("cannot remember the device choice in %s: %s", path, exc)
+
+
+def choose(
+    bundle: Bundle,
+    cfg: ModelConfig,
+    *,
+    resolution: int,
+    frame: np.ndarray | None = None,
+    cache: Path | None = None,
+    seconds: float = 1.0,
+    progress: Callable[[str], None] | None = None,
+) -> Choice:
+    """Decide what serves ``bundle`` here (see the module docstring); raises InferenceError when nothing can."""
+    threads, splits, base = threads_and_splits(cfg)
+    pairs = candidate_pairs(bundle, cfg)
+    if len(pairs) == 1 and len(splits) == 1:
+        return Choice(Candidate(*pairs[0], *splits[0]))
+    key = _key(bundle, cfg, threads)
+    remembered = _from_cache(cache, key)
+    if remembered is not None:
+        log.info("using the device choice measured before: %s", remembered.describe())
+        return Choice(remembered, cached=True)
+    frame = frame if frame is not None else GREY
+    trials: list[Trial] = []
+
+    def trial(candidate: Candidate) -> Trial | None:
+        result = measure(bundle, candidate, resolution, frame, seconds)
+        if result is not None:
+            trials.append(result)
+            if progress is not None:
+                progress(describe(result))
+        return result
+
+    # Runtime and precision first (all threads in one worker, unless the workers are set); then how to share
+    # the threads among workers, for the fastest of them.
+    for pair in pairs:
+        trial(Candidate(*pair, *base))
+    leader = decide(trials, splits, base)
+    if leader is None:
+        raise InferenceError(f"no runtime and precision of bundle {bundle.manifest.name} could run here")
+    for workers_, threads_ in splits:
+        candidate = Candidate(leader.candidate.runtime, leader.candidate.precision, workers_, threads_)
+        if all(t.candidate != candidate for t in trials):
+            trial(candidate)
+    best = decide(trials, splits, base) or leader
+    _to_cache(cache, key, best.candidate)
+    log.info(
+        "measured on this device: %s serves (%.1f fps at %dpx)", best.candidate.describe(), best.fps, best.resolution
+    )
+    return Choice(best.candidate, trials, measured=True)
+
+
+def decide(trials: Sequence[Trial], splits: Sequence[tuple[int, int]], base: tuple[int, int]) -> Trial | None:
+    """The fastest runtime and precision at the ``base`` split, then the fastest of ``splits`` for that pair
+    (within 3 %, fewer workers win: less memory). Pure: the node and ``edge-node bench`` decide alike."""
+    leader = _fastest([t for t in trials if (t.candidate.workers, t.candidate.threads) == base])
+    if leader is None:
+        return None
+    pair = (leader.candidate.runtime, leader.candidate.precision)
+    same = [
+        t
+        for t in trials
+        if (t.candidate.runtime, t.candidate.precision) == pair and (t.candidate.workers, t.candidate.threads) in splits
+    ]
+    return _fastest(same) or leader
+
+
+def describe(t: Trial) -> str:
+    return (
+        f"{t.candidate.describe()} at {t.resolution}px: {t.fps:.1f} fps, {t.latency_ms:.2f} ms, {t.cpu_ms:.2f} ms CPU"
+    )
+
+
+def measure(bundle: Bundle, candidate: Candidate, resolution: int, frame: np.ndarray, seconds: float) -> Trial | None:
+    """Build ``candidate``'s sessions, check them and time them; None (logged) when it cannot run here."""
+    c = candidate
+    model = Model(bundle, runtime=c.runtime, precision=c.precision, workers=c.workers, threads=c.threads)
+    r = model.nearest(resolution)
+    try:
+        variant = model.build(r)
+        variant.check(frame)
+        timing = time_variant(variant, frame, seconds=seconds)
+    except EdgeError as exc:
+        log.warning("%s cannot serve here: %s", candidate.describe(), exc)
+        return None
+    finally:
+        memory.trim()
+    return Trial(candidate, r, timing.fps, timing.latency_ms, timing.cpu_ms)
+
+
+def _fastest(trials: Sequence[Trial]) -> Trial | None:
+    if not trials:
+        return None
+    top = max(t.fps for t in trials)
+    near = [t for t in trials if t.fps >= top * (1 - TIE)]
+    return min(near, key=lambda t: (t.candidate.workers, -t.fps))
