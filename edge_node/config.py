@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import ConfigError
+from edge_node.identities import reserved_reason
 
 __all__ = [
     "AutoModeConfig",
@@ -251,6 +252,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"node_id {value!r} is not usable in a topic: use 1-64 letters, digits, '-', '_' or '.', and not 'all'"
             )
+        if (why := reserved_reason(value)) is not None:
+            raise ValueError(f"node_id {value!r} is reserved: {why}; give the node another name")
         return value
 
     @field_validator("topic_prefix")
