@@ -172,3 +172,30 @@ def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path)
 
     _, second = _run(playbook, extra, tmp_path)
     assert second["changed"] == 0 and second["failed"] == 0, second
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"node_id": "operator"}, "node_id operator cannot name a node"),
+        ({"node_id": "ALL"}, "node_id ALL cannot name a node"),
+        ({"node_id": "cam-alice", "edge_node_reserved_ids": ["cam-alice"]}, "node_id cam-alice cannot name a node"),
+        ({"node_id": "pi.lan", "edge_node_ha_enabled": True}, "Set a node_id such as pi for this host"),
+    ],
+    ids=["tool-identity", "all", "fleet-identity", "ha-with-a-dot"],
+)
+def test_role_refuses_node_ids_that_cannot_work(tmp_path: Path, variables: dict[str, object], message: str) -> None:
+    if not PLAYBOOK.exists():
+        pytest.skip("ansible-playbook is not installed (pip install 'ghostpi-edge-node[dev]')")
+    extra = tmp_path / "vars.json"
+    extra.write_text(
+        json.dumps(
+            {"ansible_python_interpreter": sys.executable, "edge_node_root": str(tmp_path / "root"),
+             "edge_node_wheel": "x.whl", **variables}
+        )
+    )  # fmt: skip
+    playbook = tmp_path / "play.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [edge_node]\n")
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        _run(playbook, extra, tmp_path)
+    assert not (tmp_path / "root").exists()  # nothing was installed

@@ -7,40 +7,23 @@ import os
 import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_node.config import MqttConfig
 from edge_node.errors import ConfigError
 from edge_node.tls import ssl_context
-from tests.brokers import Mosquitto
+from tests.brokers import Mosquitto, tls_broker
 from tests.conftest import REPO
 from tests.nodeproc import NodeProcess
 from tests.pki import Authority
+from tests.tlsclient import DENIED, OK, Client
 
 pytestmark = pytest.mark.timeout(60)
 
 DEPLOY = REPO / "deploy" / "mosquitto"
-
-
-def _deploy_conf(pki: Authority, acl: Path) -> str:
-    """deploy/mosquitto/mosquitto.conf with this test's files and port (the fixture writes the listener)."""
-    server_cert, server_key = pki.issue("localhost", server=True)
-    paths = {"cafile": pki.ca_file, "certfile": server_cert, "keyfile": server_key, "acl_file": acl}
-    lines = []
-    for raw in (DEPLOY / "mosquitto.conf").read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or line.startswith(("listener", "protocol")):
-            continue
-        key = line.split()[0]
-        lines.append(f"{key} {paths[key]}" if key in paths else line)
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -52,120 +35,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Authority:
 def broker(tmp_path: Path, pki: Authority) -> Iterator[Mosquitto]:
     acl = tmp_path / "ghostpi.acl"
     acl.write_text((DEPLOY / "ghostpi.acl").read_text())
-    conf = _deploy_conf(pki, acl).replace("per_listener_settings false\n", "")
-    b = Mosquitto(tmp_path / "mosquitto", extra_conf=conf)
-    # per_listener_settings must precede the listener, so it goes first in the file.
-    original = b.write_conf
-
-    def write_conf() -> None:
-        original()
-        b.conf_path.write_text("per_listener_settings false\n" + b.conf_path.read_text())
-
-    b.write_conf = write_conf  # type: ignore[method-assign]
-    b.start()
+    b = tls_broker(tmp_path / "mosquitto", DEPLOY / "mosquitto.conf", acl, pki).start()
     try:
         yield b
     finally:
         b.stop()
-
-
-OK, DENIED = "ok", "Not authorized"
-
-# --- clients ---------------------------------------------------------------------------------------------
-
-
-class Client:
-    """A paho client (MQTT 5) using the node's own TLS context (edge_node.tls.ssl_context).
-
-    It records messages, PUBACK reason codes and every disconnect, so tests can assert on what the broker did
-    rather than on time passing.
-    """
-
-    def __init__(self, port: int, cfg: MqttConfig, client_id: str, will: tuple[str, bytes] | None = None) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.disconnects: list[str] = []
-        self.connected = threading.Event()
-        self.settled = threading.Event()  # connected, refused or dropped
-        self.refused: str | None = None
-        self._cond = threading.Condition()
-        self._acks: dict[int, ReasonCode] = {}
-        self._subacks: set[int] = set()
-        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-        ctx = ssl_context(cfg)
-        assert ctx is not None
-        self.c.tls_set_context(ctx)
-        if will is not None:
-            self.c.will_set(will[0], will[1], qos=1, retain=True)
-        self.c.on_connect = self._on_connect
-        self.c.on_message = self._on_message
-        self.c.on_disconnect = self._on_disconnect
-        self.c.on_publish = self._on_publish
-        self.c.on_subscribe = self._on_subscribe
-        try:
-            self.c.connect("localhost", port, keepalive=10)
-        except (ssl.SSLError, OSError) as exc:
-            self.refused = repr(exc)
-            self.settled.set()
-            return
-        self.c.loop_start()
-
-    def _on_connect(self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object = None) -> None:
-        if not rc.is_failure:
-            self.connected.set()
-        else:
-            self.refused = str(rc)
-        self.settled.set()
-
-    def _on_disconnect(self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object = None) -> None:
-        with self._cond:
-            self.disconnects.append(str(rc))
-            self._cond.notify_all()
-        self.settled.set()
-
-    def _on_message(self, _c: object, _u: object, msg: paho.MQTTMessage) -> None:
-        with self._cond:
-            self.messages.append((msg.topic, bytes(msg.payload)))
-            self._cond.notify_all()
-
-    def _on_publish(self, _c: object, _u: object, mid: int, rc: ReasonCode, _p: object) -> None:
-        with self._cond:
-            self._acks[mid] = rc
-            self._cond.notify_all()
-
-    def _on_subscribe(self, _c: object, _u: object, mid: int, _rcs: object, _p: object) -> None:
-        with self._cond:
-            self._subacks.add(mid)
-            self._cond.notify_all()
-
-    def _until(self, done: Callable[[], bool], timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(done, timeout)
-
-    def subscribe(self, topic: str) -> None:
-        result, mid = self.c.subscribe(topic, qos=1)
-        assert result == paho.MQTT_ERR_SUCCESS
-        assert self._until(lambda: mid in self._subacks, 10), f"no SUBACK for {topic}"
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> str:
-        """Publish at QoS 1 and return the broker's answer: OK or the PUBACK's failure ("Not authorized")."""
-        info = self.c.publish(topic, payload, qos=1, retain=retain)
-        assert self._until(lambda: info.mid in self._acks, 10), f"no PUBACK for {topic}"
-        rc = self._acks[info.mid]
-        return str(rc) if rc.is_failure else OK
-
-    def got(self, topic: str, payload: bytes | None = None, timeout: float = 10.0) -> bool:
-        def seen() -> bool:
-            return any(t == topic and (payload is None or p == payload) for t, p in self.messages)
-
-        return self._until(seen, timeout)
-
-    def on(self, topic: str) -> list[bytes]:
-        with self._cond:
-            return [p for t, p in self.messages if t == topic]
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
 
 
 @pytest.fixture
