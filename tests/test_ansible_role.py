@@ -158,6 +158,8 @@ def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path)
     assert "Environment=EDGE_MQTT__KEY_FILE=%d/mqtt_client_key" in text
     for directive in ("Type=notify", "WatchdogSec=30", "Restart=always", "ProtectSystem=strict", "NoNewPrivileges=yes"):
         assert directive in text
+    # Settings come only from the root-owned env file: no settings file of the node's own, cwd not the state dir.
+    assert "\nWorkingDirectory=/\n" in text and " EDGE_ENV_FILE=\n" in text
     normalised = "".join(
         line
         for line in text.replace(str(root), "").replace(f"User={user}", "User=ghostpi").splitlines(keepends=True)
