@@ -12,6 +12,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import platform
 import pwd
 import re
 import shutil
@@ -138,6 +139,12 @@ def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path)
         "EDGE_HEARTBEAT__INTERVAL": "5",
     }
     assert (models / "factory.tar.gz").read_bytes() == factory.read_bytes()
+    # the pinned versions of this machine's target (Debian 12 x86_64 here), and numpy from PyPI, not apt
+    release = platform.freedesktop_os_release().get("VERSION_CODENAME", "")
+    pins = REPO / "deploy" / "constraints" / f"{release}-{platform.machine()}.txt"
+    if pins.exists():
+        assert (root / "opt" / "ghostpi" / "constraints.txt").read_text() == pins.read_text()
+        assert not (root / "opt" / "ghostpi" / "constraints-system.txt").exists()
     assert (etc / "mqtt-ca.crt").exists() and (etc / "release.pub.pem").exists()
 
     # the venv: sees system site packages, holds the wheel's entry point
@@ -176,26 +183,56 @@ def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path)
     assert second["changed"] == 0 and second["failed"] == 0, second
 
 
+def _fake_python(tmp: Path, probe: dict[str, object]) -> str:
+    """A stand-in for a target's python3 that answers the role's probe: hardware we do not have (a 32-bit
+    Raspberry Pi OS, another release)."""
+    info = {"python": "3.11", "bits": 64, "machine": "aarch64", "codename": "bookworm", "numpy": None,
+            "numpy_file": None, **probe}  # fmt: skip
+    fake = tmp / "python3"
+    fake.write_text(f"#!/bin/sh\necho '{json.dumps(info)}'\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
 @pytest.mark.parametrize(
-    ("variables", "message"),
+    ("variables", "probe", "message"),
     [
-        ({"node_id": "operator"}, "node_id operator cannot name a node"),
-        ({"node_id": "ALL"}, "node_id ALL cannot name a node"),
-        ({"node_id": "cam-alice", "edge_node_reserved_ids": ["cam-alice"]}, "node_id cam-alice cannot name a node"),
-        ({"node_id": "pi.lan", "edge_node_ha_enabled": True}, "Set a node_id such as pi for this host"),
+        ({"node_id": "operator"}, None, "node_id operator cannot name a node"),
+        ({"node_id": "ALL"}, None, "node_id ALL cannot name a node"),
+        ({"node_id": "cam-alice", "edge_node_reserved_ids": ["cam-alice"]}, None, "node_id cam-alice cannot name"),
+        ({"node_id": "pi.lan", "edge_node_ha_enabled": True}, None, "Set a node_id such as pi for this host"),
+        ({}, {"machine": "armv7l", "bits": 32}, "Flash the 64-bit Raspberry Pi OS"),
+        ({}, {"machine": "aarch64", "bits": 32}, "even on a 64-bit kernel"),  # 64-bit kernel, armhf userland
+        ({}, {"codename": "bullseye", "python": "3.9"}, "No pinned versions for bullseye-aarch64 (Python 3.9)"),
+        ({}, {"python": "3.12"}, "bookworm-aarch64.txt pins versions for another Python"),
     ],
-    ids=["tool-identity", "all", "fleet-identity", "ha-with-a-dot"],
+    ids=[
+        "tool-identity",
+        "all",
+        "fleet-identity",
+        "ha-with-a-dot",
+        "armv7l",
+        "armhf-on-arm64-kernel",
+        "unknown-release",
+        "other-python",
+    ],
 )
-def test_role_refuses_node_ids_that_cannot_work(tmp_path: Path, variables: dict[str, object], message: str) -> None:
+def test_role_refuses_what_cannot_work_before_installing_anything(
+    tmp_path: Path, variables: dict[str, object], probe: dict[str, object] | None, message: str
+) -> None:
     if not PLAYBOOK.exists():
         pytest.skip("ansible-playbook is not installed (pip install 'ghostpi-edge-node[dev]')")
     extra = tmp_path / "vars.json"
-    extra.write_text(
-        json.dumps(
-            {"ansible_python_interpreter": sys.executable, "edge_node_root": str(tmp_path / "root"),
-             "edge_node_wheel": "x.whl", **variables}
-        )
-    )  # fmt: skip
+    settings: dict[str, object] = {
+        "ansible_python_interpreter": sys.executable,
+        "edge_node_root": str(tmp_path / "root"),
+        "edge_node_wheel": "x.whl",
+        "node_id": "pi-1",
+        **variables,
+    }
+    if probe is not None:
+        settings["edge_node_python"] = _fake_python(tmp_path, probe)
+    extra.write_text(json.dumps(settings))
     playbook = tmp_path / "play.yml"
     playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [edge_node]\n")
     with pytest.raises(AssertionError, match=re.escape(message)):
