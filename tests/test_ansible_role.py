@@ -67,6 +67,29 @@ def _run(playbook: Path, extra: Path, tmp: Path) -> tuple[str, dict[str, int]]:
     return out.stdout, {"ok": ok, "changed": changed, "unreachable": unreachable, "failed": failed}
 
 
+def local_role(tmp: Path, **variables: object) -> tuple[Path, Path]:
+    """(vars file, playbook) for the edge_node role run here, unprivileged: packages, user and systemd off,
+    files owned by the current user, this interpreter as the target's python; ``variables`` on top."""
+    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    settings = {
+        "ansible_python_interpreter": sys.executable,
+        "edge_node_manage_packages": False,
+        "edge_node_manage_user": False,
+        "edge_node_manage_service": False,
+        "edge_node_user": user,
+        "edge_node_group": group,
+        "edge_node_owner": user,
+        "edge_node_owner_group": group,
+        "edge_node_python": sys.executable,
+        **variables,
+    }
+    extra = tmp / "vars.json"
+    extra.write_text(json.dumps(settings))
+    playbook = tmp / "play.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [edge_node]\n")
+    return extra, playbook
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path) -> None:
@@ -80,37 +103,22 @@ def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path)
     for name in ("ca.crt", "node.crt", "node.key", "release.pub.pem"):
         (files / name).write_text(f"-----BEGIN TEST {name}-----\n")
     user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-    extra = tmp_path / "vars.json"
-    extra.write_text(
-        json.dumps(
-            {
-                "ansible_python_interpreter": sys.executable,
-                "node_id": "pi-test.1",
-                "edge_node_root": str(root),
-                "edge_node_manage_packages": False,
-                "edge_node_manage_user": False,
-                "edge_node_manage_service": False,
-                "edge_node_user": user,
-                "edge_node_group": group,
-                "edge_node_owner": user,
-                "edge_node_owner_group": group,
-                "edge_node_python": sys.executable,
-                "edge_node_wheel": str(wheel),
-                "edge_node_pip_extra_args": "--no-deps --no-index",
-                "edge_node_mqtt_host": "broker.lan",
-                "edge_node_mqtt_port": 8883,
-                "edge_node_mqtt_password": SECRET,
-                "edge_node_mqtt_ca_cert_src": str(files / "ca.crt"),
-                "edge_node_mqtt_client_cert_src": str(files / "node.crt"),
-                "edge_node_mqtt_client_key_src": str(files / "node.key"),
-                "edge_node_factory_bundle": str(factory),
-                "edge_node_trusted_keys": [str(files / "release.pub.pem")],
-                "edge_node_env": {"EDGE_HEARTBEAT__INTERVAL": "5"},
-            }
-        )
+    extra, playbook = local_role(
+        tmp_path,
+        node_id="pi-test.1",
+        edge_node_root=str(root),
+        edge_node_wheel=str(wheel),
+        edge_node_pip_extra_args="--no-deps --no-index",
+        edge_node_mqtt_host="broker.lan",
+        edge_node_mqtt_port=8883,
+        edge_node_mqtt_password=SECRET,
+        edge_node_mqtt_ca_cert_src=str(files / "ca.crt"),
+        edge_node_mqtt_client_cert_src=str(files / "node.crt"),
+        edge_node_mqtt_client_key_src=str(files / "node.key"),
+        edge_node_factory_bundle=str(factory),
+        edge_node_trusted_keys=[str(files / "release.pub.pem")],
+        edge_node_env={"EDGE_HEARTBEAT__INTERVAL": "5"},
     )
-    playbook = tmp_path / "play.yml"
-    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [edge_node]\n")
 
     _, first = _run(playbook, extra, tmp_path)
     assert first["changed"] > 5 and first["failed"] == 0
@@ -222,19 +230,10 @@ def test_role_refuses_what_cannot_work_before_installing_anything(
 ) -> None:
     if not PLAYBOOK.exists():
         pytest.skip("ansible-playbook is not installed (pip install 'ghostpi-edge-node[dev]')")
-    extra = tmp_path / "vars.json"
-    settings: dict[str, object] = {
-        "ansible_python_interpreter": sys.executable,
-        "edge_node_root": str(tmp_path / "root"),
-        "edge_node_wheel": "x.whl",
-        "node_id": "pi-1",
-        **variables,
-    }
     if probe is not None:
-        settings["edge_node_python"] = _fake_python(tmp_path, probe)
-    extra.write_text(json.dumps(settings))
-    playbook = tmp_path / "play.yml"
-    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [edge_node]\n")
+        variables = {**variables, "edge_node_python": _fake_python(tmp_path, probe)}
+    settings = {"node_id": "pi-1", "edge_node_root": str(tmp_path / "root"), "edge_node_wheel": "x.whl", **variables}
+    extra, playbook = local_role(tmp_path, **settings)
     with pytest.raises(AssertionError, match=re.escape(message)):
         _run(playbook, extra, tmp_path)
     assert not (tmp_path / "root").exists()  # nothing was installed

@@ -14,17 +14,14 @@ venv's python instead of /usr/bin/python3, since the folder is not this machine'
 
 from __future__ import annotations
 
-import grp
 import json
-import os
-import pwd
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_ansible_role import PLAYBOOK, REPO, _build_wheel, _run
+from tests.test_ansible_role import PLAYBOOK, REPO, _build_wheel, _run, local_role
 
 PINS = REPO / "deploy" / "constraints" / "bookworm-aarch64.txt"
 
@@ -77,29 +74,14 @@ def test_the_role_gives_a_venv_whose_numpy_is_the_system_one(tmp_path: Path, tin
     before = subprocess.run([python, "-c", "import numpy; print(numpy.__file__)"], capture_output=True, text=True)
     assert before.stdout.startswith(str(system)), before
 
-    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-    extra = tmp_path / "vars.json"
-    extra.write_text(
-        json.dumps(
-            {
-                "ansible_python_interpreter": sys.executable,
-                "node_id": "pi-layout",
-                "edge_node_root": str(root),
-                "edge_node_manage_packages": False,
-                "edge_node_manage_user": False,
-                "edge_node_manage_service": False,
-                "edge_node_user": user,
-                "edge_node_group": group,
-                "edge_node_owner": user,
-                "edge_node_owner_group": group,
-                "edge_node_python": str(python),
-                "edge_node_wheel": str(_build_wheel(tmp_path)),
-                "edge_node_constraints_target": "bookworm-aarch64",
-            }
-        )
+    extra, playbook = local_role(
+        tmp_path,
+        node_id="pi-layout",
+        edge_node_root=str(root),
+        edge_node_python=str(python),
+        edge_node_wheel=str(_build_wheel(tmp_path)),
+        edge_node_constraints_target="bookworm-aarch64",
     )
-    playbook = tmp_path / "play.yml"
-    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [edge_node]\n")
     stdout, recap = _run(playbook, extra, tmp_path)
     assert recap["failed"] == 0
     own_check = stdout.split("Check that the venv imports the system numpy]", 1)[1].split("TASK [", 1)[0]
