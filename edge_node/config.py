@@ -324,10 +324,10 @@ def _settings_file(environ: Mapping[str, str]) -> Path | None:
             raise ConfigError(f"{ENV_FILE_VARIABLE}={raw}: no such file; set it to a settings file, or empty for none")
         return None
     state = Path(environ.get("EDGE_STATE_DIR") or state_dir()).expanduser().resolve()
-    if path.resolve().is_relative_to(state):
+    if (real := path.resolve()).is_relative_to(state):
         raise ConfigError(
-            f"refusing the settings file {path.resolve()}: it is inside the state directory {state}, which the node "
-            "itself can write, so a compromised node could change its own settings there. Put settings in a "
-            f"root-owned file (the systemd unit's EnvironmentFile=, /etc/edge-node/edge-node.env) and delete it"
+            f"refusing the settings file {real}: it is inside the state directory {state}, which the node itself "
+            "can write, so a compromised node could change its own settings there. Put the settings in a root-owned "
+            f"file (under systemd: /etc/edge-node/edge-node.env, the unit's EnvironmentFile=) and delete {real}"
         )
     return path

@@ -272,9 +272,9 @@ def test_node_ctl_monitor_rollout_and_home_assistant_work_side_by_side(
         "EDGE_STATE_DIR": str(tmp_path / "state"),
         "EDGE_HA__ENABLED": "true",
     }
-    node = NodeProcess(node_env, tmp_path / "node")
-    node.env = {k: v for k, v in node_env.items() if k.startswith("EDGE_")}
-    node.start()
+    # --echo would be a second connection with the node's certificate: the node must turn it off.
+    node_settings = {k: v for k, v in node_env.items() if k.startswith("EDGE_")}
+    node = NodeProcess(node_settings, tmp_path / "node", args=["--echo"]).start()
     try:
         assert dashboard.got("ghostpi/cam-1/status", b"online", timeout=60), node.log()[-3000:]
         # Home Assistant: discovery arrives, and its mode select's command is obeyed.
@@ -311,6 +311,7 @@ def test_node_ctl_monitor_rollout_and_home_assistant_work_side_by_side(
         assert [(n["node"], n["status"]) for n in snapshot["nodes"]] == [("cam-1", "online")]
         # Nobody was pushed off: the node connected once and never went offline, the watchers stayed.
         assert node.alive(), node.log()[-3000:]
+        assert "--echo is off" in node.log()
         assert dashboard.on("ghostpi/cam-1/status") == [b"online"]  # a reconnect would have said online again
         assert dashboard.disconnects == [] and homeassistant.disconnects == []
     finally:
