@@ -1,8 +1,12 @@
 """The node's one typed configuration.
 
 Every setting comes from ``EDGE_*`` environment variables (``__`` separates nesting, e.g.
-``EDGE_MQTT__HOST``) or a ``.env`` file. Secrets may instead come from files: ``EDGE_MQTT__PASSWORD_FILE``
-or systemd's ``$CREDENTIALS_DIRECTORY``. Components receive their own sub-config, never the root.
+``EDGE_MQTT__HOST``) or a settings file: ``.env`` in the working directory, or the file ``EDGE_ENV_FILE``
+names (empty: none; the systemd unit sets it empty, since systemd already read its root-owned
+``EnvironmentFile=``). A settings file inside the state directory is refused: the node can write there, so a
+compromised node could make its own settings persist. Secrets may instead come from files:
+``EDGE_MQTT__PASSWORD_FILE`` or systemd's ``$CREDENTIALS_DIRECTORY``. Components receive their own
+sub-config, never the root.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import ConfigError
+from edge_node.identities import reserved_reason
 
 __all__ = [
+    "ENV_FILE_VARIABLE",
     "AutoModeConfig",
     "CameraConfig",
     "DashboardConfig",
@@ -49,6 +55,7 @@ __all__ = [
     "state_dir",
 ]
 
+ENV_FILE_VARIABLE = "EDGE_ENV_FILE"  # the settings file to read; not itself a setting
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -338,6 +345,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"node_id {value!r} is not usable in a topic: use 1-64 letters, digits, '-', '_' or '.', and not 'all'"
             )
+        if (why := reserved_reason(value)) is not None:
+            raise ValueError(f"node_id {value!r} is reserved: {why}; give the node another name")
         return value
 
     @field_validator("topic_prefix")
@@ -361,7 +370,7 @@ def setting_names(model: type[BaseModel] = Settings, prefix: str = "EDGE_") -> d
 
 
 def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    known = setting_names()
+    known = setting_names() | {ENV_FILE_VARIABLE: None}
     problems = []
     for key in sorted(k for k in environ if k.upper().startswith("EDGE_")):
         if key.upper() not in known:
@@ -378,8 +387,9 @@ def load_settings(**overrides: object) -> Settings:
     """
     if problems := _unknown_variables(os.environ):
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
+    env_file = _settings_file(os.environ)
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -387,3 +397,24 @@ def load_settings(**overrides: object) -> Settings:
             name = f"EDGE_{loc}" if loc else "settings"
             lines.append(f"  {name}: {err['msg']}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from exc
+
+
+def _settings_file(environ: Mapping[str, str]) -> Path | None:
+    """The settings file to read: ``EDGE_ENV_FILE`` (empty: none) or ``.env`` in the working directory, never
+    one inside the state directory."""
+    raw = environ.get(ENV_FILE_VARIABLE)
+    if raw is not None and not raw.strip():
+        return None
+    path = Path(raw or ".env").expanduser()
+    if not path.is_file():
+        if raw:
+            raise ConfigError(f"{ENV_FILE_VARIABLE}={raw}: no such file; set it to a settings file, or empty for none")
+        return None
+    state = Path(environ.get("EDGE_STATE_DIR") or state_dir()).expanduser().resolve()
+    if (real := path.resolve()).is_relative_to(state):
+        raise ConfigError(
+            f"refusing the settings file {real}: it is inside the state directory {state}, which the node itself "
+            "can write, so a compromised node could change its own settings there. Put the settings in a root-owned "
+            f"file (under systemd: /etc/edge-node/edge-node.env, the unit's EnvironmentFile=) and delete {real}"
+        )
+    return path

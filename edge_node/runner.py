@@ -90,6 +90,11 @@ async def run(settings: Settings, *, echo: bool | None = None, duration: float |
         node = Node(settings, bundle, model_source=source, store=store)
         if duration is not None:
             asyncio.get_running_loop().call_later(duration, node.stop)
+        if echo and settings.mqtt.cert_file is not None:
+            # A second connection with the node's own certificate: a broker that binds client ids to
+            # certificates (deploy/mosquitto/) would drop the node each time the echo connects, and back.
+            log.warning("--echo is off: it would share the node's certificate; watch with edge-node monitor instead")
+            echo = False
         echo_task = asyncio.create_task(_echo(settings)) if echo else None
         try:
             await node.run()

@@ -8,8 +8,12 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["Mosquitto", "free_port", "wait_port"]
+if TYPE_CHECKING:
+    from tests.pki import Authority
+
+__all__ = ["Mosquitto", "free_port", "tls_broker", "wait_port"]
 
 
 def free_port() -> int:
@@ -90,3 +94,27 @@ class Mosquitto:
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+def tls_broker(workdir: Path, conf: Path, acl: Path, pki: Authority) -> Mosquitto:
+    """An unstarted mosquitto running ``conf`` (a deploy/mosquitto/mosquitto.conf) with ``acl``, a server
+    certificate for localhost from ``pki`` and a free port instead of the file's paths and listener."""
+    server_cert, server_key = pki.issue("localhost", server=True)
+    paths = {"cafile": pki.ca_file, "certfile": server_cert, "keyfile": server_key, "acl_file": acl}
+    head, lines = [], []
+    for raw in conf.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or line.startswith(("listener", "protocol")):
+            continue
+        key = line.split()[0]
+        # per_listener_settings must precede every listener, so it goes first in the file.
+        (head if key == "per_listener_settings" else lines).append(f"{key} {paths[key]}" if key in paths else line)
+    broker = Mosquitto(workdir, extra_conf="\n".join(lines) + "\n")
+    original = broker.write_conf
+
+    def write_conf() -> None:
+        original()
+        broker.conf_path.write_text("".join(f"{line}\n" for line in head) + broker.conf_path.read_text())
+
+    broker.write_conf = write_conf  # type: ignore[method-assign]
+    return broker

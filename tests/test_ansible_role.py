@@ -12,6 +12,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import platform
 import pwd
 import re
 import shutil
@@ -66,6 +67,29 @@ def _run(playbook: Path, extra: Path, tmp: Path) -> tuple[str, dict[str, int]]:
     return out.stdout, {"ok": ok, "changed": changed, "unreachable": unreachable, "failed": failed}
 
 
+def local_role(tmp: Path, **variables: object) -> tuple[Path, Path]:
+    """(vars file, playbook) for the edge_node role run here, unprivileged: packages, user and systemd off,
+    files owned by the current user, this interpreter as the target's python; ``variables`` on top."""
+    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    settings = {
+        "ansible_python_interpreter": sys.executable,
+        "edge_node_manage_packages": False,
+        "edge_node_manage_user": False,
+        "edge_node_manage_service": False,
+        "edge_node_user": user,
+        "edge_node_group": group,
+        "edge_node_owner": user,
+        "edge_node_owner_group": group,
+        "edge_node_python": sys.executable,
+        **variables,
+    }
+    extra = tmp / "vars.json"
+    extra.write_text(json.dumps(settings))
+    playbook = tmp / "play.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [edge_node]\n")
+    return extra, playbook
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path) -> None:
@@ -79,37 +103,22 @@ def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path)
     for name in ("ca.crt", "node.crt", "node.key", "release.pub.pem"):
         (files / name).write_text(f"-----BEGIN TEST {name}-----\n")
     user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-    extra = tmp_path / "vars.json"
-    extra.write_text(
-        json.dumps(
-            {
-                "ansible_python_interpreter": sys.executable,
-                "node_id": "pi-test.1",
-                "edge_node_root": str(root),
-                "edge_node_manage_packages": False,
-                "edge_node_manage_user": False,
-                "edge_node_manage_service": False,
-                "edge_node_user": user,
-                "edge_node_group": group,
-                "edge_node_owner": user,
-                "edge_node_owner_group": group,
-                "edge_node_python": sys.executable,
-                "edge_node_wheel": str(wheel),
-                "edge_node_pip_extra_args": "--no-deps --no-index",
-                "edge_node_mqtt_host": "broker.lan",
-                "edge_node_mqtt_port": 8883,
-                "edge_node_mqtt_password": SECRET,
-                "edge_node_mqtt_ca_cert_src": str(files / "ca.crt"),
-                "edge_node_mqtt_client_cert_src": str(files / "node.crt"),
-                "edge_node_mqtt_client_key_src": str(files / "node.key"),
-                "edge_node_factory_bundle": str(factory),
-                "edge_node_trusted_keys": [str(files / "release.pub.pem")],
-                "edge_node_env": {"EDGE_HEARTBEAT__INTERVAL": "5"},
-            }
-        )
+    extra, playbook = local_role(
+        tmp_path,
+        node_id="pi-test.1",
+        edge_node_root=str(root),
+        edge_node_wheel=str(wheel),
+        edge_node_pip_extra_args="--no-deps --no-index",
+        edge_node_mqtt_host="broker.lan",
+        edge_node_mqtt_port=8883,
+        edge_node_mqtt_password=SECRET,
+        edge_node_mqtt_ca_cert_src=str(files / "ca.crt"),
+        edge_node_mqtt_client_cert_src=str(files / "node.crt"),
+        edge_node_mqtt_client_key_src=str(files / "node.key"),
+        edge_node_factory_bundle=str(factory),
+        edge_node_trusted_keys=[str(files / "release.pub.pem")],
+        edge_node_env={"EDGE_HEARTBEAT__INTERVAL": "5"},
     )
-    playbook = tmp_path / "play.yml"
-    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [edge_node]\n")
 
     _, first = _run(playbook, extra, tmp_path)
     assert first["changed"] > 5 and first["failed"] == 0
@@ -138,6 +147,12 @@ def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path)
         "EDGE_HEARTBEAT__INTERVAL": "5",
     }
     assert (models / "factory.tar.gz").read_bytes() == factory.read_bytes()
+    # the pinned versions of this machine's target (Debian 12 x86_64 here), and numpy from PyPI, not apt
+    release = platform.freedesktop_os_release().get("VERSION_CODENAME", "")
+    pins = REPO / "deploy" / "constraints" / f"{release}-{platform.machine()}.txt"
+    if pins.exists():
+        assert (root / "opt" / "ghostpi" / "constraints.txt").read_text() == pins.read_text()
+        assert not (root / "opt" / "ghostpi" / "constraints-system.txt").exists()
     assert (etc / "mqtt-ca.crt").exists() and (etc / "release.pub.pem").exists()
 
     # the venv: sees system site packages, holds the wheel's entry point
@@ -158,6 +173,8 @@ def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path)
     assert "Environment=EDGE_MQTT__KEY_FILE=%d/mqtt_client_key" in text
     for directive in ("Type=notify", "WatchdogSec=30", "Restart=always", "ProtectSystem=strict", "NoNewPrivileges=yes"):
         assert directive in text
+    # Settings come only from the root-owned env file: no settings file of the node's own, cwd not the state dir.
+    assert "\nWorkingDirectory=/\n" in text and " EDGE_ENV_FILE=\n" in text
     normalised = "".join(
         line
         for line in text.replace(str(root), "").replace(f"User={user}", "User=ghostpi").splitlines(keepends=True)
@@ -172,3 +189,51 @@ def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path)
 
     _, second = _run(playbook, extra, tmp_path)
     assert second["changed"] == 0 and second["failed"] == 0, second
+
+
+def _fake_python(tmp: Path, probe: dict[str, object]) -> str:
+    """A stand-in for a target's python3 that answers the role's probe: hardware we do not have (a 32-bit
+    Raspberry Pi OS, another release)."""
+    info = {"python": "3.11", "bits": 64, "machine": "aarch64", "codename": "bookworm", "numpy": None,
+            "numpy_file": None, **probe}  # fmt: skip
+    fake = tmp / "python3"
+    fake.write_text(f"#!/bin/sh\necho '{json.dumps(info)}'\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
+@pytest.mark.parametrize(
+    ("variables", "probe", "message"),
+    [
+        ({"node_id": "operator"}, None, "node_id operator cannot name a node"),
+        ({"node_id": "ALL"}, None, "node_id ALL cannot name a node"),
+        ({"node_id": "cam-alice", "edge_node_reserved_ids": ["cam-alice"]}, None, "node_id cam-alice cannot name"),
+        ({"node_id": "pi.lan", "edge_node_ha_enabled": True}, None, "Set a node_id such as pi for this host"),
+        ({}, {"machine": "armv7l", "bits": 32}, "Flash the 64-bit Raspberry Pi OS"),
+        ({}, {"machine": "aarch64", "bits": 32}, "even on a 64-bit kernel"),  # 64-bit kernel, armhf userland
+        ({}, {"codename": "bullseye", "python": "3.9"}, "No pinned versions for bullseye-aarch64 (Python 3.9)"),
+        ({}, {"python": "3.12"}, "bookworm-aarch64.txt pins versions for another Python"),
+    ],
+    ids=[
+        "tool-identity",
+        "all",
+        "fleet-identity",
+        "ha-with-a-dot",
+        "armv7l",
+        "armhf-on-arm64-kernel",
+        "unknown-release",
+        "other-python",
+    ],
+)
+def test_role_refuses_what_cannot_work_before_installing_anything(
+    tmp_path: Path, variables: dict[str, object], probe: dict[str, object] | None, message: str
+) -> None:
+    if not PLAYBOOK.exists():
+        pytest.skip("ansible-playbook is not installed (pip install 'ghostpi-edge-node[dev]')")
+    if probe is not None:
+        variables = {**variables, "edge_node_python": _fake_python(tmp_path, probe)}
+    settings = {"node_id": "pi-1", "edge_node_root": str(tmp_path / "root"), "edge_node_wheel": "x.whl", **variables}
+    extra, playbook = local_role(tmp_path, **settings)
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        _run(playbook, extra, tmp_path)
+    assert not (tmp_path / "root").exists()  # nothing was installed

@@ -47,6 +47,39 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
     assert s.node_id == "from-dotenv" and s.camera.fps == 12
 
 
+def test_edge_env_file_names_the_settings_file_or_none(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("EDGE_NODE_ID=from-dotenv\n")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "edge-node.env").write_text("EDGE_NODE_ID=from-etc\n")
+    monkeypatch.setenv("EDGE_ENV_FILE", str(etc / "edge-node.env"))
+    assert load_settings().node_id == "from-etc"
+    monkeypatch.setenv("EDGE_ENV_FILE", "")  # what the systemd unit sets: no file at all
+    assert load_settings().node_id != "from-dotenv"
+    monkeypatch.setenv("EDGE_ENV_FILE", str(etc / "missing.env"))
+    with pytest.raises(ConfigError, match=r"EDGE_ENV_FILE=.*missing\.env: no such file"):
+        load_settings()
+
+
+@pytest.mark.parametrize("how", ["working-directory", "EDGE_ENV_FILE"])
+def test_a_settings_file_in_the_state_directory_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, how: str
+) -> None:
+    """The node writes its state directory: settings read from there would let a compromised node make its
+    own changes (say EDGE_OTA__ALLOW_UNSIGNED_MODELS=true) survive a restart."""
+    state = tmp_path / "state"
+    (state / "ota").mkdir(parents=True)
+    planted = state / ("ota/x.env" if how == "EDGE_ENV_FILE" else ".env")
+    planted.write_text("EDGE_OTA__ALLOW_UNSIGNED_MODELS=true\n")
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))  # as under systemd's StateDirectory=
+    if how == "EDGE_ENV_FILE":
+        monkeypatch.setenv("EDGE_ENV_FILE", str(planted))
+    else:
+        monkeypatch.chdir(state)
+    with pytest.raises(ConfigError, match=r"inside the state directory .* root-owned file"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     ("key", "value", "needle"),
     [
@@ -54,6 +87,10 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("EDGE_MODE", "turbo", "EDGE_MODE"),
         ("EDGE_NODE_ID", "a/b", "not usable in a topic"),
         ("EDGE_NODE_ID", "all", "not usable in a topic"),
+        ("EDGE_NODE_ID", "operator", "reserved: 'operator' is the broker identity of a tool"),
+        ("EDGE_NODE_ID", "Dashboard", "reserved: 'dashboard' is the broker identity of a tool"),
+        ("EDGE_NODE_ID", "homeassistant", "reserved"),
+        ("EDGE_NODE_ID", "ALL", "reserved: 'all' addresses every node"),
         ("EDGE_TOPIC_PREFIX", "ghost/#", "EDGE_TOPIC_PREFIX"),
         ("EDGE_CAMERA__SOURCE", "dir:", "needs a folder"),
         ("EDGE_MQTT__PROTOCOL", "4", "EDGE_MQTT__PROTOCOL"),

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
+import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,9 @@ import pytest
 from edge_node.config import OtaConfig
 from edge_node.errors import DownloadError
 from edge_node.ota.download import check_url, download
+from edge_node.ota.serve import make_server
 from tests.ota_http import serving
+from tests.pki import Authority
 
 SIZE = 300_000
 
@@ -182,3 +188,62 @@ def test_url_policy() -> None:
             check_url(bad, allow_http=bad != "http://h/x")
     with pytest.raises(DownloadError, match="ALLOW_HTTP"):
         download("http://127.0.0.1:9/x", Path("/nonexistent/x"), sha256="0" * 64, cfg=OtaConfig())
+
+
+@contextmanager
+def _over_tls(server: http.server.HTTPServer, ca: Authority) -> Iterator[str]:
+    """Serve ``server`` over TLS (certificate for localhost from ``ca``) in a thread; yield its https URL."""
+    cert, key = ca.issue("localhost", server=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"https://localhost:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _redirector(location: str, asked: list[str]) -> http.server.HTTPServer:
+    """A server that answers every GET with ``302 Location: <location><path>`` and records the path."""
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", location + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+
+
+def test_https_never_redirects_to_http_even_when_http_is_allowed(site: tuple[Path, bytes, str], tmp_path: Path) -> None:
+    root, data, sha = site
+    ca = Authority(tmp_path / "pki")
+    trust = ssl.create_default_context(cafile=ca.ca_file)
+    asked: list[str] = []
+    with serving(root, faults=True) as plain, _over_tls(_redirector(plain.url, asked), ca) as url:
+        with pytest.raises(DownloadError, match="never follows a redirect to plain http"):
+            _fetch(f"{url}/b.tar.gz", tmp_path / "b.tar.gz", sha, _cfg(allow_http=True), context=trust)
+        assert asked == ["/b.tar.gz"]  # refused at once, not retried
+        assert plain.requests == []  # the http server was never contacted
+        assert not list(tmp_path.glob("b.tar.gz*"))
+        # The same http URL given directly is fine on an ALLOW_HTTP fleet: only the downgrade is refused.
+        assert _fetch(f"{plain.url}/b.tar.gz", tmp_path / "b.tar.gz", sha).read_bytes() == data
+
+
+def test_https_redirects_to_https_are_followed(site: tuple[Path, bytes, str], tmp_path: Path) -> None:
+    root, data, sha = site
+    ca = Authority(tmp_path / "pki")
+    trust = ssl.create_default_context(cafile=ca.ca_file)
+    asked: list[str] = []
+    with _over_tls(make_server(root), ca) as files, _over_tls(_redirector(files, asked), ca) as url:
+        out = _fetch(f"{url}/b.tar.gz", tmp_path / "b.tar.gz", sha, _cfg(allow_http=False), context=trust)
+    assert out.read_bytes() == data and asked == ["/b.tar.gz"]

@@ -2,114 +2,28 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
+import json
+import os
 import ssl
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_node.config import MqttConfig
 from edge_node.errors import ConfigError
 from edge_node.tls import ssl_context
-from tests.brokers import Mosquitto
+from tests.brokers import Mosquitto, tls_broker
 from tests.conftest import REPO
+from tests.nodeproc import NodeProcess
+from tests.pki import Authority
+from tests.tlsclient import DENIED, OK, Client
 
 pytestmark = pytest.mark.timeout(60)
 
 DEPLOY = REPO / "deploy" / "mosquitto"
-
-
-# --- a tiny PKI ------------------------------------------------------------------------------------------
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return path
-
-
-@dataclass
-class Authority:
-    """A CA that issues server and client certificates into ``folder``."""
-
-    folder: Path
-    cn: str = "GhostPi test CA"
-    key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
-
-    def __post_init__(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        now = dt.datetime.now(dt.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(self.cn))
-            .issuer_name(_name(self.cn))
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.ca_file = self.folder / "ca.crt"
-        self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-
-    def issue(self, cn: str, *, server: bool = False) -> tuple[Path, Path]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        else:
-            builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        cert_file = self.folder / f"{cn}.crt"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return cert_file, _write_key(key, self.folder / f"{cn}.key")
-
-
-def _deploy_conf(pki: Authority, acl: Path) -> str:
-    """deploy/mosquitto/mosquitto.conf with this test's files and port (the fixture writes the listener)."""
-    server_cert, server_key = pki.issue("localhost", server=True)
-    paths = {"cafile": pki.ca_file, "certfile": server_cert, "keyfile": server_key, "acl_file": acl}
-    lines = []
-    for raw in (DEPLOY / "mosquitto.conf").read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or line.startswith(("listener", "protocol")):
-            continue
-        key = line.split()[0]
-        lines.append(f"{key} {paths[key]}" if key in paths else line)
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -121,94 +35,30 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Authority:
 def broker(tmp_path: Path, pki: Authority) -> Iterator[Mosquitto]:
     acl = tmp_path / "ghostpi.acl"
     acl.write_text((DEPLOY / "ghostpi.acl").read_text())
-    conf = _deploy_conf(pki, acl).replace("per_listener_settings false\n", "")
-    b = Mosquitto(tmp_path / "mosquitto", extra_conf=conf)
-    # per_listener_settings must precede the listener, so it goes first in the file.
-    original = b.write_conf
-
-    def write_conf() -> None:
-        original()
-        b.conf_path.write_text("per_listener_settings false\n" + b.conf_path.read_text())
-
-    b.write_conf = write_conf  # type: ignore[method-assign]
-    b.start()
+    b = tls_broker(tmp_path / "mosquitto", DEPLOY / "mosquitto.conf", acl, pki).start()
     try:
         yield b
     finally:
         b.stop()
 
 
-# --- clients ---------------------------------------------------------------------------------------------
-
-
-class Client:
-    """A paho client using the node's own TLS context (edge_node.tls.ssl_context)."""
-
-    def __init__(self, port: int, cfg: MqttConfig, name: str) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.connected = threading.Event()
-        self.settled = threading.Event()  # connected, refused or dropped
-        self.refused: str | None = None
-        self._lock = threading.Lock()
-        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{time.monotonic_ns()}")
-        ctx = ssl_context(cfg)
-        assert ctx is not None
-        self.c.tls_set_context(ctx)
-        self.c.on_connect = self._on_connect
-        self.c.on_message = self._on_message
-        self.c.on_disconnect = lambda *_: self.settled.set()
-        try:
-            self.c.connect("localhost", port, keepalive=10)
-        except (ssl.SSLError, OSError) as exc:
-            self.refused = repr(exc)
-            self.settled.set()
-            return
-        self.c.loop_start()
-
-    def _on_connect(self, _c: object, _u: object, _f: object, rc: object, _p: object = None) -> None:
-        if not getattr(rc, "is_failure", True):
-            self.connected.set()
-        else:
-            self.refused = str(rc)
-        self.settled.set()
-
-    def _on_message(self, _c: object, _u: object, msg: paho.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, bytes(msg.payload)))
-
-    def subscribe(self, topic: str) -> None:
-        result, _ = self.c.subscribe(topic, qos=1)
-        assert result == paho.MQTT_ERR_SUCCESS
-        time.sleep(0.2)
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.c.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    def got(self, topic: str, payload: bytes, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if (topic, payload) in self.messages:
-                    return True
-            time.sleep(0.02)
-        return False
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
-
-
 @pytest.fixture
-def connect(broker: Mosquitto, pki: Authority) -> Iterator[object]:
+def connect(broker: Mosquitto, pki: Authority) -> Iterator[Callable[..., Client]]:
     clients: list[Client] = []
 
-    def make(cn: str | None, *, ca: Authority | None = None) -> Client:
+    def make(
+        cn: str | None,
+        *,
+        ca: Authority | None = None,
+        client_id: str | None = None,
+        will: tuple[str, bytes] | None = None,
+    ) -> Client:
         issuer = ca or pki
         cert, key = issuer.issue(cn) if cn else (None, None)
         cfg = MqttConfig(tls=True, ca_file=pki.ca_file, cert_file=cert, key_file=key)
-        client = Client(broker.port, cfg, cn or "anon")
+        client = Client(broker.port, cfg, client_id or f"ghostpi-{cn or 'anon'}", will)
         clients.append(client)
-        client.settled.wait(5)
+        client.settled.wait(10)
         return client
 
     yield make
@@ -263,29 +113,206 @@ def test_clients_without_a_trusted_certificate_are_refused(connect, tmp_path: Pa
     assert not rogue.connected.is_set()
 
 
-def test_acl_confines_each_identity(connect) -> None:  # type: ignore[no-untyped-def]
-    dashboard = connect("dashboard")
-    operator = connect("operator")
+def test_acl_confines_each_identity(connect: Callable[..., Client]) -> None:
+    watcher = connect("viewer")
+    operator, dashboard, homeassistant = connect("operator"), connect("dashboard"), connect("homeassistant")
     n1, n2 = connect("n1"), connect("n2")
-    dashboard.subscribe("ghostpi/#")
+    watcher.subscribe("ghostpi/#")
+    watcher.subscribe("homeassistant/status")
+    homeassistant.subscribe("homeassistant/#")
     n2.subscribe("ghostpi/n2/control")
     n1.subscribe("ghostpi/n2/#")  # eavesdropping: the broker delivers nothing
     forged = [
         (n1, "ghostpi/n2/predictions"),  # another node's telemetry
+        (n1, "ghostpi/n2/status"),
         (n1, "ghostpi/n2/control"),  # commands: operators only
         (n1, "ghostpi/all/control"),
         (n1, "ghostpi/n1/control"),
-        (dashboard, "ghostpi/n2/control"),
+        (n1, "homeassistant/device/ghostpi_n2/config"),  # another node's Home Assistant device
+        (n1, "homeassistant/status"),
+        (watcher, "ghostpi/n2/control"),  # viewers only read
         (operator, "ghostpi/n2/predictions"),
+        # the tool identities may not publish as a node of their own name either
+        (operator, "ghostpi/operator/heartbeat"),
+        (dashboard, "ghostpi/dashboard/status"),
+        (watcher, "ghostpi/viewer/predictions"),
+        (homeassistant, "ghostpi/homeassistant/heartbeat"),
+        (homeassistant, "homeassistant/device/ghostpi_homeassistant/config"),
     ]
-    for client, topic in forged:
-        client.publish(topic, b"forged")
-    n2.publish("ghostpi/n2/events", b"real")
-    operator.publish("ghostpi/n2/control", b"legit")
+    refused = {topic: client.publish(topic, b"forged") for client, topic in forged}
+    assert refused == dict.fromkeys(refused, DENIED)  # MQTT 5: the PUBACK says so
+    allowed = [
+        (n2, "ghostpi/n2/events"),
+        (n2, "ghostpi/n2/snapshot"),
+        (n2, "homeassistant/device/ghostpi_n2/config"),
+        (operator, "ghostpi/n2/control"),
+        (dashboard, "ghostpi/all/control"),
+        (homeassistant, "ghostpi/n2/control"),  # the mode select
+        (homeassistant, "homeassistant/status"),  # HA's birth message
+    ]
+    for client, topic in allowed:
+        assert client.publish(topic, b"real") == OK, topic
     # The allowed messages were sent last; once they are in, the forged ones would have been too.
-    assert dashboard.got("ghostpi/n2/events", b"real")
-    assert n2.got("ghostpi/n2/control", b"legit")
-    assert dashboard.got("ghostpi/n2/control", b"legit")
-    assert not [m for m in dashboard.messages if m[1] == b"forged"]
-    assert not [m for m in n2.messages if m[1] == b"forged"]
+    assert watcher.got("homeassistant/status", b"real") and n2.got("ghostpi/n2/control")
+    assert homeassistant.got("homeassistant/device/ghostpi_n2/config", b"real")
+    seen = {t for t, p in watcher.messages + homeassistant.messages if p == b"real"}
+    assert seen == {t for _, t in allowed}
+    assert not [m for m in watcher.messages + homeassistant.messages + n2.messages if m[1] == b"forged"]
     assert n1.messages == []
+
+
+def test_a_certificate_named_all_gets_nothing(connect: Callable[..., Client]) -> None:
+    """ "all" addresses the fleet: a certificate with that name could otherwise read every fleet command."""
+    fleet, operator = connect("all"), connect("operator")
+    fleet.subscribe("ghostpi/all/control")
+    assert fleet.publish("ghostpi/all/heartbeat", b"x") == DENIED
+    assert fleet.publish("ghostpi/all/status", b"x") == DENIED
+    operator.subscribe("ghostpi/#")
+    assert operator.publish("ghostpi/all/control", b"fleet command") == OK
+    assert operator.got("ghostpi/all/control", b"fleet command")  # delivered to readers, not to "all"
+    assert fleet.messages == []
+
+
+def test_a_stolen_node_key_cannot_take_over_another_nodes_session(
+    connect: Callable[..., Client], broker: Mosquitto
+) -> None:
+    """node1's key, presenting node2's client id (as the node would, or bare), gets a session named node1."""
+    viewer = connect("viewer")
+    viewer.subscribe("ghostpi/+/status")
+    n2 = connect("n2", client_id="ghostpi-n2", will=("ghostpi/n2/status", b"offline"))
+    assert n2.connected.is_set()
+    assert n2.publish("ghostpi/n2/status", b"online", retain=True) == OK
+    thieves = [connect("n1", client_id=cid) for cid in ("ghostpi-n2", "n2", "ghostpi-n2")]
+    assert all(t.connected.is_set() for t in thieves)
+    # A takeover would have closed n2's socket before the thief's CONNACK; a PUBACK round trip afterwards
+    # proves the same connection is still there.
+    assert n2.publish("ghostpi/n2/heartbeat", b"still here") == OK
+    assert n2.disconnects == []
+    assert viewer.got("ghostpi/n2/status", b"online")
+    assert b"offline" not in viewer.on("ghostpi/n2/status")  # no will fired: no fake offline/online flips
+    assert thieves[0].publish("ghostpi/n2/status", b"offline") == DENIED
+    log = broker.log_text()
+    assert " as n1 (" in log and " as ghostpi-n2 (" not in log and " as n2 (" in log  # the id is the CN
+
+
+def test_two_programs_sharing_a_certificate_push_each_other_off(
+    connect: Callable[..., Client], broker: Mosquitto
+) -> None:
+    """The price of binding the client id to the certificate, and why every tool gets an identity of its own
+    (docs/security.md): the broker drops the older connection."""
+    first = connect("operator", client_id="ghostpi-ctl-1")
+    second = connect("operator", client_id="ghostpi-ctl-2")
+    assert second.connected.is_set()
+    assert first._until(lambda: bool(first.disconnects), 10)
+    assert "Client operator already connected, closing old connection." in broker.log_text()
+
+
+def test_ctl_explains_a_session_takeover(broker: Mosquitto, pki: Authority) -> None:
+    """``connected()`` says what to do when the broker drops a tool for another with its certificate (MQTT 5
+    brokers that send "Session taken over" get a plainer message; mosquitto 2.0.11 just closes the socket)."""
+    import asyncio
+
+    from edge_node.errors import MqttError
+    from edge_node.mqtt.connect import connected
+
+    cert, key = pki.issue("rollout")
+    cfg = MqttConfig(host="localhost", port=broker.port, ca_file=pki.ca_file, cert_file=cert, key_file=key)
+
+    async def main() -> None:
+        async with connected(cfg, identifier="ghostpi-ctl-a") as client:
+            await client.subscribe("ghostpi/+/events", qos=1)
+            other = Client(broker.port, cfg, "ghostpi-ctl-b")
+            try:
+                assert other.connected.wait(10)
+                async with asyncio.timeout(10):
+                    async for _ in client.messages:
+                        pass
+            finally:
+                other.close()
+
+    with pytest.raises(MqttError, match="connected with the same certificate") as info:
+        asyncio.run(main())
+    assert "each program that runs at the same time needs its own identity (docs/security.md)" in str(info.value)
+
+
+# --- the real node and tools, each with its own identity -----------------------------------------------
+
+
+def _tls_env(broker: Mosquitto, pki: Authority, cn: str) -> dict[str, str]:
+    cert, key = pki.issue(cn)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
+    env.update(
+        {
+            "PYTHONPATH": str(REPO),
+            "EDGE_MQTT__HOST": "localhost",
+            "EDGE_MQTT__PORT": str(broker.port),
+            "EDGE_MQTT__CA_FILE": str(pki.ca_file),
+            "EDGE_MQTT__CERT_FILE": str(cert),
+            "EDGE_MQTT__KEY_FILE": str(key),
+        }
+    )
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_node_ctl_monitor_rollout_and_home_assistant_work_side_by_side(
+    connect: Callable[..., Client], broker: Mosquitto, pki: Authority, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """The shipped broker config with a real node and every tool connected at once, as in a real fleet."""
+    dashboard, homeassistant = connect("dashboard"), connect("homeassistant")
+    dashboard.subscribe("ghostpi/#")
+    homeassistant.subscribe("homeassistant/#")
+    node_env = _tls_env(broker, pki, "cam-1") | {
+        "EDGE_NODE_ID": "cam-1",
+        "EDGE_CAMERA__SOURCE": "synthetic",
+        "EDGE_MODEL__BUNDLE": str(tiny_bundle),
+        "EDGE_MODEL__THREADS": "1",
+        "EDGE_HEARTBEAT__INTERVAL": "1",
+        "EDGE_STATE_DIR": str(tmp_path / "state"),
+        "EDGE_HA__ENABLED": "true",
+    }
+    # --echo would be a second connection with the node's certificate: the node must turn it off.
+    node_settings = {k: v for k, v in node_env.items() if k.startswith("EDGE_")}
+    node = NodeProcess(node_settings, tmp_path / "node", args=["--echo"]).start()
+    try:
+        assert dashboard.got("ghostpi/cam-1/status", b"online", timeout=60), node.log()[-3000:]
+        # Home Assistant: discovery arrives, and its mode select's command is obeyed.
+        topic = "homeassistant/device/ghostpi_cam-1/config"
+        assert homeassistant.got(topic, timeout=30), node.log()[-3000:]
+        select = json.loads(homeassistant.on(topic)[0])["cmps"]["mode"]
+        command = select["cmd_tpl"].replace("{{ value }}", "balanced").encode()
+        assert homeassistant.publish(select["cmd_t"], command) == OK
+
+        def mode_is_balanced() -> bool:
+            return any(json.loads(p).get("mode") == "balanced" for p in dashboard.on("ghostpi/cam-1/state"))
+
+        assert dashboard._until(mode_is_balanced, 30), node.log()[-3000:]
+
+        # A person's ctl, a rollout's ctl and a monitor, all at the same time.
+        def tool(cn: str, *args: str) -> subprocess.Popen[str]:
+            cmd = [sys.executable, "-m", "edge_node", *args]
+            return subprocess.Popen(
+                cmd, env=_tls_env(broker, pki, cn), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+
+        tools = {
+            "operator": tool("operator", "ctl", "cam-1", "ping", "--timeout", "60"),
+            "rollout": tool("rollout", "ctl", "all", "ping", "--timeout", "60"),
+            "viewer": tool("viewer", "monitor", "--once", "--json", "--timeout", "20"),
+        }
+        results = {cn: (p.wait(120), *p.communicate()) for cn, p in tools.items()}
+        for cn, (code, out, err) in results.items():
+            assert code == 0, f"{cn}: exit {code}\n{out}\n{err}"
+        assert results["operator"][1].startswith("cam-1: ok ping")
+        assert results["rollout"][1].startswith("cam-1: ok ping")
+        snapshot = json.loads(results["viewer"][1])
+        assert [(n["node"], n["status"]) for n in snapshot["nodes"]] == [("cam-1", "online")]
+        # Nobody was pushed off: the node connected once and never went offline, the watchers stayed.
+        assert node.alive(), node.log()[-3000:]
+        assert "--echo is off" in node.log()
+        assert dashboard.on("ghostpi/cam-1/status") == [b"online"]  # a reconnect would have said online again
+        assert dashboard.disconnects == [] and homeassistant.disconnects == []
+    finally:
+        node.terminate()

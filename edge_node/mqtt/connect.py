@@ -11,12 +11,13 @@ import asyncio
 import logging
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_node.config import MqttConfig
@@ -36,6 +37,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection with our client id
 DEFAULT_HOST = "localhost"  # where the node's embedded demo broker listens when EDGE_MQTT__HOST is unset
 
 
@@ -45,7 +47,10 @@ def broker_host(cfg: MqttConfig) -> str:
 
 
 def tool_client_id(tool: str) -> str:
-    """A unique client id per tool run, so two operators never kick each other off the broker."""
+    """A unique client id per tool run, so two tool runs never kick each other off an open broker.
+
+    A broker that binds client ids to certificates (deploy/mosquitto/) replaces it with the certificate's name.
+    """
     return f"ghostpi-{tool}-{uuid.uuid4().hex[:10]}"
 
 
@@ -98,10 +103,39 @@ async def connected(
         async with client:
             yield client
     except aiomqtt.MqttError as exc:
-        raise MqttError(
-            f"MQTT broker {broker_host(cfg)}:{cfg.port}: {exc}; check EDGE_MQTT__HOST, EDGE_MQTT__PORT, "
-            "credentials and TLS settings"
-        ) from exc
+        if _taken_over(exc):
+            raise MqttError(
+                f"MQTT broker {broker_host(cfg)}:{cfg.port} dropped this connection because another client connected "
+                f"with the same client id. {_SHARED_IDENTITY}"
+            ) from exc
+        hint = "check EDGE_MQTT__HOST, EDGE_MQTT__PORT, credentials and TLS settings"
+        if cfg.cert_file is not None and _dropped(exc):
+            hint = f"if another program is connected with the same certificate, that is why. {_SHARED_IDENTITY}"
+        raise MqttError(f"MQTT broker {broker_host(cfg)}:{cfg.port}: {exc}; {hint}") from exc
+
+
+_SHARED_IDENTITY = (
+    "A broker set up like deploy/mosquitto/ uses the certificate's name as the client id, so two programs that "
+    "share a certificate push each other off: each program that runs at the same time needs its own identity "
+    "(docs/security.md)"
+)
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__
+
+
+def _taken_over(exc: BaseException) -> bool:
+    """True when the broker said (MQTT 5 reason code 0x8E) that a newer connection took over our session."""
+    return any(getattr(getattr(e, "rc", None), "value", None) == SESSION_TAKEN_OVER for e in _chain(exc))
+
+
+def _dropped(exc: BaseException) -> bool:
+    """True when the broker closed an established connection (mosquitto 2.0.11 closes a taken-over session
+    without saying why)."""
+    return any(isinstance(e, aiomqtt.MqttCodeError) and not isinstance(e, MqttConnectError) for e in _chain(exc))
 
 
 def paho_client(cfg: MqttConfig, *, identifier: str | None = None) -> paho.Client:

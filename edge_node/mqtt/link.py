@@ -162,11 +162,11 @@ class Link:
         self.connected = True
         self.connects += 1
         log.info(
-            "connected to MQTT broker %s:%s as %s (MQTT %s)",
+            "connected to MQTT broker %s:%s (MQTT %s, client id %s unless the broker binds it to the certificate)",
             broker_host(self.cfg),
             self.cfg.port,
-            self.client_id,
             self.cfg.protocol,
+            self.client_id,
         )
         try:
             await self._send(client, Outgoing(self.topics.status, ONLINE, 1, True))

@@ -135,7 +135,8 @@ class Interrupter:
 
 
 class _SchemeGuard(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to URLs that ``check_url`` accepts (no https -> http downgrade)."""
+    """Follow redirects only to URLs that ``check_url`` accepts, and never from https to http: an
+    ``EDGE_OTA__ALLOW_HTTP`` fleet may fetch http URLs it was given, not be moved off TLS by a server."""
 
     def __init__(self, allow_http: bool) -> None:
         self.allow_http = allow_http
@@ -150,6 +151,11 @@ class _SchemeGuard(urllib.request.HTTPRedirectHandler):
         newurl: str,
     ) -> urllib.request.Request | None:
         check_url(newurl, allow_http=self.allow_http)
+        if urllib.parse.urlsplit(req.full_url).scheme == "https" and urllib.parse.urlsplit(newurl).scheme != "https":
+            raise DownloadError(
+                f"{req.full_url} redirects to {newurl}: a download that started on https never follows a redirect "
+                "to plain http; fix the server's redirect, or give the node the final URL"
+            )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
