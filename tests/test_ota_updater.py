@@ -326,3 +326,29 @@ async def test_swap_keeps_predictions_flowing(
         switch = next(i for i, (_, v) in enumerate(node.results) if v == "2.0.0")
         assert node.results[switch - 1][1] == "1.0.0"
         assert node.results[switch][0] - node.results[switch - 1][0] < 0.5
+
+
+@_sync
+async def test_the_next_update_can_follow_the_answer_at_once(
+    tmp_path: Path, factory: Path, keys: tuple[Path, Path, Path], site: tuple[Path, FaultServer]
+) -> None:
+    """An operator (or ctl, or a rollout) sends the next command the moment an answer arrives. The answer used to
+    go out while the updater still counted itself busy, so that command was refused as "in progress"."""
+    url2, sha2 = _publish(site, make_tiny_bundle(tmp_path / "b2", version="2.0.0", resolutions=RES, key=keys[0]))
+    url3, sha3 = _publish(site, make_tiny_bundle(tmp_path / "b3", version="3.0.0", resolutions=RES, key=keys[0]))
+    second = _cmd(url3, sha3, "3.0.0")
+    follow: list[asyncio.Task[None]] = []
+    async with live_node(tmp_path / "ota", factory, _cfg(keys[1])) as node:
+        record = node.sink.event
+
+        def on_event(ev: Event) -> None:
+            record(ev)
+            if ev.id != second.id and not follow:
+                follow.append(asyncio.ensure_future(node.updater.handle(second)))
+
+        node.sink.event = on_event  # type: ignore[method-assign]
+        await node.updater.handle(_cmd(url2, sha2, "2.0.0"))
+        await follow[0]
+        answers = {e.id: e for e in node.sink.events}
+        assert answers[second.id].ok, answers[second.id]
+        await node.predictions_on("3.0.0")

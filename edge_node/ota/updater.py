@@ -207,22 +207,24 @@ class Updater:
         what = cmd.version if isinstance(cmd, UpdateModel) else "previous"
         self._busy, self._busy_id = f"{cmd.cmd} {what}, id {cmd.id}", cmd.id
         self._running = asyncio.current_task()
+        final: Event | None = None
         try:
-            ok = await (self._update(cmd) if isinstance(cmd, UpdateModel) else self._rollback(cmd))
+            final = await (self._update(cmd) if isinstance(cmd, UpdateModel) else self._rollback(cmd))
             if cmd.id is not None and not self._cancel.is_set():
-                await asyncio.to_thread(self.store.remember, cmd.id, ok)
+                await asyncio.to_thread(self.store.remember, cmd.id, final.ok)
         except asyncio.CancelledError:
-            self._fail(
-                cmd, "shutdown", "interrupted by the node shutting down; send the command again", report_status=False
-            )
+            final = self._fail(cmd, "shutdown", "interrupted by the node shutting down; send the command again")
             raise
         finally:
             self._busy = self._busy_id = None
             self._running = None
+            # The answer goes out last: whoever reads it may send the next command at once.
+            if final is not None:
+                self.sink.event(final)
 
     # --- update_model ---------------------------------------------------------------------------------
 
-    async def _update(self, cmd: UpdateModel) -> bool:
+    async def _update(self, cmd: UpdateModel) -> Event:
         started = time.monotonic()
         running = self.store.running
         if not self.cfg.trusted_keys and not self.cfg.allow_unsigned_models:
@@ -239,10 +241,7 @@ class Updater:
             return self._fail(cmd, "verify", str(exc), report_status=False)
         if slot == running.slot:
             self._report(cmd, "active", cmd.version)
-            self.sink.event(
-                Event(id=cmd.id, cmd=cmd.cmd, ok=True, detail={"version": cmd.version, "already_active": True})
-            )
-            return True
+            return Event(id=cmd.id, cmd=cmd.cmd, ok=True, detail={"version": cmd.version, "already_active": True})
         if cmd.version == running.bundle.manifest.version:
             return self._fail(
                 cmd,
@@ -314,7 +313,7 @@ class Updater:
         log.info("bundle %s %s verified (signed by %s)", bundle.manifest.name, version, bundle.signed_by)
         return bundle
 
-    async def _activate(self, cmd: UpdateModel, slot: Slot, bundle: Bundle, started: float) -> bool:
+    async def _activate(self, cmd: UpdateModel, slot: Slot, bundle: Bundle, started: float) -> Event:
         self._report(cmd, "activating", cmd.version)
         try:
             new = await asyncio.to_thread(self._build, bundle)
@@ -338,22 +337,19 @@ class Updater:
         await asyncio.to_thread(self.store.commit, slot, bundle)
         self.pipeline.retire(old)
         self._report(cmd, "active", cmd.version)
-        self.sink.event(
-            Event(
-                id=cmd.id,
-                cmd=cmd.cmd,
-                ok=True,
-                detail={
-                    "version": cmd.version,
-                    "previous": previous,
-                    "phase": "active",
-                    "signed_by": bundle.signed_by,
-                    "health": stats,
-                    "seconds": round(time.monotonic() - started, 2),
-                },
-            )
+        return Event(
+            id=cmd.id,
+            cmd=cmd.cmd,
+            ok=True,
+            detail={
+                "version": cmd.version,
+                "previous": previous,
+                "phase": "active",
+                "signed_by": bundle.signed_by,
+                "health": stats,
+                "seconds": round(time.monotonic() - started, 2),
+            },
         )
-        return True
 
     def _build(self, bundle: Bundle) -> Loaded:
         """Load and check every resolution on a real frame (in a worker thread); keep what will serve."""
@@ -420,7 +416,7 @@ class Updater:
 
     # --- rollback -------------------------------------------------------------------------------------
 
-    async def _rollback(self, cmd: Rollback) -> bool:
+    async def _rollback(self, cmd: Rollback) -> Event:
         target = self.store.previous
         if target is None:
             where = "the factory bundle" if self.store.running.source == "factory" else self.store.running.slot
@@ -438,15 +434,12 @@ class Updater:
         version = bundle.manifest.version
         log.info("rolled back from %s to %s on request", current, version)
         self._report(cmd, "rolled_back", version)
-        self.sink.event(
-            Event(
-                id=cmd.id,
-                cmd=cmd.cmd,
-                ok=True,
-                detail={"version": version, "from": current, "model_source": self.model_source},
-            )
+        return Event(
+            id=cmd.id,
+            cmd=cmd.cmd,
+            ok=True,
+            detail={"version": version, "from": current, "model_source": self.model_source},
         )
-        return True
 
     # --- reporting ------------------------------------------------------------------------------------
 
@@ -460,23 +453,20 @@ class Updater:
         phase: OtaPhase = "failed",
         status_version: str | None = None,
         **detail: object,
-    ) -> bool:
-        """Report a failed command; the model serving afterwards is the one that served before."""
+    ) -> Event:
+        """The event for a failed command (reported on ``ota`` too); the model serving is the one from before."""
         version = cmd.version if isinstance(cmd, UpdateModel) else None
         log.error("%s %s failed at %s: %s", cmd.cmd, version or "", stage, error)
         if report_status:
             self._report(cmd, phase, status_version or version, error=error)
         serving = self._serving_version()
-        self.sink.event(
-            Event(
-                id=cmd.id,
-                cmd=cmd.cmd,
-                ok=False,
-                error=error,
-                detail={"version": version, "phase": phase, "stage": stage, "serving": serving, **detail},
-            )
+        return Event(
+            id=cmd.id,
+            cmd=cmd.cmd,
+            ok=False,
+            error=error,
+            detail={"version": version, "phase": phase, "stage": stage, "serving": serving, **detail},
         )
-        return False
 
     def _report(
         self,
