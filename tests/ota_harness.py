@@ -48,6 +48,8 @@ class LiveNode:
     sink: RecordingSink
     results: list[tuple[float, str]]  # (monotonic time, model version) of every prediction
     arrived: asyncio.Event  # set by each prediction
+    seqs: list[int] = field(default_factory=list)  # the frame number of every prediction, in arrival order
+    resolutions: list[int] = field(default_factory=list)
 
     @property
     def serving(self) -> str:
@@ -84,6 +86,8 @@ async def live_node(
     grabber = Grabber(lambda: make_source(cam), stall_timeout=5.0, reopen_delay=0.5)
     controller = ModeController(AutoModeConfig(), chosen.resolutions, mode=Mode.HIGH, workers=chosen.workers)
     results: list[tuple[float, str]] = []
+    seqs: list[int] = []
+    resolutions: list[int] = []
     arrived = asyncio.Event()
     loop = asyncio.get_running_loop()
     updater: Updater | None = None
@@ -92,6 +96,8 @@ async def live_node(
         def on_output(self, item: Output) -> None:  # inference thread
             if isinstance(item, Result):
                 results.append((time.monotonic(), item.model.version))
+                seqs.append(item.seq)
+                resolutions.append(item.classification.resolution)
             loop.call_soon_threadsafe(delivered, item)
 
         def on_change(self) -> None:
@@ -108,7 +114,7 @@ async def live_node(
     updater = Updater(cfg, store, pipeline, node_id="n1", model_cfg=model, sink=sink, backoff=0.01)
     grabber.start()
     pipeline.start()
-    node = LiveNode(pipeline, grabber, store, updater, sink, results, arrived)
+    node = LiveNode(pipeline, grabber, store, updater, sink, results, arrived, seqs, resolutions)
     try:
         await node.predictions_on(bundle.manifest.version, 2)
         yield node

@@ -29,11 +29,13 @@ CHECK = """
 import json, sys
 import numpy, cv2, onnxruntime
 from edge_node.bundle import open_bundle
-from edge_node.vision.classifier import Classifier
+from edge_node.vision.model import Model
 frame = numpy.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=numpy.uint8)
-result = Classifier(open_bundle(sys.argv[1]), threads=1).classify(frame, 224)
+variant = Model(open_bundle(sys.argv[1])).build(224)
+tensor = variant.preprocessor(frame)
+best = variant.infer(0, tensor, 0.0).best
 print(json.dumps({"numpy": numpy.__version__, "numpy_file": numpy.__file__, "cv2": cv2.__version__,
-                  "onnxruntime": onnxruntime.__version__, "label": result.label, "confidence": result.confidence}))
+                  "onnxruntime": onnxruntime.__version__, "label": best.label, "confidence": best.confidence}))
 """
 
 
