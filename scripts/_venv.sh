@@ -34,8 +34,11 @@ ensure_venv() {
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "ghostpi: installing edge-node with extras [$extras] into $VENV (first run takes a while)" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]" \
-      || die "pip could not install edge-node[$extras]; see the messages above (network? disk space?)"
+    local log="$VENV/pip-install.log"
+    if ! "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]" >"$log" 2>&1; then
+      tail -n 30 "$log" >&2
+      die "pip could not install edge-node[$extras]; the end of its output is above, all of it in $log (network? disk space?)"
+    fi
     echo "$want" > "$stamp"
   fi
 }
