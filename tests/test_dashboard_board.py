@@ -48,7 +48,9 @@ def test_payloads_from_newer_nodes_are_read_leniently() -> None:
     pred["model"]["runtime"] = "litert"  # fields this dashboard's wire models do not know
     pred["new_field"] = {"x": 1}
     beat = json.loads(SimNode("n").heartbeat())
-    beat |= {"errors": 2, "restarts": 1, "dropped_offline": 7, "pipeline": "running", "workers": [{"load": 0.5}]}
+    workers = [{"busy_percent": 62.0, "frames": 9}, {"busy_percent": 58.4, "frames": 8}]
+    beat |= {"frames_failed": 2, "restarts": {"pipeline": 1}, "dropped_offline": {"predictions": 7}}
+    beat |= {"pipeline": "stalled", "workers": workers, "future_counter": 3, "future_list": [{"load": 0.5}]}
     delta = board.update(
         [
             ("gp/n/predictions", json.dumps(pred).encode(), 1.0),
@@ -62,10 +64,11 @@ def test_payloads_from_newer_nodes_are_read_leniently() -> None:
     [card] = delta["nodes"]
     assert card["predictions"]["model"] == {"name": "sim-mobilenet", "version": "1.0.0", "precision": "int8",
                                             "runtime": "litert"}  # fmt: skip
-    assert card["heartbeat"]["pipeline"] == "running" and card["heartbeat"]["rss_mb"] > 0
-    other = card["heartbeat"]["other"]
-    assert other["errors"] == 2 and other["restarts"] == 1 and other["dropped_offline"] == 7
-    assert other["workers"] == '[{"load":0.5}]'  # nested values shown as compact text
+    hb = card["heartbeat"]
+    assert hb["pipeline"] == "stalled" and hb["rss_mb"] > 0 and hb["frames_failed"] == 2
+    assert hb["restarts_pipeline"] == 1 and hb["dropped_offline_predictions"] == 7 and hb["workers_busy"] == "62% 58%"
+    other = hb["other"]
+    assert other["future_counter"] == 3 and other["future_list"] == '[{"load":0.5}]'  # unknown fields, generically
     assert card["bad_payloads"] == 1 and "state" not in card
 
 

@@ -14,8 +14,10 @@ JsonDict = dict[str, Any]
 _HB_KNOWN = {
     "node", "ts", "uptime_s", "fps", "inference_ms_avg", "cpu_percent", "cpu_temp_c", "rss_mb",
     "frames_captured", "frames_processed", "frames_dropped", "reconnects", "model_version", "model_source",
-    "mode", "resolution", "camera", "camera_last_frame_age_s", "pipeline",
+    "mode", "resolution", "camera", "camera_last_frame_age_s", "pipeline", "frames_failed", "publish_denied",
+    "runtime", "precision", "last_error",
 }  # fmt: skip
+_HB_COUNTS = ("restarts", "dropped_offline")  # {what: count} objects, shown as one counter per key
 _MAX_TEXT = 200
 
 
@@ -81,7 +83,18 @@ def prediction(data: JsonDict) -> JsonDict:
 
 def heartbeat(data: JsonDict) -> JsonDict:
     out: JsonDict = {k: data[k] for k in _HB_KNOWN if k in data and not isinstance(data[k], dict | list)}
-    out["other"] = {k: _generic(v) for k, v in sorted(data.items()) if k not in out}
+    consumed = set(out)
+    for key in _HB_COUNTS:
+        if isinstance(data.get(key), dict):
+            consumed.add(key)
+            for what, count in data[key].items():
+                if isinstance(count, int) and not isinstance(count, bool):
+                    out[f"{key}_{what}"[:_MAX_TEXT]] = count
+    workers = data.get("workers")
+    if isinstance(workers, list) and all(isinstance(w, dict) and _num(w, "busy_percent") is not None for w in workers):
+        consumed.add("workers")
+        out["workers_busy"] = " ".join(f"{w['busy_percent']:.0f}%" for w in workers)
+    out["other"] = {k: _generic(v) for k, v in sorted(data.items()) if k not in consumed}
     return out
 
 

@@ -296,13 +296,18 @@ function renderTopK(list, topK) {
   });
 }
 
-const KNOWN_COUNTERS = ["frames_dropped", "errors", "restarts", "reconnects", "dropped_offline", "denied"];
+const KNOWN_COUNTERS = [
+  "frames_dropped", "frames_failed", "reconnects", "publish_denied",
+  "restarts_pipeline", "restarts_camera", "dropped_offline_predictions", "dropped_offline_heartbeat",
+];
 
 function renderCounters(box, hb, bad) {
   const items = [];
   const all = Object.assign({}, hb.other, hb);
   for (const key of KNOWN_COUNTERS) if (typeof all[key] === "number") items.push([key.replace(/_/g, " "), all[key]]);
-  if (hb.pipeline != null) items.push(["pipeline", hb.pipeline]);
+  if (hb.pipeline != null && hb.pipeline !== "ok") items.push(["pipeline", hb.pipeline]);
+  if (hb.workers_busy) items.push(["workers busy", hb.workers_busy]);
+  if (hb.last_error) items.push(["last error", hb.last_error]);
   if (hb.model_source && hb.model_source !== "active") items.push(["model from", hb.model_source]);
   for (const [key, value] of Object.entries(hb.other || {})) {
     if (!KNOWN_COUNTERS.includes(key)) items.push([key.replace(/_/g, " "), value]);
