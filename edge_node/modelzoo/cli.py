@@ -104,7 +104,8 @@ def _register_build(commands: Sub) -> None:
 
 
 def _register_train(commands: Sub) -> None:
-    from edge_node.modelzoo.train import DEFAULT_TRAIN_ARCH, FRAME_SIDE
+    from edge_node.modelzoo.archs import DEFAULT_TRAIN_ARCH
+    from edge_node.modelzoo.images import CAMERA_FRAME_SIDE as FRAME_SIDE
 
     p = commands.add_parser(
         "train",

@@ -1,6 +1,6 @@
 """The feature cache: every training view goes once through the frozen trunk, in ONNX Runtime.
 
-On this project's 2-core CPU ONNX Runtime runs EfficientNet-Lite0 about 8x faster than eager PyTorch
+On this project's 2-core CPU ONNX Runtime runs EfficientNet-Lite0's trunk ~5x faster than eager PyTorch
 (docs/custom-models.md), so the trunk and the pooled features are exported once with the bundles' own
 exporter, checked against PyTorch on real views, and then run per view. What is kept: the pooled features
 (the head trains on those) and, when the last stage(s) are fine-tuned, the trunk's output as float16.

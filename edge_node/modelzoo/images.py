@@ -20,6 +20,7 @@ from edge_node.errors import BundleError
 from edge_node.modelzoo.labels import wnid_index
 
 __all__ = [
+    "CAMERA_FRAME_SIDE",
     "IMAGE_SUFFIXES",
     "SPLIT_RULE",
     "LabelledImage",
@@ -33,6 +34,7 @@ __all__ = [
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 CALIBRATION_MODULUS = 5
 SPLIT_RULE = f"sha256(file name) % {CALIBRATION_MODULUS} == 0"
+CAMERA_FRAME_SIDE = 480  # shorter side of the node's default 640x480 camera frame (see shrink_to_frame)
 
 
 @dataclass(frozen=True, slots=True)

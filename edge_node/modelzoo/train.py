@@ -29,7 +29,7 @@ import numpy.typing as npt
 import torch
 
 from edge_node.errors import BundleError
-from edge_node.modelzoo.archs import create_model, get_arch, preprocess_spec
+from edge_node.modelzoo.archs import DEFAULT_TRAIN_ARCH, create_model, get_arch, preprocess_spec
 from edge_node.modelzoo.augment import Jitter, augment
 from edge_node.modelzoo.backbone import split_model
 from edge_node.modelzoo.build import BuildOptions, TrainedFrom, build_bundle, quiet_third_party
@@ -39,7 +39,7 @@ from edge_node.modelzoo.dataset import Dataset, Sample
 from edge_node.modelzoo.evaluate import image_key
 from edge_node.modelzoo.features import FeatureCache, View, export_feature_net, extract
 from edge_node.modelzoo.fit import Balance, FitOptions, FitResult, fit, predict
-from edge_node.modelzoo.images import load_bgr
+from edge_node.modelzoo.images import CAMERA_FRAME_SIDE, load_bgr
 from edge_node.modelzoo.progress import stderr
 from edge_node.modelzoo.weights import PYPI_LITE0, load_weights
 from edge_node.vision.preprocess import Preprocessor
@@ -57,8 +57,7 @@ __all__ = [
     "train_model",
 ]
 
-DEFAULT_TRAIN_ARCH = "efficientnet_lite0"
-FRAME_SIDE = 480  # photos are shrunk to a 640x480 camera frame's shorter side before preprocessing
+FRAME_SIDE = CAMERA_FRAME_SIDE  # photos are shrunk to a camera frame's shorter side before preprocessing
 CHECK_VIEWS = 2  # views the exported trunk is compared with PyTorch on
 DEFAULT_INT8_MAX_DROP = 0.01
 
