@@ -1,5 +1,5 @@
 # Convenience targets; the README's Quick start uses the scripts directly (make is not on every fresh Pi).
-.PHONY: demo test lint bench-pipeline bench-ghostnet bench-monitor bench-ota
+.PHONY: demo test lint bench-pipeline bench-ghostnet bench-monitor bench-ota bench-train
 
 PY := PYTHONPATH=. .venv/bin/python
 
@@ -23,3 +23,6 @@ bench-monitor:
 
 bench-ota:
 	$(PY) -m bench.ota_swap --updates 5
+
+bench-train:
+	$(PY) -m bench.train_schedules
