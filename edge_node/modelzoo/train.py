@@ -192,6 +192,7 @@ def train_model(
         check = [preprocessed(preprocess, load_bgr(s.path, frame_side=options.frame_side)) for s in dataset.train[:2]]
         with stderr.status(f"exporting the frozen trunk at {resolution}px for ONNX Runtime"):
             net = export_feature_net(split, resolution, Path(scratch) / "trunk.onnx", check[:CHECK_VIEWS])
+        extracting = time.monotonic()
         train_views = photo_views(
             dataset.train, preprocess, options, views=options.views, keep=picks, frames=calibration_frames
         )
@@ -213,6 +214,8 @@ def train_model(
             progress=options.progress,
             what=f"features of {len(dataset.val)} validation photos",
         )
+    seconds = time.monotonic() - extracting
+    stderr.print(f"cached {len(train)} training and {len(val)} validation views in {seconds:.0f} s")
     head = split.head()
     with torch.no_grad():  # timm initialises heads for training from scratch (+-1/sqrt(classes)): far too loud here
         head.weight.zero_()
@@ -227,6 +230,7 @@ def train_model(
         what="head",
         progress=options.progress,
     )
+    _summary("head", head_fit)
     forward: torch.nn.Module = head
     finetune_fit = None
     if keep_stage:
@@ -248,6 +252,7 @@ def train_model(
             what=f"fine-tune last {options.finetune_stages} stage(s)",
             progress=options.progress,
         )
+        _summary("fine-tuning", finetune_fit)
         forward = split.tail
     inputs = val.stage if keep_stage and val.stage is not None else val.features
     predicted = predict(forward, torch.from_numpy(inputs)).argmax(dim=1).numpy()
@@ -333,6 +338,16 @@ def _save_checkpoint(trained: Trained, dataset: Dataset, options: TrainOptions, 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _summary(what: str, result: FitResult) -> None:
+    """One line per phase, for logs where progress bars do not show."""
+    best = result.best
+    balanced = "-" if best.val_balanced is None else f"{best.val_balanced:.1%}"
+    stderr.print(
+        f"{what}: {len(result.history)} epochs{' (stopped early)' if result.stopped_early else ''}, kept epoch "
+        f"{best.epoch}: validation loss {best.val_loss:.3f}, top-1 {best.val_top1:.1%}, balanced accuracy {balanced}"
+    )
 
 
 def _round(value: float | None) -> float | None:
