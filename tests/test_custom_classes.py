@@ -15,10 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from edge_node.bundle import open_bundle
 from edge_node.bundle.archive import pack
 from edge_node.cli import main
+from edge_node.fleet.dashboard import render
+from edge_node.fleet.view import FleetView
 from edge_node.messages import Event, Prediction
 from edge_node.modelzoo.labels import imagenet_labels
 from edge_node.ota.download import sha256_file
@@ -183,6 +186,15 @@ def test_a_node_on_the_trained_bundle_publishes_the_custom_labels(
     assert all({s.label for s in p.top_k} <= set(CLASSES) for p in predictions)
     dogs = sum(p.label == "dog" for p in predictions)
     assert dogs >= 0.8 * len(predictions), [p.label for p in predictions]
+    # the terminal monitor shows what the node publishes: the custom label
+    view = FleetView("ghostpi")
+    for m in bus.messages:
+        view.ingest(m.topic, m.payload, m.at)
+    [row] = view.snapshot()
+    assert row.node == "node-c" and row.label in CLASSES and row.model_version == VERSION
+    console = Console(width=200, record=True)
+    console.print(render([row], prefix="ghostpi"))
+    assert f" {row.label} " in console.export_text()
 
 
 def _gaps(messages: list[Received]) -> list[float]:
