@@ -179,3 +179,41 @@ def test_a_train_checkpoint_carries_its_labels(three_classes: tuple[Path, Path, 
     argv = ["model", "build", "--arch", "efficientnet_lite0", "--weights", str(checkpoint), "--precision", "fp32"]
     assert main([*argv, "--calib", str(photos), "--resolutions", "64", "--out", str(out), "--no-progress"]) == 0
     assert open_bundle(out).labels == ("parcel", "empty", "cat")
+
+
+@pytest.mark.slow
+def test_training_another_family_fine_tunes_only_the_last_stages(tmp_path: Path) -> None:
+    """GhostNetV2 (random weights) through the whole train_model path with fine-tuning of its last 2 stages:
+    the unmodified network exports for the feature cache, the tail trains and the trunk stays as it was."""
+    from edge_node.modelzoo.dataset import load_dataset
+    from edge_node.modelzoo.train import TrainOptions, train_model
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("dark", "mid", "light")):
+        for i in range(5):
+            pixels = np.full((90, 120, 3), 60 * (c + 1), np.uint8) + rng.integers(0, 30, (90, 120, 3), dtype=np.uint8)
+            (tmp_path / name).mkdir(exist_ok=True)
+            cv2.imwrite(str(tmp_path / name / f"{i}.jpg"), pixels)
+    dataset = load_dataset(tmp_path)
+    torch.manual_seed(0)
+    reference = create_model(get_arch("ghostnetv2_100"), num_classes=3).state_dict()  # what weights="random" gives
+    options = TrainOptions(
+        arch="ghostnetv2_100",
+        weights="random",
+        views=1,
+        head=FitOptions(epochs=3, lr=0.05),
+        finetune_epochs=2,
+        finetune_stages=2,
+        progress=False,
+    )
+    trained = train_model(dataset, options, resolution=96)
+    state = trained.model.state_dict()
+    assert trained.finetune is not None and len(trained.finetune.history) == 2
+    assert trained.confusion.sum() == len(dataset.val) == 3
+    blocks = len(trained.model.blocks)
+    changed = {k.split(".")[1] for k in state if k.startswith("blocks.") and not torch.equal(state[k], reference[k])}
+    assert changed and changed <= {str(blocks - 2), str(blocks - 1)}  # only the last two stages moved
+    assert torch.equal(state["conv_stem.weight"], reference["conv_stem.weight"])
+    assert not torch.equal(state["classifier.weight"], torch.zeros_like(state["classifier.weight"]))
+    # the calibration set covers every class with clean training photos
+    assert sorted({n.split("/")[0] for n in trained.calibration.names}) == ["dark", "light", "mid"]
