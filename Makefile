@@ -1,6 +1,6 @@
 # Convenience targets; the README's Quick start uses the scripts directly (make is not on every fresh Pi).
 # bench-chaos and bench-memory: docs/reliability.md
-.PHONY: demo test lint bench-chaos bench-memory bench-pipeline bench-ghostnet bench-monitor bench-ota bench-dashboard
+.PHONY: demo test lint bench-chaos bench-memory bench-pipeline bench-ghostnet bench-monitor bench-ota bench-dashboard bench-train
 
 PY := PYTHONPATH=. .venv/bin/python
 
@@ -33,3 +33,6 @@ bench-chaos:
 
 bench-memory:
 	$(PY) bench/session_memory.py
+
+bench-train:
+	$(PY) -m bench.train_schedules

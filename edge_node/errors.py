@@ -12,6 +12,7 @@ __all__ = [
     "CameraError",
     "CommandError",
     "ConfigError",
+    "DatasetError",
     "DownloadError",
     "EdgeError",
     "InferenceError",
@@ -53,6 +54,10 @@ class BundleIntegrityError(BundleError):
 
 class SignatureError(BundleError):
     """A bundle signature is missing, malformed or made by an untrusted key."""
+
+
+class DatasetError(EdgeError):
+    """A folder of labelled images cannot be used for training or evaluation."""
 
 
 class InferenceError(EdgeError):

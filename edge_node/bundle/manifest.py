@@ -111,6 +111,8 @@ class BuildInfo(_Model):
     weights: str = ""
     toolchain: dict[str, str] = Field(default_factory=dict)
     calibration: dict[str, object] = Field(default_factory=dict)
+    dataset: dict[str, object] = Field(default_factory=dict)  # model train: classes, image counts, files hash, split
+    training: dict[str, object] = Field(default_factory=dict)  # model train: schedule and validation figures
 
 
 class Manifest(_Model):

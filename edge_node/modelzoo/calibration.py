@@ -52,9 +52,12 @@ class CalibrationSet:
         return {"source": self.source, "count": len(self.frames), "images": list(self.names)}
 
 
-def from_folder(folder: Path, *, limit: int = 100) -> CalibrationSet:
-    """Calibrate on the folder's deterministic calibration split; keep the rest for accuracy."""
-    images = list_images(folder)
+def from_folder(folder: Path, *, limit: int = 100, table: dict[str, int] | None = None) -> CalibrationSet:
+    """Calibrate on the folder's deterministic calibration split; keep the rest for accuracy.
+
+    ``table`` names the classes (``labels.label_table``); default: ImageNet wnids.
+    """
+    images = list_images(folder, table)
     calib, held = split_calibration(images, limit=limit)
     source = f"{folder.name}/ ({SPLIT_RULE}, {len(calib)} of {len(images)} images)" if held else folder.name
     return CalibrationSet(

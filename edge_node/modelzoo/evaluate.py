@@ -19,13 +19,24 @@ import numpy.typing as npt
 from edge_node.bundle import Bundle
 from edge_node.bundle.manifest import Preprocess
 from edge_node.errors import BundleError
+from edge_node.modelzoo.classmetrics import balanced_accuracy, confusion_matrix
 from edge_node.modelzoo.images import LabelledImage, list_images, load_bgr
 from edge_node.modelzoo.progress import step_progress
 from edge_node.modelzoo.runtime import session
 from edge_node.vision.preprocess import Preprocessor
 
-__all__ = ["ModelFile", "bundle_files", "calibration_names", "evaluate", "select_images", "topk_accuracy"]
+__all__ = [
+    "MAX_CONFUSION_CLASSES",
+    "ModelFile",
+    "bundle_files",
+    "calibration_names",
+    "evaluate",
+    "image_key",
+    "select_images",
+    "topk_accuracy",
+]
 
+MAX_CONFUSION_CLASSES = 50  # rows carry a confusion matrix up to this many classes (not ImageNet's 1000)
 WARMUP_RUNS = 3
 LATENCY_ROUNDS = 5
 LATENCY_RUNS = 20
@@ -54,8 +65,14 @@ def evaluate(
     *,
     threads: int = 2,
     progress: bool = True,
+    frame_side: int | None = None,
 ) -> list[dict[str, object]]:
-    """One row per file: top-1/top-5 (labelled images only), agreement with FP32 and latency."""
+    """One row per file: top-1/top-5 (labelled images only), agreement with FP32 and latency.
+
+    Labelled rows also carry ``balanced_accuracy`` and, up to ``MAX_CONFUSION_CLASSES`` classes, the
+    ``confusion`` matrix (``[true][predicted]`` counts). Top-5 is left out (None) for 5 classes or fewer, where
+    it is always 100 %. ``frame_side`` shrinks large photos as ``load_bgr`` describes.
+    """
     if not images:
         raise BundleError("no images to evaluate on")
     sessions = {f: session(f.path, threads=threads) for f in files}
@@ -66,17 +83,19 @@ def evaluate(
         for _ in range(WARMUP_RUNS):
             sess.run(None, {inputs[f]: np.zeros((1, 3, f.resolution, f.resolution), np.float32)})
     top5: dict[ModelFile, list[npt.NDArray[np.int64]]] = {f: [] for f in files}
+    classes: dict[ModelFile, int] = {}
     latency: dict[ModelFile, list[float]] = {f: [] for f in files}
     last: dict[int, npt.NDArray[np.float32] | npt.NDArray[np.uint8]] = {}
     with step_progress(progress) as bar:
         task = bar.add_task(f"evaluating {len(files)} file(s)", total=len(images))
         for image in images:
-            frame = load_bgr(image.path)
+            frame = load_bgr(image.path, frame_side=frame_side)
             for r, group in by_resolution.items():
                 tensor = preprocessors[r](frame)
                 last[r] = tensor.copy()
                 for f in group:
                     out = sessions[f].run(None, {inputs[f]: tensor})[0]
+                    classes[f] = out.shape[-1]
                     top5[f].append(np.argsort(-out[0])[:5])
             bar.advance(task)
         # Latency is timed apart from decoding, back to back as in the node, and interleaved across files
@@ -100,23 +119,37 @@ def evaluate(
         if f.precision != "fp32" and fp32 is not None:
             agreement = float(np.mean(top[:, 0] == np.stack(top5[fp32])[:, 0]))
         has_labels = bool(labelled.any())
-        rows.append(
-            {
-                "precision": f.precision,
-                "resolution": f.resolution,
-                "file": f.path.name,
-                "size_bytes": f.path.stat().st_size,
-                "images": len(images),
-                "labelled": int(labelled.sum()),
-                "top1": topk_accuracy(top[labelled], labels[labelled], 1) if has_labels else None,
-                "top5": topk_accuracy(top[labelled], labels[labelled], 5) if has_labels else None,
-                "agreement": agreement,
-                "latency_ms_median": statistics.median(latency[f]),
-                "latency_ms_p90": _percentile(latency[f], 90),
-                "threads": threads,
-            }
-        )
+        row: dict[str, object] = {
+            "precision": f.precision,
+            "resolution": f.resolution,
+            "file": f.path.name,
+            "size_bytes": f.path.stat().st_size,
+            "images": len(images),
+            "labelled": int(labelled.sum()),
+            "top1": topk_accuracy(top[labelled], labels[labelled], 1) if has_labels else None,
+            "top5": topk_accuracy(top[labelled], labels[labelled], 5) if has_labels and classes[f] > 5 else None,
+            "agreement": agreement,
+            "latency_ms_median": statistics.median(latency[f]),
+            "latency_ms_p90": _percentile(latency[f], 90),
+            "threads": threads,
+        }
+        if has_labels:
+            row.update(_per_class(top[labelled, 0], labels[labelled], classes[f]))
+        rows.append(row)
     return sorted(rows, key=lambda row: (-int(str(row["resolution"])), str(row["precision"])))
+
+
+def _per_class(predicted: npt.NDArray[np.int64], truth: npt.NDArray[np.int64], num_classes: int) -> dict[str, object]:
+    if int(truth.max()) >= num_classes:
+        raise BundleError(
+            f"the images are labelled with class {int(truth.max())} but the model has {num_classes} outputs: "
+            "are these images for another bundle?"
+        )
+    confusion = confusion_matrix(truth, predicted, num_classes)
+    out: dict[str, object] = {"balanced_accuracy": balanced_accuracy(confusion)}
+    if num_classes <= MAX_CONFUSION_CLASSES:
+        out["confusion"] = confusion.tolist()
+    return out
 
 
 def bundle_files(bundle: Bundle) -> list[ModelFile]:
@@ -127,14 +160,26 @@ def bundle_files(bundle: Bundle) -> list[ModelFile]:
 
 
 def calibration_names(bundle: Bundle) -> set[str]:
-    """File names the bundle was calibrated on (recorded at build time)."""
+    """Images the bundle was calibrated on (recorded at build time): file names, or ``<class>/<file>``."""
     names = bundle.manifest.build.calibration.get("images", [])
     return {str(n) for n in names} if isinstance(names, list) else set()
 
 
-def select_images(folder: Path, *, exclude: Collection[str] = (), limit: int | None = None) -> list[LabelledImage]:
-    """The folder's images minus ``exclude`` (by file name), the first ``limit`` of them."""
-    images = [im for im in list_images(folder) if im.path.name not in exclude]
+def image_key(path: Path) -> str:
+    """``<folder>/<file>``: how trained bundles record calibration images (phone file names repeat across classes)."""
+    return "/".join(path.parts[-2:])
+
+
+def select_images(
+    folder: Path, *, exclude: Collection[str] = (), limit: int | None = None, table: dict[str, int] | None = None
+) -> list[LabelledImage]:
+    """The folder's images minus ``exclude`` (by file name or ``image_key``), the first ``limit`` of them.
+
+    ``table`` labels them (``labels.label_table``); default: ImageNet wnids.
+    """
+    images = [
+        im for im in list_images(folder, table) if im.path.name not in exclude and image_key(im.path) not in exclude
+    ]
     if not images:
         raise BundleError(f"no images left in {folder} after excluding the {len(exclude)} calibration images")
     return images[:limit] if limit else images

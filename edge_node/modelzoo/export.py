@@ -33,7 +33,9 @@ OUTPUT_NAME = "logits"
 OPSET = 18
 
 
-def export_onnx(model: torch.nn.Module, resolution: int, out: Path) -> Path:
+def export_onnx(
+    model: torch.nn.Module, resolution: int, out: Path, *, output_names: Sequence[str] = (OUTPUT_NAME,)
+) -> Path:
     """Export ``model`` with a fixed (1, 3, resolution, resolution) input to a single self-contained file."""
     import torch
 
@@ -49,7 +51,7 @@ def export_onnx(model: torch.nn.Module, resolution: int, out: Path) -> Path:
                 dynamo=True,
                 external_data=False,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=list(output_names),
                 opset_version=OPSET,
             )
     except Exception as exc:  # the exporter raises many internal error types

