@@ -16,12 +16,11 @@ from edge_node.errors import BundleError
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from edge_node.vision.classifier import Classifier  # noqa: E402
-
 from edge_node.modelzoo.archs import ARCHS, create_model, get_arch  # noqa: E402
 from edge_node.modelzoo.backbone import split_model  # noqa: E402
 from edge_node.modelzoo.fit import FitOptions, class_weights, fit, predict  # noqa: E402
 from edge_node.modelzoo.weights import checkpoint_labels, load_state_strict  # noqa: E402
+from edge_node.vision.model import Model  # noqa: E402
 
 # One architecture per timm family in ARCHS (the others differ only in width)
 FAMILIES = ("efficientnet_lite0", "ghostnet_100", "ghostnetv2_100", "mobilenetv3_small_100")
@@ -141,8 +140,9 @@ def test_a_three_class_checkpoint_builds_and_runs(
     assert bundle.manifest.build.weights == "file:bare.pth"
     for precision in ("fp32", "int8"):
         frame = cv2.imread(str(next(photos.rglob("*.jpg"))))
-        result = Classifier(bundle, precision=precision, threads=1).classify(frame, 64)
-        assert result.label in bundle.labels and bundle.labels[result.class_id] == result.label
+        variant = Model(bundle, precision=precision).build(64)
+        result = variant.infer(0, variant.preprocessor(frame), 0.0)
+        assert result.best.label in bundle.labels and bundle.labels[result.best.class_id] == result.best.label
         assert len(result.top_k) == 3
     capsys.readouterr()
     assert main(["model", "eval", str(out), "--images", str(photos), "--no-progress"]) == 0
