@@ -41,7 +41,7 @@ def register(sub: Sub) -> None:
 def _register_build(commands: Sub) -> None:
     from edge_node.modelzoo.archs import ARCHS, DEFAULT_ARCH
 
-    p = commands.add_parser("build", help="export a timm model to a signed ONNX bundle (FP32 and/or INT8)")
+    p = commands.add_parser("build", help="export a timm model to a signed bundle (ONNX/TFLite, FP32/INT8)")
     p.add_argument("--arch", default=DEFAULT_ARCH, choices=sorted(ARCHS), help=f"default: {DEFAULT_ARCH}")
     p.add_argument(
         "--weights",
@@ -57,6 +57,25 @@ def _register_build(commands: Sub) -> None:
     )
     p.add_argument("--calib-limit", type=int, default=100, help="at most this many calibration images")
     p.add_argument("--precision", choices=["fp32", "int8", "both"], default="both")
+    p.add_argument(
+        "--runtime",
+        choices=["onnxruntime", "litert", "both"],
+        default="onnxruntime",
+        help="files for ONNX Runtime (.onnx), LiteRT with XNNPACK (.tflite) or both, so nodes can choose "
+        "(default: onnxruntime)",
+    )
+    p.add_argument(
+        "--reference-images",
+        type=int,
+        default=40,
+        help="real frames with the FP32 answers that nodes check INT8 files on (default 40; 0: none)",
+    )
+    p.add_argument(
+        "--reference-gate",
+        type=float,
+        default=0.9,
+        help="minimum INT8/FP32 top-1 agreement on the reference frames for a node to serve an INT8 file",
+    )
     p.add_argument("--resolutions", type=_resolutions, default=(224, 192, 160), help="default: 224,192,160")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     p.add_argument("--name", help="bundle name (default: the arch)")
@@ -84,7 +103,7 @@ def _register_eval(commands: Sub) -> None:
     p.add_argument("--images", type=Path, required=True, help="<wnid>_*.JPEG files or <wnid>/ folders")
     p.add_argument("--limit", type=int, help="evaluate on the first N images only")
     p.add_argument("--exclude-calibration", action="store_true", help="skip the images the bundle was calibrated on")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (same for every file)")
+    p.add_argument("--threads", type=int, default=2, help="runtime threads (the same for every file)")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows instead of a table")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_eval)
@@ -138,6 +157,9 @@ def _build(args: argparse.Namespace) -> int:
         eval_limit=args.eval_limit,
         progress=not args.no_progress,
         interpolation=args.interpolation,
+        runtime=args.runtime,
+        reference_images=args.reference_images,
+        reference_gate=args.reference_gate,
     )
     out = build_bundle(options, calibration, args.out)
     from edge_node.bundle import open_bundle
@@ -155,19 +177,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from edge_node.bundle import open_bundle
-    from edge_node.modelzoo.evaluate import bundle_files, calibration_names, evaluate, select_images
+    from edge_node.bundle.reference import load_reference
+    from edge_node.modelzoo.evaluate import bundle_files, calibration_names, evaluate, reference_checks, select_images
 
     with tempfile.TemporaryDirectory(prefix="ghostpi-eval-") as tmp:  # where a .tar.gz is unpacked
         bundle = open_bundle(args.bundle, unpack_dir=Path(tmp))
         exclude = calibration_names(bundle) if args.exclude_calibration else set()
         images = select_images(args.images, exclude=exclude, limit=args.limit)
-        rows = evaluate(
-            bundle_files(bundle),
-            images,
-            bundle.manifest.preprocess,
-            threads=args.threads,
-            progress=not args.no_progress,
-        )
+        files = bundle_files(bundle)
+        rows = evaluate(files, images, bundle.manifest.preprocess, threads=args.threads, progress=not args.no_progress)
+        reference = load_reference(bundle)
+        if reference is not None:  # the node's on-device check, on this machine's CPU
+            checks = reference_checks(files, reference, bundle.manifest.preprocess, threads=args.threads)
+            by_name = {f.path.name: check for f, check in checks.items()}
+            for row in rows:
+                if row["file"] in by_name:
+                    row["reference_agreement"] = by_name[str(row["file"])].agreement
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -187,16 +212,19 @@ def _print_rows(rows: list[dict[str, object]], *, title: str) -> None:
         return "-" if value is None else format(float(value), fmt)  # type: ignore[arg-type]
 
     table = Table(title=title)
-    for column in ("file", "precision", "res", "top-1", "top-5", "agree", "median ms", "p90 ms", "MB", "max|Δ|"):
-        table.add_column(column, justify="left" if column in ("file", "precision") else "right")
+    columns = ("file", "runtime", "precision", "res", "top-1", "top-5", "agree", "ref")
+    for column in (*columns, "median ms", "p90 ms", "MB", "max|Δ|"):
+        table.add_column(column, justify="left" if column in ("file", "runtime", "precision") else "right")
     for row in rows:
         table.add_row(
             str(row.get("file", "")),
+            str(row.get("runtime", "onnxruntime")),
             str(row.get("precision", "")),
             str(row.get("resolution", "")),
             pct(row.get("top1")),
             pct(row.get("top5")),
             pct(row.get("agreement")),
+            pct(row.get("reference_agreement")),
             num(row.get("latency_ms_median"), ".1f"),
             num(row.get("latency_ms_p90"), ".1f"),
             num(int(str(row.get("size_bytes", 0))) / 1e6, ".2f"),
