@@ -58,11 +58,14 @@ class LiteRTRecipe:
     float_io: bool = True  # float32 in and out; the Quantize/Dequantize ops run inside the graph
     scopes_to_exclude: tuple[str, ...] = ()  # torch module paths whose ops stay FP32
     ops_to_exclude: tuple[str, ...] = ()  # TFLite op names (e.g. FULLY_CONNECTED) that stay FP32
+    # FP32 compute on INT8 weights: the classifier's int8 logits tied or swapped the top classes too often
+    weight_only_ops: tuple[str, ...] = ("FULLY_CONNECTED",)
 
 
 # Measured per-architecture recipes (docs/quantization.md); anything else gets the default.
 _RECIPES: dict[str, LiteRTRecipe] = {
-    "efficientnet_lite0": LiteRTRecipe(scopes_to_exclude=("blocks.0", "blocks.1")),
+    # The stem conv (named after its fused bn1) and the first two blocks (112 px, 16-24 channels) stay FP32.
+    "efficientnet_lite0": LiteRTRecipe(scopes_to_exclude=("bn1", "blocks.0", "blocks.1")),
 }
 
 
@@ -75,15 +78,15 @@ def litert_recipe_for(arch: str) -> LiteRTRecipe:
 
 
 def scope_regex(module_path: str) -> str:
-    """A regex matching the TFLite ops that ``module_path`` (e.g. ``blocks.0``) produced.
+    """A regex matching the TFLite ops that ``module_path`` (e.g. ``blocks.0``, from the model's root) produced.
 
-    litert-torch names each op's output after the module stack that made it,
-    ``.../torch.nn.modules.container.Sequential_blocks/torch.nn.modules.container.Sequential_0/...``
-    (``<class>_<attribute>`` per level), and fused ops join several such names with ``;``: only the first
-    (the op's own) is matched.
+    litert-torch names each op's output after the module stack that made it, ``<class>_<attribute>`` per
+    level below the ``to_channel_last_io`` wrapper (``..._wrapped/torch.nn.modules.container.Sequential_blocks
+    /torch.nn.modules.container.Sequential_0/...``); fused ops join several such names with ``;``, and only
+    the first (the op's own) is matched.
     """
     parts = "".join(f"/[^/;]*_{re.escape(part)}" for part in module_path.split("."))
-    return f"^[^;]*{parts}(?=[/;]|$)"
+    return f"^[^;]*_wrapped{parts}(?=[/;]|$)"
 
 
 def require_litert_tools() -> None:
@@ -163,6 +166,8 @@ def quantize_tflite(
                 q.update_quantization_recipe(scope_regex(scope), every_op, None, keep_float)
             for op in recipe.ops_to_exclude:
                 q.update_quantization_recipe(".*", qtyping.TFLOperationName(op), None, keep_float)
+            for op in recipe.weight_only_ops:
+                q.add_weight_only_config(".*", qtyping.TFLOperationName(op), 8)
             if recipe.float_io:
                 for io_op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
                     q.update_quantization_recipe(".*", io_op, None, keep_float)
@@ -182,6 +187,7 @@ def quantize_tflite(
         **asdict(recipe),
         "scopes_to_exclude": list(recipe.scopes_to_exclude),
         "ops_to_exclude": list(recipe.ops_to_exclude),
+        "weight_only_ops": list(recipe.weight_only_ops),
         "calibration_images": len(calibration),
         "arch": arch,
     }
