@@ -156,6 +156,13 @@ def quantize_tflite(
     if not calibration:
         raise BundleError("INT8 quantisation needs calibration images; pass at least one")
     recipe = recipe or litert_recipe_for(arch)
+    names = _op_names(fp32_tflite)
+    missing = [scope for scope in recipe.scopes_to_exclude if not any(re.search(scope_regex(scope), n) for n in names)]
+    if missing:
+        raise BundleError(
+            f"the recipe keeps modules {missing} in FP32 but no op of {fp32_tflite.name} carries those module "
+            "paths; convert it with litert-torch (export_tflite), which records them"
+        )
     keep_float = algorithm_manager.AlgorithmName.NO_QUANTIZE
     every_op = qtyping.TFLOperationName.ALL_SUPPORTED
     try:
@@ -178,11 +185,6 @@ def quantize_tflite(
         out.chmod(0o644)  # the quantiser writes it executable
     except (ValueError, RuntimeError, KeyError) as exc:
         raise BundleError(f"INT8 quantisation of {fp32_tflite.name} failed: {exc}") from exc
-    if recipe.scopes_to_exclude and _float_ops(out) == 0:
-        raise BundleError(
-            f"the recipe keeps modules {list(recipe.scopes_to_exclude)} in FP32 but no op of {fp32_tflite.name} "
-            "carries those module paths; convert it with litert-torch, which records them"
-        )
     result: dict[str, object] = {
         **asdict(recipe),
         "scopes_to_exclude": list(recipe.scopes_to_exclude),
@@ -202,16 +204,11 @@ def _input_name(path: Path) -> str:
     return str(next(iter(runner.get_input_details())))
 
 
-def _float_ops(path: Path) -> int:
-    """How many compute ops of an INT8 file still run in FP32 (kept by the recipe)."""
+def _op_names(path: Path) -> list[str]:
+    """Each op's scope as ai-edge-quantizer matches it: the name of its (first) output tensor."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path))
-    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
-    count = 0
-    for op in interpreter._get_ops_details():  # the only per-op view the package has
-        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
-            continue
-        if any(dtypes.get(i) == np.float32 for i in op["outputs"]):
-            count += 1
-    return count
+    tensors = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # the only per-op view the package has
+    return [str(tensors.get(op["outputs"][0], "")) for op in ops if len(op["outputs"])]
