@@ -206,9 +206,12 @@ def _input_name(path: Path) -> str:
 
 def _op_names(path: Path) -> list[str]:
     """Each op's scope as ai-edge-quantizer matches it: the name of its (first) output tensor."""
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(path))
+    # Without XNNPACK, so the graph's own ops are listed rather than the delegate's partitions.
+    interpreter = Interpreter(
+        model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     tensors = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()  # the only per-op view the package has
     return [str(tensors.get(op["outputs"][0], "")) for op in ops if len(op["outputs"])]
