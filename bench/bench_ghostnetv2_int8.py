@@ -1,18 +1,22 @@
-"""GhostNetV2-1.0 at 224 px: FP32 vs INT8 ONNX Runtime latency, measured interleaved in one run.
+"""GhostNetV2-1.0 at 224 px: FP32 vs INT8 on ONNX Runtime and LiteRT (XNNPACK), measured interleaved in one run.
 
 Run: PYTHONPATH=. nice -n 10 .venv/bin/python bench/bench_ghostnetv2_int8.py [--threads 2] [--rounds 15]
-     [--runs 20] [--profile] [--images ../shared/imagenet-sample]
+     [--runs 20] [--profile] [--no-litert] [--images ../shared/imagenet-sample]
 
-Four models from one random-init timm ``ghostnetv2_100`` (seed 0; BatchNorm statistics re-estimated on
+Models from one random-init timm ``ghostnetv2_100`` (seed 0; BatchNorm statistics re-estimated on
 real photos when the ImageNet sample is there, so activation ranges look like a trained net's):
 
 * ``fp32-naive``: timm's module exported as is (dynamo exporter, as ``edge-node model build`` does);
-* ``fp32``: after ``prepare_for_export`` (what a bundle ships as its FP32 file);
+* ``fp32``: after ``prepare_for_export`` (what a bundle ships as its FP32 ONNX file);
 * ``int8-naive``: ``quantize_static`` defaults (QDQ, per-channel, MinMax) on ``fp32-naive``;
-* ``int8``: ``quantize_int8`` on ``fp32`` (the bundle's INT8 file).
+* ``int8``: ``quantize_int8`` on ``fp32`` (the bundle's INT8 ONNX file);
+* ``tflite-fp32`` / ``tflite-int8``: the bundle's TFLite files (``model build --runtime litert``), run by
+  LiteRT with XNNPACK (needs the ``export`` extra; ``--no-litert`` leaves them out).
 
-Each round runs every model ``--runs`` times (batch 1, same thread count, same input) before moving to
-the next, so machine load hits all of them alike; medians of all runs and their ratios are printed.
+Every model runs through ``edge_node.runtimes.open_session``, the node's own sessions. Each round runs every
+model ``--runs`` times (batch 1, same thread count, same input) before moving to the next, so machine load
+hits all of them alike; medians of all runs and their ratios are printed, among them the issue's bars: the
+best INT8 against the shipped ORT FP32 file, and against the best FP32 of either runtime.
 ``--profile`` also prints ONNX Runtime's per-op-type kernel time of ``fp32`` and ``int8``.
 """
 
@@ -31,10 +35,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edge_node.bundle.manifest import Preprocess
+from edge_node.bundle.manifest import Layout, Preprocess
 from edge_node.modelzoo.export import export_onnx
 from edge_node.modelzoo.quantize import quantize_int8
 from edge_node.modelzoo.surgery import prepare_for_export
+from edge_node.runtimes import Session, open_session
 from edge_node.vision.preprocess import Preprocessor
 
 ARCH = "ghostnetv2_100"
@@ -42,9 +47,9 @@ ort.set_default_logger_severity(3)  # the quantiser's own sessions warn about un
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "imagenet-sample"
 
 
-def _tensors(folder: Path, resolution: int, count: int, offset: int) -> list[np.ndarray]:
+def _tensors(folder: Path, resolution: int, count: int, offset: int, layout: Layout = "NCHW") -> list[np.ndarray]:
     files = sorted(folder.glob("*.JPEG"))[offset::5][:count]
-    pre = Preprocessor(Preprocess(), resolution)
+    pre = Preprocessor(Preprocess(), resolution, layout=layout)
     return [np.array(pre(cv2.imread(str(f))), dtype=np.float32) for f in files]
 
 
@@ -116,6 +121,7 @@ def main() -> None:
     ap.add_argument("--images", type=Path, default=SAMPLE, help="photos for BN re-estimation and calibration")
     ap.add_argument("--calibration", type=int, default=32)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-litert", action="store_true", help="ONNX Runtime files only")
     args = ap.parse_args()
 
     r = args.resolution
@@ -126,6 +132,7 @@ def main() -> None:
     else:  # no photos: noise calibration still gives valid (if unrealistic) ranges for a latency test
         rng = np.random.default_rng(0)
         calibration = [rng.standard_normal((1, 3, r, r), dtype=np.float32) for _ in range(args.calibration)]
+    nhwc = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in calibration]  # the same images, NHWC
     model = _model(bn_images)
     with tempfile.TemporaryDirectory(prefix="bench-ghostnetv2-") as tmp:
         work = Path(tmp)
@@ -134,18 +141,28 @@ def main() -> None:
         export_onnx(prepare_for_export(model, ARCH), r, paths["fp32"])
         _naive_int8(paths["fp32-naive"], paths["int8-naive"], calibration)
         recipe = quantize_int8(paths["fp32"], paths["int8"], calibration, arch=ARCH)
+        litert_recipe: dict[str, object] = {}
+        if not args.no_litert:
+            from edge_node.modelzoo.litert_export import export_tflite, quantize_tflite
 
-        x = calibration[0]
-        sessions = {name: _session(p, args.threads) for name, p in paths.items()}
-        for sess in sessions.values():  # warm-up: allocations, prepacking, thread pool start
+            paths["tflite-fp32"], paths["tflite-int8"] = work / "fp32.tflite", work / "int8.tflite"
+            export_tflite(prepare_for_export(model, ARCH), r, paths["tflite-fp32"])
+            litert_recipe = quantize_tflite(paths["tflite-fp32"], paths["tflite-int8"], nhwc, arch=ARCH)
+
+        feeds = {name: nhwc[0] if name.startswith("tflite") else calibration[0] for name in paths}
+        sessions: dict[str, Session] = {
+            name: open_session(p, "litert" if name.startswith("tflite") else "onnxruntime", threads=args.threads)
+            for name, p in paths.items()
+        }
+        for name, sess in sessions.items():  # warm-up: allocations, prepacking, thread pool start
             for _ in range(10):
-                sess.run(None, {"input": x})
+                sess.run(feeds[name])
         times: dict[str, list[float]] = {name: [] for name in sessions}
         for _ in range(args.rounds):
             for name, sess in sessions.items():
                 for _ in range(args.runs):
                     t0 = time.perf_counter()
-                    sess.run(None, {"input": x})
+                    sess.run(feeds[name])
                     times[name].append((time.perf_counter() - t0) * 1e3)
         median = {name: statistics.median(t) for name, t in times.items()}
         print(f"ghostnetv2_100 {r}px, batch 1, {args.threads} threads, {args.rounds} rounds x {args.runs} runs")
@@ -153,14 +170,20 @@ def main() -> None:
         for name, t in times.items():
             size = paths[name].stat().st_size / 1e6
             print(f"{name:12s} {median[name]:10.3f} {float(np.percentile(t, 10)):8.3f} {size:8.2f}")
-        print(f"speed-up int8 vs fp32 (shipped pair):   {median['fp32'] / median['int8']:.2f}x")
-        print(f"speed-up int8 vs fp32-naive:            {median['fp32-naive'] / median['int8']:.2f}x")
-        print(f"speed-up int8-naive vs fp32-naive:      {median['fp32-naive'] / median['int8-naive']:.2f}x")
+        print(f"speed-up int8 vs fp32 (shipped ORT pair):  {median['fp32'] / median['int8']:.2f}x")
+        print(f"speed-up int8 vs fp32-naive:               {median['fp32-naive'] / median['int8']:.2f}x")
+        print(f"speed-up int8-naive vs fp32-naive:         {median['fp32-naive'] / median['int8-naive']:.2f}x")
+        best_int8 = min((n for n in median if n.endswith("int8")), key=median.__getitem__)
+        best_fp32 = min((n for n in median if "fp32" in n), key=median.__getitem__)
+        print(f"best INT8 ({best_int8}) vs shipped ORT FP32 (fp32): {median['fp32'] / median[best_int8]:.2f}x")
+        print(f"best INT8 ({best_int8}) vs best FP32 ({best_fp32}): {median[best_fp32] / median[best_int8]:.2f}x")
         print(f"int8 recipe: {json.dumps(recipe, default=str)}")
+        if litert_recipe:
+            print(f"tflite-int8 recipe: {json.dumps(litert_recipe, default=str)}")
         if args.profile:
             for name in ("fp32", "int8"):
                 print(f"\nORT profile of {name} (kernel ms per inference, by op type):")
-                for op, ms in _profile(paths[name], args.threads, x, 100, work):
+                for op, ms in _profile(paths[name], args.threads, calibration[0], 100, work):
                     print(f"  {op:28s} {ms:7.3f}")
 
 

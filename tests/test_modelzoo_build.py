@@ -66,7 +66,9 @@ def test_build_writes_a_complete_signed_bundle(built: tuple[Path, Path], images:
         ("fp32", RES, f"model_{RES}_fp32.onnx"),
         ("int8", RES, f"model_{RES}_int8.onnx"),
     ]
-    assert set(m.files) == {f"model_{RES}_fp32.onnx", f"model_{RES}_int8.onnx", "labels.txt"}
+    references = {name for name in m.files if name.startswith("reference/")}
+    assert m.reference is not None and references == {image.file for image in m.reference.images}
+    assert set(m.files) - references == {f"model_{RES}_fp32.onnx", f"model_{RES}_int8.onnx", "labels.txt"}
     assert bundle.labels[281] == "tabby"
     assert m.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
     assert m.build.weights == "random"

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from edge_node.bundle import Bundle, open_bundle
+from edge_node.bundle.reference import check_session, load_reference
 from edge_node.errors import MissingExtraError
 from edge_node.modelzoo.demo import demo_bundle_path, ensure_demo_bundle
 from edge_node.modelzoo.runtime import run_logits, session
+from edge_node.runtimes import open_session
 from edge_node.vision.preprocess import Preprocessor
 
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -49,6 +51,7 @@ def test_demo_bundle_sees_a_cat(demo_bundle: Bundle) -> None:
     assert demo_bundle.path == demo_bundle_path()
     m = demo_bundle.manifest
     assert m.precision == "int8" and m.resolutions("int8") == [224, 192, 160] and m.resolutions("fp32") == []
+    assert m.runtimes() == ["litert", "onnxruntime"] and m.resolutions("int8", "litert") == [224, 192, 160]
     # the FP32 files it was quantised from were measured but not shipped
     assert {(r["precision"], r["in_bundle"]) for r in m.metrics} == {("fp32", False), ("int8", True)}
     frame = cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR)
@@ -56,6 +59,27 @@ def test_demo_bundle_sees_a_cat(demo_bundle: Bundle) -> None:
         sess = session(demo_bundle.model_file(resolution, "int8"), threads=2)
         logits = run_logits(sess, np.array(Preprocessor(m.preprocess, resolution)(frame)))
         assert int(logits.argmax()) in CATS, (resolution, demo_bundle.labels[int(logits.argmax())])
+        variant = m.variant(resolution, "int8", "litert")
+        tflite = open_session(demo_bundle.path / variant.file, "litert", threads=2)
+        logits = tflite.run(Preprocessor(m.preprocess, resolution, layout=m.layout(variant))(frame))
+        assert int(logits.argmax()) in CATS, (resolution, "litert", demo_bundle.labels[int(logits.argmax())])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_bundle_int8_files_pass_their_reference_gate_on_this_cpu(demo_bundle: Bundle) -> None:
+    """The node's on-device check, run here: every INT8 file of both runtimes reaches the bundle's gate."""
+    reference = load_reference(demo_bundle)
+    assert reference is not None and len(reference.frames) >= 30
+    size = sum((demo_bundle.path / name).stat().st_size for name in reference.names)
+    assert size < 1_000_000, size  # small enough to travel with every OTA update
+    m = demo_bundle.manifest
+    for v in (v for v in m.variants if v.precision == "int8"):
+        session_ = open_session(demo_bundle.path / v.file, v.runtime, threads=2)
+        result = check_session(
+            reference, v.resolution, session_, Preprocessor(m.preprocess, v.resolution, layout=m.layout(v))
+        )
+        assert result.passed, f"{v.file}: {result.describe()}"
 
 
 @pytest.mark.slow

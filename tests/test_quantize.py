@@ -71,7 +71,9 @@ def _run(path: Path, inputs: list[np.ndarray]) -> np.ndarray:
 
 def test_quantize_int8_gives_a_smaller_model_that_agrees(fp32_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "int8.onnx"
-    recipe = quantize_int8(fp32_model, out, _inputs(24, seed=1), arch="small")
+    recipe = quantize_int8(
+        fp32_model, out, _inputs(24, seed=1), arch="small", recipe=QuantRecipe(weight_only_op_types=())
+    )
     onnx.checker.check_model(str(out))
     graph = onnx.load(str(out)).graph
     int8_weights = [t for t in graph.initializer if t.data_type == TensorProto.INT8]
@@ -124,7 +126,7 @@ def test_exclude_stem_keeps_the_first_conv_in_float(fp32_model: Path, tmp_path: 
     image = graph.input[0].name
     stem = next(n for n in graph.node if image in n.input)
     assert stem.op_type == "Conv"
-    assert recipe["nodes_to_exclude"] == [stem.name]
+    assert stem.name in recipe["nodes_to_exclude"]  # with the weight-only classifier
     weight = next(t for t in graph.initializer if t.name == stem.input[1])
     assert weight.data_type == TensorProto.FLOAT
 
@@ -228,3 +230,41 @@ def test_int8_graph_passes_keep_the_function(tmp_path: Path) -> None:
     assert recipe["flat_resizes"] == 1 and recipe["pooled_convs"] == 1
     recipe = quantize_int8(path, tmp_path / "int8.onnx", _inputs(8, seed=1), arch="other")
     assert recipe["flat_resizes"] == 1 and recipe["pooled_convs"] == 0  # off by default: 4x the conv weights
+
+
+def test_reduce_range_dense_gives_7_bit_weights_to_dense_layers_only(fp32_model: Path, tmp_path: Path) -> None:
+    """7-bit weights cannot saturate x86's int16 pair sums (2 * 255 * 64 < 32768); depthwise keeps 8 bits."""
+    out = tmp_path / "rr.onnx"
+    recipe = quantize_int8(
+        fp32_model, out, _inputs(8, seed=1), arch="small", recipe=QuantRecipe(reduce_range_dense=True)
+    )
+    graph = onnx.load(str(out)).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    peaks = {}
+    for node in graph.node:
+        if node.op_type in ("Conv", "Gemm") and node.input[1] in producer:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            peaks[(node.op_type, group > 1)] = int(np.abs(consts[producer[node.input[1]].input[0]]).max())
+    assert peaks[("Conv", True)] == 127  # the depthwise conv: full 8 bits
+    assert peaks[("Conv", False)] <= 64 and peaks[("Gemm", False)] <= 64
+    assert recipe["reduced_range_weights"] == 4  # stem, left, right, head; fc: weight-only, also 7 bits
+    held_out = _inputs(16, seed=2)
+    assert (_run(fp32_model, held_out).argmax(1) == _run(out, held_out).argmax(1)).mean() >= 0.9
+
+
+def test_weight_only_gemm_computes_in_fp32_on_int8_weights(fp32_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "wo.onnx"
+    recipe = quantize_int8(
+        fp32_model, out, _inputs(8, seed=1), arch="small", recipe=QuantRecipe(weight_only_op_types=("Gemm",))
+    )
+    assert recipe["weight_only"] == 1
+    graph = onnx.load(str(out)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    weight_dq = producer[gemm.input[1]]
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    assert weight_dq.op_type == "DequantizeLinear" and consts[weight_dq.input[0]].dtype == np.int8  # INT8 in the file
+    assert not any(gemm.output[0] in n.input and n.op_type == "QuantizeLinear" for n in graph.node)  # float logits
+    held_out = _inputs(16, seed=2)
+    assert (_run(fp32_model, held_out).argmax(1) == _run(out, held_out).argmax(1)).mean() >= 0.9

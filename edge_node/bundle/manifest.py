@@ -30,8 +30,11 @@ __all__ = [
     "SIGNATURE",
     "BuildInfo",
     "FileEntry",
+    "Layout",
     "Manifest",
     "Preprocess",
+    "ReferenceImage",
+    "ReferenceInfo",
     "Variant",
     "file_digest",
     "read_manifest",
@@ -43,6 +46,7 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 
 Precision = Literal["fp32", "int8"]
+Layout = Literal["NCHW", "NHWC"]
 
 
 class _Model(BaseModel):
@@ -71,7 +75,7 @@ class Preprocess(_Model):
     interpolation: Literal["linear", "area", "cubic"] = "linear"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    layout: Layout = "NCHW"  # a variant may override it (TFLite files take NHWC)
     input_dtype: Literal["float32", "uint8"] = "float32"  # uint8: the model normalises itself
 
     @field_validator("std")
@@ -89,6 +93,7 @@ class Variant(_Model):
     precision: Precision
     file: str
     runtime: Runtime = "onnxruntime"  # bundles made before LiteRT support list ONNX files only
+    layout: Layout | None = None  # None: the bundle's preprocess.layout
 
     _file = field_validator("file")(classmethod(lambda cls, v: _safe_name(v)))
 
@@ -99,6 +104,28 @@ class Variant(_Model):
         if data.get("runtime") == "onnxruntime":
             del data["runtime"]
         return data
+
+
+class ReferenceImage(_Model):
+    """One reference frame and the FP32 model's top-5 class ids for it at every resolution, best first."""
+
+    file: str
+    top5: dict[int, list[int]]  # resolution -> class ids
+    origin: str = ""  # the photo it was cut from
+
+    _file = field_validator("file")(classmethod(lambda cls, v: _safe_name(v)))
+
+
+class ReferenceInfo(_Model):
+    """Real images with the FP32 model's answers, so a node can check an INT8 file on its own CPU.
+
+    ``min_agreement`` is the gate: the share of images whose INT8 top-1 must equal the FP32 top-1.
+    """
+
+    images: list[ReferenceImage] = Field(min_length=1)
+    min_agreement: float = Field(gt=0.0, le=1.0)
+    source: str = ""  # where the images came from (the build's image folder and split)
+    outputs: str = "torch"  # what computed the FP32 answers: the PyTorch model the files were checked against
 
 
 class FileEntry(_Model):
@@ -129,6 +156,7 @@ class Manifest(_Model):
     files: dict[str, FileEntry]
     metrics: list[dict[str, object]] = Field(default_factory=list)
     build: BuildInfo
+    reference: ReferenceInfo | None = None  # bundles made before reference sets have none
 
     _labels = field_validator("labels")(classmethod(lambda cls, v: _safe_name(v)))
 
@@ -152,10 +180,18 @@ class Manifest(_Model):
     def _consistent(self) -> Manifest:
         listed = set(self.files)
         missing = {v.file for v in self.variants} - listed
+        if self.reference is not None:
+            missing |= {image.file for image in self.reference.images} - listed
         if self.labels not in listed:
             missing.add(self.labels)
         if missing:
             raise ValueError(f"files referenced but not hashed in 'files': {sorted(missing)}")
+        if self.reference is not None:
+            wanted = {v.resolution for v in self.variants}
+            for image in self.reference.images:
+                if not wanted <= set(image.top5):
+                    absent = sorted(wanted - set(image.top5))
+                    raise ValueError(f"reference image {image.file} has no FP32 answer at {absent}")
         if not any(v.precision == self.precision for v in self.variants):
             raise ValueError(f"no variant has the default precision {self.precision}")
         return self
@@ -178,6 +214,10 @@ class Manifest(_Model):
             f"bundle {self.name} {self.version} has no {runtime} {precision} model at {resolution}px; "
             f"it has {[(v.runtime, v.precision, v.resolution) for v in self.variants]}"
         )
+
+    def layout(self, variant: Variant) -> Layout:
+        """The tensor layout ``variant``'s file takes: its own, else the bundle's."""
+        return variant.layout or self.preprocess.layout
 
     def to_bytes(self) -> bytes:
         """Canonical bytes: what gets signed and written as manifest.json."""

@@ -1,4 +1,8 @@
-"""``edge-node model build``: weights -> checked ONNX files per resolution and precision -> a bundle.
+"""``edge-node model build``: weights -> checked model files per runtime, resolution and precision -> a bundle.
+
+ONNX files run on ONNX Runtime, TFLite files (``--runtime litert|both``) on LiteRT with XNNPACK; every FP32
+file is compared with PyTorch on real images, and every bundle carries a reference set (real frames with the
+FP32 answers) so that nodes can check INT8 files on their own CPU.
 
 The bundle is assembled in a hidden staging directory beside ``out`` and renamed into place at the end, so an
 interrupted build never leaves a half bundle where the node (or the demo cache) would find it.
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -24,29 +28,57 @@ import numpy.typing as npt
 from edge_node.bundle.manifest import (
     MANIFEST,
     BuildInfo,
+    Layout,
     Manifest,
     Preprocess,
+    ReferenceInfo,
     Variant,
     file_digest,
 )
+from edge_node.bundle.reference import read_reference
 from edge_node.bundle.signing import load_private_key, sign_bundle
 from edge_node.errors import BundleError, MissingExtraError
 from edge_node.modelzoo.archs import DEFAULT_ARCH, create_model, get_arch, preprocess_spec
 from edge_node.modelzoo.calibration import CalibrationSet
-from edge_node.modelzoo.evaluate import ModelFile, evaluate
+from edge_node.modelzoo.evaluate import ModelFile, evaluate, reference_checks
 from edge_node.modelzoo.export import INPUT_NAME, export_onnx, max_abs_diff, torch_logits
 from edge_node.modelzoo.labels import IMAGENET_LABELS, imagenet_labels
 from edge_node.modelzoo.progress import stderr, step_progress
+from edge_node.modelzoo.reference import make_reference
 from edge_node.modelzoo.weights import load_weights
+from edge_node.runtimes import Runtime
 from edge_node.vision.preprocess import Preprocessor
 
-__all__ = ["BuildOptions", "TrainedFrom", "build_bundle", "check_int8_gate", "model_file_name", "quiet_third_party"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "BuildOptions",
+    "TrainedFrom",
+    "build_bundle",
+    "check_int8_gate",
+    "model_file_name",
+    "quiet_third_party",
+    "runtimes_for",
+]
 
 log = logging.getLogger(__name__)
 
 CHECK_IMAGES = 8  # real images every export is compared on
-_CHATTY = ("onnx_ir", "onnxscript", "torch", "onnxruntime")
-TOOLCHAIN = ("ghostpi-edge-node", "torch", "timm", "onnx", "onnxscript", "onnxruntime", "numpy")
+_CHATTY = ("onnx_ir", "onnxscript", "torch", "onnxruntime", "jax", "absl", "litert_torch", "ai_edge_quantizer")
+TOOLCHAIN = (
+    "ghostpi-edge-node",
+    "torch",
+    "timm",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "litert-torch",
+    "ai-edge-quantizer",
+    "ai-edge-litert",
+    "numpy",
+)
+_SUFFIX: dict[Runtime, str] = {"onnxruntime": "onnx", "litert": "tflite"}
 
 
 @dataclass(frozen=True)
@@ -78,10 +110,18 @@ class BuildOptions:
     frame_side: int | None = None  # shrink larger held-out photos like a camera frame (images.shrink_to_frame)
     int8_max_drop: float | None = None  # fail when INT8 top-1 is more than this below FP32 (see check_int8_gate)
     trained: TrainedFrom | None = None
+    runtime: Literal["onnxruntime", "litert", "both"] = "onnxruntime"
+    reference_images: int = 40  # 0: no reference set
+    reference_gate: float = 0.9  # minimum INT8/FP32 top-1 agreement on the reference set, checked by the node
 
 
-def model_file_name(resolution: int, precision: str) -> str:
-    return f"model_{resolution}_{precision}.onnx"
+def model_file_name(resolution: int, precision: str, runtime: Runtime = "onnxruntime") -> str:
+    return f"model_{resolution}_{precision}.{_SUFFIX[runtime]}"
+
+
+def runtimes_for(choice: str) -> tuple[Runtime, ...]:
+    """``--runtime onnxruntime|litert|both`` as the runtimes to build files for."""
+    return ("onnxruntime", "litert") if choice == "both" else (choice,)  # type: ignore[return-value]
 
 
 def build_bundle(options: BuildOptions, calibration: CalibrationSet, out: Path) -> Path:
@@ -97,6 +137,10 @@ def build_bundle(options: BuildOptions, calibration: CalibrationSet, out: Path) 
         raise BundleError("no calibration images; pass --calib DIR with a few dozen photos")
     if len(set(options.resolutions)) != len(options.resolutions) or not options.resolutions:
         raise BundleError(f"--resolutions must list distinct sizes, got {list(options.resolutions)}")
+    if "litert" in runtimes_for(options.runtime):
+        from edge_node.modelzoo.litert_export import require_litert_tools
+
+        require_litert_tools()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -116,7 +160,6 @@ def build_bundle(options: BuildOptions, calibration: CalibrationSet, out: Path) 
 def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration: CalibrationSet) -> None:
     import torch
 
-    from edge_node.modelzoo.quantize import quantize_int8
     from edge_node.modelzoo.surgery import prepare_for_export
 
     arch = get_arch(options.arch)
@@ -137,31 +180,47 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
     spec = preprocess_spec(model, interpolation=options.interpolation)
     want_int8 = options.precision in ("int8", "both")
     ship_fp32 = options.precision in ("fp32", "both")
+    runtimes = runtimes_for(options.runtime)
     files: list[ModelFile] = []
     metrics: dict[str, dict[str, object]] = {}
-    recipes: dict[int, dict[str, object]] = {}
-    steps = len(options.resolutions) * (2 if want_int8 else 1)
+    recipes: dict[Runtime, dict[int, dict[str, object]]] = {rt: {} for rt in runtimes}
+    steps = len(options.resolutions) * (2 if want_int8 else 1) * len(runtimes)
     with step_progress(options.progress) as bar:
         task = bar.add_task("exporting", total=steps)
         for r in options.resolutions:
-            tensors = _tensors(calibration.frames, spec, r)
-            check = tensors[:CHECK_IMAGES]
-            reference = torch_logits(model, check)
-            fp32 = (staging if ship_fp32 else scratch) / model_file_name(r, "fp32")
-            bar.update(task, description=f"{r}px: export fp32")
-            export_onnx(model, r, fp32)
-            diff = max_abs_diff(fp32, reference, check, tolerance=options.tolerance)
-            files.append(ModelFile("fp32", r, fp32))
-            metrics[fp32.name] = {"max_abs_diff_vs_torch": diff, "in_bundle": ship_fp32}
-            bar.advance(task)
-            if want_int8:
-                bar.update(task, description=f"{r}px: quantise int8 on {len(tensors)} images")
-                int8 = staging / model_file_name(r, "int8")
-                recipes[r] = quantize_int8(fp32, int8, tensors, arch=arch.name)
-                diff = max_abs_diff(int8, reference, check, tolerance=float("inf"))
-                files.append(ModelFile("int8", r, int8))
-                metrics[int8.name] = {"max_abs_diff_vs_torch": diff, "in_bundle": True}
+            for runtime in runtimes:
+                layout: Layout = "NHWC" if runtime == "litert" else spec.layout
+                tensors = _tensors(calibration.frames, spec, r, layout)
+                check = tensors[:CHECK_IMAGES]
+                reference = torch_logits(model, check)
+                fp32 = (staging if ship_fp32 else scratch) / model_file_name(r, "fp32", runtime)
+                bar.update(task, description=f"{r}px: export {runtime} fp32")
+                _export(model, r, fp32, runtime)
+                diff = max_abs_diff(fp32, reference, check, tolerance=options.tolerance, runtime=runtime)
+                files.append(ModelFile("fp32", r, fp32, runtime, _variant_layout(runtime)))
+                metrics[fp32.name] = {"max_abs_diff_vs_torch": diff, "in_bundle": ship_fp32}
                 bar.advance(task)
+                if want_int8:
+                    bar.update(task, description=f"{r}px: quantise {runtime} int8 on {len(tensors)} images")
+                    int8 = staging / model_file_name(r, "int8", runtime)
+                    recipes[runtime][r] = _quantize(fp32, int8, tensors, arch.name, runtime, options.threads)
+                    diff = max_abs_diff(int8, reference, check, tolerance=float("inf"), runtime=runtime)
+                    files.append(ModelFile("int8", r, int8, runtime, _variant_layout(runtime)))
+                    metrics[int8.name] = {"max_abs_diff_vs_torch": diff, "in_bundle": True}
+                    bar.advance(task)
+    reference_info = None
+    if options.reference_images > 0:
+        with stderr.status("choosing the reference set"):
+            reference_info = make_reference(
+                model,
+                spec,
+                options.resolutions,
+                calibration,
+                staging,
+                count=options.reference_images,
+                min_agreement=options.reference_gate,
+            )
+        _check_reference(files, staging, reference_info, spec, options.threads, metrics)
     held_out = calibration.held_out[: options.eval_limit] if options.eval_limit else calibration.held_out
     if held_out:
         stderr.print(f"measuring accuracy on {len(held_out)} held-out images (not used for calibration)")
@@ -177,6 +236,7 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
     else:
         (staging / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     shipped = [f for f in files if f.path.parent == staging]
+    extra_files = ["labels.txt", *(i.file for i in (reference_info.images if reference_info else []))]
     manifest = Manifest(
         name=options.name or arch.name,
         version=options.version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S"),
@@ -186,8 +246,13 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
         labels="labels.txt",
         input_name=INPUT_NAME,
         preprocess=spec,
-        variants=[Variant(resolution=f.resolution, precision=f.precision, file=f.path.name) for f in shipped],
-        files={name: file_digest(staging / name) for name in [*(f.path.name for f in shipped), "labels.txt"]},
+        variants=[
+            Variant(
+                resolution=f.resolution, precision=f.precision, file=f.path.name, runtime=f.runtime, layout=f.layout
+            )
+            for f in shipped
+        ],
+        files={name: file_digest(staging / name) for name in [*(f.path.name for f in shipped), *extra_files]},
         metrics=[_metric_row(f, metrics[f.path.name]) for f in files],
         build=BuildInfo(
             created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -197,6 +262,7 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
             dataset=options.trained.dataset if options.trained else {},
             training=options.trained.training if options.trained else {},
         ),
+        reference=reference_info,
     )
     (staging / MANIFEST).write_bytes(manifest.to_bytes())
     if options.sign_key is not None:
@@ -248,27 +314,79 @@ def quiet_third_party() -> Iterator[None]:
 
 
 def _tensors(
-    frames: Sequence[npt.NDArray[np.uint8]], spec: Preprocess, resolution: int
+    frames: Sequence[npt.NDArray[np.uint8]], spec: Preprocess, resolution: int, layout: Layout | None = None
 ) -> list[npt.NDArray[np.float32]]:
     """Calibration tensors made by the node's own Preprocessor (copied: it reuses one buffer)."""
-    preprocess = Preprocessor(spec, resolution)
+    preprocess = Preprocessor(spec, resolution, layout=layout)
     return [np.array(preprocess(frame), dtype=np.float32) for frame in frames]
 
 
+def _variant_layout(runtime: Runtime) -> Layout | None:
+    """TFLite files take NHWC (no transposes in the graph); ONNX files the bundle's NCHW."""
+    return "NHWC" if runtime == "litert" else None
+
+
+def _export(model: torch.nn.Module, resolution: int, out: Path, runtime: Runtime) -> None:
+    if runtime == "litert":
+        from edge_node.modelzoo.litert_export import export_tflite
+
+        export_tflite(model, resolution, out)
+    else:
+        export_onnx(model, resolution, out)
+
+
+def _quantize(
+    fp32: Path, out: Path, tensors: list[npt.NDArray[np.float32]], arch: str, runtime: Runtime, threads: int
+) -> dict[str, object]:
+    if runtime == "litert":
+        from edge_node.modelzoo.litert_export import quantize_tflite
+
+        return quantize_tflite(fp32, out, tensors, arch=arch, threads=threads)
+    from edge_node.modelzoo.quantize import quantize_int8
+
+    return quantize_int8(fp32, out, tensors, arch=arch)
+
+
+def _check_reference(
+    files: Sequence[ModelFile],
+    staging: Path,
+    info: ReferenceInfo,
+    spec: Preprocess,
+    threads: int,
+    metrics: dict[str, dict[str, object]],
+) -> None:
+    """Run every INT8 file on the reference set, as a node will, and record (and report) its agreement."""
+    for f, result in reference_checks(files, read_reference(staging, info), spec, threads=threads).items():
+        metrics[f.path.name]["reference_agreement"] = result.agreement
+        if not result.passed:
+            stderr.print(f"[yellow]warning:[/] {f.path.name} {result.describe()} on this machine")
+
+
 def _metric_row(f: ModelFile, measured: dict[str, object]) -> dict[str, object]:
-    row: dict[str, object] = {"file": f.path.name, "precision": f.precision, "resolution": f.resolution}
+    row: dict[str, object] = {
+        "file": f.path.name,
+        "runtime": f.runtime,
+        "precision": f.precision,
+        "resolution": f.resolution,
+    }
     row.update(measured)
     row["size_bytes"] = f.path.stat().st_size
     return row
 
 
-def _calibration_info(calibration: CalibrationSet, recipes: dict[int, dict[str, object]]) -> dict[str, object]:
+def _calibration_info(
+    calibration: CalibrationSet, recipes: dict[Runtime, dict[int, dict[str, object]]]
+) -> dict[str, object]:
+    """The calibration set and the INT8 recipe of each runtime (``recipe`` for ONNX, ``litert_recipe``)."""
     info = calibration.describe()
-    if recipes:
-        first = next(iter(recipes.values()))
-        info["recipe"] = first
-        if any(r != first for r in recipes.values()):
-            info["recipes_by_resolution"] = {str(k): v for k, v in recipes.items()}
+    for runtime, by_resolution in recipes.items():
+        if not by_resolution:
+            continue
+        key = "recipe" if runtime == "onnxruntime" else f"{runtime}_recipe"
+        first = next(iter(by_resolution.values()))
+        info[key] = first
+        if any(r != first for r in by_resolution.values()):
+            info[f"{key}s_by_resolution"] = {str(k): v for k, v in by_resolution.items()}
     return info
 
 

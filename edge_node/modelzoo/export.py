@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_node.errors import BundleError
-from edge_node.modelzoo.runtime import run_logits, session
+from edge_node.runtimes import Runtime, open_session
 
 if TYPE_CHECKING:
     import torch
@@ -61,25 +61,32 @@ def export_onnx(
 
 
 def torch_logits(model: torch.nn.Module, inputs: Sequence[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
-    """PyTorch logits for a list of (1, 3, R, R) inputs, stacked to (N, classes)."""
+    """PyTorch logits for a list of (1, 3, R, R) inputs (or NHWC (1, R, R, 3)), stacked to (N, classes)."""
     import torch
 
     with torch.no_grad():
         batch = torch.from_numpy(np.concatenate(list(inputs)))
+        if batch.shape[-1] == 3 and batch.shape[1] != 3:  # NHWC
+            batch = batch.permute(0, 3, 1, 2).contiguous()
         return np.asarray(model(batch).numpy(), dtype=np.float32)
 
 
 def max_abs_diff(
-    onnx_path: Path, reference: npt.NDArray[np.float32], inputs: Sequence[npt.NDArray[np.float32]], *, tolerance: float
+    path: Path,
+    reference: npt.NDArray[np.float32],
+    inputs: Sequence[npt.NDArray[np.float32]],
+    *,
+    tolerance: float,
+    runtime: Runtime = "onnxruntime",
 ) -> float:
-    """Largest |ORT - PyTorch| logit over ``inputs``; raise BundleError above ``tolerance``."""
-    sess = session(onnx_path, threads=2)
-    got = np.concatenate([run_logits(sess, x) for x in inputs])
+    """Largest |runtime - PyTorch| logit over ``inputs``; raise BundleError above ``tolerance``."""
+    sess = open_session(path, runtime, threads=2)
+    got = np.concatenate([sess.run(x) for x in inputs])
     diff = float(np.max(np.abs(got - reference)))
     if not np.isfinite(diff) or diff > tolerance:
         raise BundleError(
-            f"{onnx_path.name}: ONNX Runtime differs from PyTorch by {diff:.3g} (tolerance {tolerance:.3g}) on "
+            f"{path.name}: {runtime} differs from PyTorch by {diff:.3g} (tolerance {tolerance:.3g}) on "
             "real images; the export is wrong, refusing to ship it"
         )
-    log.info("%s vs PyTorch on %d real images: max |diff| %.3g", onnx_path.name, len(inputs), diff)
+    log.info("%s vs PyTorch on %d real images: max |diff| %.3g", path.name, len(inputs), diff)
     return diff

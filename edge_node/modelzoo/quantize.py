@@ -9,6 +9,9 @@ preprocessed images. On top of ORT's defaults:
   optionally AveragePool(2x2) folded into the following 1x1 Conv;
 * Concat inputs share the output's quantisation range, so ONNX Runtime's QLinearConcat copies bytes
   instead of requantising each input through a lookup table (what TFLite does as well);
+* recipes that hold on x86 without VNNI: 7-bit weights for every dense (not depthwise) Conv and Gemm, whose
+  U8S8 kernels there add u8*s8 pairs into a saturating int16 (``reduced_range_overrides``), and a classifier
+  with float logits on INT8 weights (``weight_only``), because UINT8 logits tie or swap the top classes;
 * per-architecture recipes (``recipe_for``): calibration method and nodes kept in FP32.
 
 Calibration runs once; its tensor ranges are cached and re-used for the final quantisation pass that
@@ -47,6 +50,8 @@ __all__ = [
     "pooled_convs",
     "quantize_int8",
     "recipe_for",
+    "reduced_range_overrides",
+    "weight_only",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,13 @@ class QuantRecipe:
     op_types_to_exclude: tuple[str, ...] = ()  # resolved to node names against the FP32 graph
     exclude_stem: bool = False  # keep the node(s) reading the image input in FP32
     scopes_to_exclude: tuple[str, ...] = ()  # torch module paths (dynamo exports record them) kept in FP32
+    # Op types left with float outputs, on INT8 weights (DequantizeLinear in the file): the classifier's UINT8
+    # logits tie or swap the top classes, while its 1.3 M FP32 weights would double the file.
+    weight_only_op_types: tuple[str, ...] = ("Gemm",)
+    # 7-bit weights for convolutions that are not depthwise (and Gemm/MatMul): ORT's x86 U8S8 GEMM kernels
+    # without VNNI add pairs of u8*s8 products in int16 (VPMADDUBSW), which saturates with 8-bit weights;
+    # 7 bits cannot (2 * 255 * 64 < 32768). Depthwise kernels widen to 16 bits first and keep 8-bit weights.
+    reduce_range_dense: bool = True
     percentile: float = 99.999
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -80,9 +92,10 @@ _RECIPES: dict[str, QuantRecipe] = {
     # GhostNet(V2): the DFC branch's pool folded into its conv (INT8 ~7 % faster, INT8 file ~35 % larger).
     "ghostnet": QuantRecipe(pooled_convs=True),
     # The first two blocks (112 px, 16-24 channels) stay FP32 (0.2 % of the weights) and activation ranges
-    # clip the 0.01 % tails: >= 97.4 % top-1 agreement with FP32 at 224, 192 and 160 px.
+    # clip the 0.01 % tails (docs/quantization.md has the figures, with and without VNNI).
+    # On top of the defaults (7-bit dense weights, float-output classifier): the stem conv stays FP32 too.
     "efficientnet_lite0": QuantRecipe(
-        method="Percentile", percentile=99.99, scopes_to_exclude=("blocks.0", "blocks.1")
+        method="Percentile", percentile=99.99, scopes_to_exclude=("blocks.0", "blocks.1"), exclude_stem=True
     ),
 }
 
@@ -130,6 +143,28 @@ def concat_range_overrides(model: onnx.ModelProto, ranges: TensorsData) -> dict[
         for name in node.input:
             if name in ranges and uses[name] == 1:
                 overrides[name] = [{"rmin": low, "rmax": high}]
+    return overrides
+
+
+def reduced_range_overrides(model: onnx.ModelProto, excluded: Sequence[str] = ()) -> dict[str, list[dict[str, object]]]:
+    """TensorQuantOverrides giving the weights of every non-depthwise Conv, Gemm and MatMul 7-bit range.
+
+    One dict per output channel (ORT wants as many as the per-channel axis has), all alike.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    skip = set(excluded)
+    overrides: dict[str, list[dict[str, object]]] = {}
+    for node in model.graph.node:
+        if node.name in skip or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        weight = inits.get(node.input[1])
+        if weight is None or len(weight.dims) < 2:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv" and attrs.get("group", 1) != 1:
+            continue  # depthwise (grouped): ORT's kernels for it do not saturate
+        axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and attrs.get("transB", 0)) else 1
+        overrides[weight.name] = [{"reduce_range": True, "axis": axis} for _ in range(weight.dims[axis])]
     return overrides
 
 
@@ -272,6 +307,47 @@ def pooled_convs(model: onnx.ModelProto) -> int:
     return len(drop)
 
 
+def weight_only(model: onnx.ModelProto, op_types: Sequence[str], *, reduce_range: bool = False) -> int:
+    """Store the FP32 weights of unquantised ``op_types`` nodes (Gemm, MatMul, Conv) as INT8 + DequantizeLinear.
+
+    Symmetric, per output channel, in place; ``reduce_range``: 7 bits. The node's output stays float (ORT may
+    still run it as a QGemm with a float output when its input comes from a DequantizeLinear, hence 7 bits
+    where 8 could saturate). Returns the number of weights rewritten.
+    """
+    peak = 64.0 if reduce_range else 127.0
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in model.graph.node:
+        weight = node.input[1] if node.op_type in op_types and len(node.input) > 1 else ""
+        if weight in inits and readers[weight] == 1 and inits[weight].data_type == onnx.TensorProto.FLOAT:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            w = numpy_helper.to_array(inits[weight])
+            axis = 1 if node.op_type == "MatMul" or (node.op_type == "Gemm" and not attrs.get("transB", 0)) else 0
+            reduce = tuple(i for i in range(w.ndim) if i != axis)
+            scale = (np.abs(w).max(axis=reduce) / peak).astype(np.float32)
+            scale[scale == 0] = 1.0
+            q = np.clip(np.rint(w / np.expand_dims(scale, reduce)), -peak, peak).astype(np.int8)
+            names = (f"{weight}_wq", f"{weight}_wscale", f"{weight}_wzero")
+            inits[weight].CopyFrom(numpy_helper.from_array(q, names[0]))
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(scale, names[1]),
+                    numpy_helper.from_array(np.zeros_like(q, shape=scale.shape), names[2]),
+                ]
+            )
+            nodes.append(helper.make_node("DequantizeLinear", list(names), [weight], name=f"{weight}_dq", axis=axis))
+            count += 1
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return count
+
+
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     """Static tensor shapes from ONNX shape inference (dims that are not plain numbers are left out)."""
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -292,7 +368,9 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
 
 def _excluded_nodes(model: onnx.ModelProto, recipe: QuantRecipe) -> list[str]:
     names = list(recipe.nodes_to_exclude)
-    names += [n.name for n in model.graph.node if n.op_type in recipe.op_types_to_exclude]
+    names += [
+        n.name for n in model.graph.node if n.op_type in (*recipe.op_types_to_exclude, *recipe.weight_only_op_types)
+    ]
     if recipe.exclude_stem:
         image = model.graph.input[0].name
         names += [n.name for n in model.graph.node if image in n.input]
@@ -357,6 +435,9 @@ def quantize_int8(
         "calibrate_method": CalibrationMethod[recipe.method],
     }
     overrides: dict[str, list[dict[str, object]]] = {}
+    reduced = reduced_range_overrides(model, excluded) if recipe.reduce_range_dense else {}
+    if reduced:
+        extra["TensorQuantOverrides"] = reduced
     try:
         with tempfile.TemporaryDirectory(prefix="edge-quant-") as tmp:
             cache = Path(tmp) / "calibration.json"
@@ -367,10 +448,15 @@ def quantize_int8(
             if recipe.share_concat_ranges:
                 overrides = concat_range_overrides(model, load_tensors_data(cache))
                 if overrides:  # second pass: ranges from the cache, no new calibration
-                    extra["TensorQuantOverrides"] = overrides
+                    extra["TensorQuantOverrides"] = {**reduced, **overrides}
                     quantize_static(
                         str(source), str(out), None, extra_options=extra, calibration_cache_path=cache, **kwargs
                     )
+        weights_only = 0
+        if recipe.weight_only_op_types:
+            quantized = onnx.load(str(out))
+            weights_only = weight_only(quantized, recipe.weight_only_op_types, reduce_range=recipe.reduce_range_dense)
+            onnx.save(quantized, str(out))
     except (ValueError, RuntimeError, KeyError) as exc:
         raise BundleError(f"INT8 quantisation of {fp32_onnx.name} failed: {exc}") from exc
     result: dict[str, object] = {
@@ -379,6 +465,9 @@ def quantize_int8(
         "nodes_to_exclude": excluded,
         "op_types_to_exclude": list(recipe.op_types_to_exclude),
         "scopes_to_exclude": list(recipe.scopes_to_exclude),
+        "weight_only_op_types": list(recipe.weight_only_op_types),
+        "weight_only": weights_only,
+        "reduced_range_weights": len(reduced),
         "shared_concat_inputs": len(overrides),
         "reduce_mean_to_global_pool": pools,
         "flat_resizes": resizes,

@@ -37,7 +37,7 @@ _HEADER_CHARS = 10  # confusion matrix column headers are cut to this many chara
 def results_console() -> Console:
     console = Console()
     if not console.is_terminal:  # piped or captured: rich would squeeze the table into 80 columns
-        console = Console(width=140)
+        console = Console(width=170)
     return console
 
 
@@ -50,20 +50,26 @@ def _num(value: object, fmt: str) -> str:
 
 
 def print_rows(rows: Sequence[dict[str, object]], *, title: str) -> None:
-    """One line per model file: accuracy, agreement, latency, size, export check."""
+    """One line per model file: accuracy, agreement (with FP32 and on the reference set), latency, size, export
+    check."""
     table = Table(title=title)
-    columns = ("file", "precision", "res", "top-1", "balanced", "top-5", "agree", "median ms", "p90 ms", "MB", "max|Δ|")
+    columns = (
+        "file", "runtime", "precision", "res", "top-1", "balanced", "top-5", "agree", "ref",
+        "median ms", "p90 ms", "MB", "max|Δ|",
+    )  # fmt: skip
     for column in columns:
-        table.add_column(column, justify="left" if column in ("file", "precision") else "right")
+        table.add_column(column, justify="left" if column in ("file", "runtime", "precision") else "right")
     for row in rows:
         table.add_row(
             str(row.get("file", "")),
+            str(row.get("runtime", "onnxruntime")),
             str(row.get("precision", "")),
             str(row.get("resolution", "")),
             _pct(row.get("top1")),
             _pct(row.get("balanced_accuracy")),
             _pct(row.get("top5")),
             _pct(row.get("agreement")),
+            _pct(row.get("reference_agreement")),
             _num(row.get("latency_ms_median"), ".1f"),
             _num(row.get("latency_ms_p90"), ".1f"),
             _num(int(str(row.get("size_bytes", 0))) / 1e6, ".2f"),

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge_node.bundle.manifest import Preprocess
+from edge_node.bundle.manifest import Layout, Preprocess
 
 __all__ = ["Preprocessor", "center_square"]
 
@@ -31,12 +31,14 @@ class Preprocessor:
     """Callable turning a BGR uint8 frame into the model's input; one instance per resolution, used by one thread.
 
     ``preprocessor(frame, out)`` writes into ``out`` (from :meth:`new_output`); without ``out`` it writes into its
-    own buffer and returns it, so copy that if you keep it past the next call.
+    own buffer and returns it, so copy that if you keep it past the next call. ``layout`` overrides
+    ``spec.layout`` (a bundle's variants may differ: TFLite files take NHWC).
     """
 
-    def __init__(self, spec: Preprocess, resolution: int) -> None:
+    def __init__(self, spec: Preprocess, resolution: int, *, layout: Layout | None = None) -> None:
         self.spec = spec
         self.resolution = resolution
+        self.layout: Layout = layout or spec.layout
         self._interp = _INTERP[spec.interpolation]
         r = resolution
         self._crop: npt.NDArray[np.uint8] = np.empty((r, r, 3), np.uint8)
@@ -44,7 +46,7 @@ class Preprocessor:
         # OpenCV frames are BGR; model channel c reads frame channel _order[c].
         self._order = (2, 1, 0) if spec.color == "RGB" else (0, 1, 2)
         self._dtype = np.uint8 if spec.input_dtype == "uint8" else np.float32
-        self._shape = (1, r, r, 3) if spec.layout == "NHWC" else (1, 3, r, r)
+        self._shape = (1, r, r, 3) if self.layout == "NHWC" else (1, 3, r, r)
         self._out: Tensor = self.new_output()
         mean = np.asarray(spec.mean, np.float32)
         std = np.asarray(spec.std, np.float32)
@@ -68,7 +70,7 @@ class Preprocessor:
     def __call__(self, frame: npt.NDArray[np.uint8], out: Tensor | None = None) -> Tensor:
         crop = self.crop(frame)
         out = self._out if out is None else out
-        if self.spec.layout == "NHWC":
+        if self.layout == "NHWC":
             out[0] = crop[:, :, ::-1] if self._order[0] == 2 else crop  # views: no allocation
             if out.dtype == np.float32:
                 out[0] *= self._scale[None, None, :]
