@@ -132,6 +132,7 @@ class Node:
         self._handoff: LoopHandoff[Output | None] | None = None
         self._ready = False
         self._last: Result | None = None  # what a snapshot is captioned with
+        self._choice_announced = False
         self._stop = asyncio.Event()
         self.published = 0
 
@@ -252,6 +253,7 @@ class Node:
     # --- MQTT side -----------------------------------------------------------------------------------------
 
     async def _on_connect(self) -> None:
+        self._announce_choice()
         self.publish_state()
         if self.discovery is not None:
             self.discovery.announce()
@@ -263,6 +265,17 @@ class Node:
             await self.commands.handle(topic, payload, retained=retained, now=time.monotonic())
         elif self.discovery is not None and topic == self.discovery.status_topic:
             self.discovery.on_status(payload)
+
+    def _announce_choice(self) -> None:
+        """Once: an INT8 file that failed its on-device accuracy check, and what serves instead."""
+        choice = self.pipeline.snapshot().choice
+        if self._choice_announced or choice is None or choice.note is None:
+            return
+        self._choice_announced = True
+        c = choice.candidate
+        failed = [f"{k.runtime} {k.resolution}px {k.agreement:.1%}" for k in choice.checks if not k.passed]
+        detail: dict[str, object] = {"serving": f"{c.runtime} {c.precision}", "failed": failed}
+        self.event(Event(cmd="model_check_failed", ok=False, error=choice.note, detail=detail))
 
     # --- publishers (also the OTA updater's sink) --------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 Every runtime x precision x resolution x workers/threads split the bundle and this node allow is timed the way
 the node runs it (every worker its own session, all at once; inference only), and the table shows latency,
-throughput and CPU time per frame. It ends with the configuration ``EDGE_MODEL__*=auto`` would choose here:
-the same decision the node makes at start-up (``vision.selection.decide``). No torch needed: run it on the Pi.
+throughput and CPU time per frame, and how each INT8 file does on the bundle's reference set with this CPU's
+kernels. It ends with the configuration ``EDGE_MODEL__*=auto`` would choose here: the same decision the node
+makes at start-up (``vision.selection``), a failing INT8 file excluded. No torch needed: run it on the Pi.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import platform
 import time
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
@@ -45,12 +47,15 @@ def _handle(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from edge_node.bundle import open_bundle
+    from edge_node.bundle.reference import load_reference
     from edge_node.config import load_settings
     from edge_node.vision.model import GREY
     from edge_node.vision.selection import (
         Candidate,
+        Check,
         Trial,
         candidate_pairs,
+        check_accuracy,
         decide,
         describe,
         measure,
@@ -71,6 +76,16 @@ def _handle(args: argparse.Namespace) -> int:
         f"[bold]{bundle.manifest.name} {bundle.manifest.version}[/] on {platform.machine()}, {usable_cores()} cores, "
         f"{threads} threads; {len(pairs)} runtime/precision pair(s) x {len(splits)} split(s); {args.seconds:g} s each"
     )
+    reference = load_reference(bundle)
+    failed: set[str] = set()
+    checks: list[Check] = []
+    if reference is not None:  # the node's on-device accuracy check: a failing INT8 file never serves
+        for runtime in sorted({r for r, p in pairs if p == "int8"}):
+            for check in check_accuracy(bundle, runtime, reference, threads):
+                checks.append(check)
+                console.print(f"  {check.describe()}")
+                if not check.passed:
+                    failed.add(check.runtime)
     trials: list[Trial] = []
     for runtime, precision in pairs:
         resolutions = bundle.manifest.resolutions(precision, runtime)
@@ -87,16 +102,20 @@ def _handle(args: argparse.Namespace) -> int:
         console.print("[red]nothing could run[/]")
         return 1
     top = max(t.resolution for t in trials)
-    chosen = decide([t for t in trials if t.resolution == top], splits, base)
+    servable = [t for t in trials if not (t.candidate.precision == "int8" and t.candidate.runtime in failed)]
+    chosen = decide([t for t in servable if t.resolution == top], splits, base)
     table = Table(title=f"{bundle.manifest.name} {bundle.manifest.version}: inference only, every worker at once")
-    for name in ("runtime", "precision", "px", "workers x threads", "fps", "ms", "CPU ms/frame", ""):
+    agreement = {(k.runtime, k.resolution): k for k in checks}
+    for name in ("runtime", "precision", "px", "workers x threads", "fps", "ms", "CPU ms/frame", "ref check", ""):
         table.add_column(name, justify="left" if name in ("runtime", "precision", "") else "right")
     for t in trials:
         c = t.candidate
         mark = "<- auto" if chosen is not None and c == chosen.candidate and t.resolution == top else ""
+        k = agreement.get((c.runtime, t.resolution)) if c.precision == "int8" else None
+        ref = "-" if k is None else f"{k.agreement:.0%}" + ("" if k.passed else " FAIL")
         table.add_row(
             c.runtime, c.precision, str(t.resolution), f"{c.workers} x {c.threads}",
-            f"{t.fps:.1f}", f"{t.latency_ms:.2f}", f"{t.cpu_ms:.2f}", mark,
+            f"{t.fps:.1f}", f"{t.latency_ms:.2f}", f"{t.cpu_ms:.2f}", ref, mark,
         )  # fmt: skip
     out = Console(highlight=False, width=max(100, Console().width))  # piped output stays readable
     out.print(table)
@@ -105,6 +124,7 @@ def _handle(args: argparse.Namespace) -> int:
         "device": _device(threads),
         "seconds_per_trial": args.seconds,
         "trials": [t.as_dict() for t in trials],
+        "checks": [{**asdict(k), "passed": k.passed} for k in checks],
         "auto": None if chosen is None else {**chosen.as_dict()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -7,6 +7,7 @@ what the user can do about it.
 from __future__ import annotations
 
 __all__ = [
+    "AccuracyError",
     "BundleError",
     "BundleIntegrityError",
     "CameraError",
@@ -61,7 +62,11 @@ class DatasetError(EdgeError):
 
 
 class InferenceError(EdgeError):
-    """ONNX Runtime could not load or run a model."""
+    """A runtime could not load or run a model."""
+
+
+class AccuracyError(InferenceError):
+    """No file of a bundle agrees well enough with its FP32 answers on this device (its reference check)."""
 
 
 class MqttError(EdgeError):

@@ -33,6 +33,7 @@ __all__ = [
     "Ping",
     "PipelineState",
     "Prediction",
+    "ReferenceCheck",
     "Rollback",
     "SetMode",
     "SetPublish",
@@ -120,6 +121,7 @@ class Heartbeat(_Wire):
     model_source: str = "active"  # active, previous or factory: where start-up found a valid bundle
     runtime: str | None = None
     precision: str | None = None
+    model_check: str | None = None  # why the node does not serve its preferred INT8 file (failed on-device check)
     mode: Mode
     resolution: int
     camera: Camera
@@ -146,15 +148,29 @@ class Trial(_Wire):
     cpu_ms: float  # process CPU time per frame
 
 
+class ReferenceCheck(_Wire):
+    """One INT8 file run on the bundle's reference set with this device's kernels."""
+
+    runtime: str
+    resolution: int
+    agreement: float  # top-1 agreement with the FP32 model's answers
+    gate: float
+    passed: bool
+    error: str | None = None
+
+
 class DeviceChoice(_Wire):
-    """What serves on this device and why: the candidates measured (none when nothing was left to choose, or
-    when the decision was remembered from an earlier start, ``cached``)."""
+    """What serves on this device and why: the INT8 files checked, the candidates measured (none when nothing was
+    left to choose, or when the decision was remembered from an earlier start, ``cached``), and a ``note`` when an
+    INT8 file failed its check and the node serves something else."""
 
     runtime: str
     precision: str
     workers: int
     threads: int
     cached: bool = False
+    note: str | None = None
+    checks: list[ReferenceCheck] = Field(default_factory=list)
     trials: list[Trial] = Field(default_factory=list)
 
 

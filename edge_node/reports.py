@@ -21,6 +21,7 @@ from edge_node.messages import (
     NodeState,
     PipelineState,
     Prediction,
+    ReferenceCheck,
     Trial,
     WorkerStatus,
 )
@@ -69,6 +70,18 @@ def device_choice(choice: Choice | None) -> DeviceChoice | None:
         workers=c.workers,
         threads=c.threads,
         cached=choice.cached,
+        note=choice.note,
+        checks=[
+            ReferenceCheck(
+                runtime=k.runtime,
+                resolution=k.resolution,
+                agreement=round(k.agreement, 4),
+                gate=k.gate,
+                passed=k.passed,
+                error=k.error,
+            )
+            for k in choice.checks
+        ],
         trials=[Trial.model_validate(t.as_dict()) for t in choice.trials],
     )
 
@@ -131,6 +144,7 @@ class HeartbeatBuilder:
             model_source=model_source,
             runtime=pipe.model.runtime,
             precision=pipe.model.precision,
+            model_check=pipe.choice.note if pipe.choice is not None else None,
             mode=pipe.mode,
             resolution=pipe.resolution,
             camera=cam.state,

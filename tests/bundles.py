@@ -135,21 +135,24 @@ def make_tiny_bundle(
 ) -> Path:
     """Write a complete bundle directory at ``dir`` (created) and return it; sign it with ``key`` if given.
 
+    ``precision`` is ``int8``, ``fp32`` or ``both`` (INT8 and FP32 files from the same weights).
+
     ``key`` is the private key file (see ``make_key``). Pack it with ``edge_node.bundle.archive.pack``.
     """
     if broken is not None and broken not in BROKEN:
         raise ValueError(f"broken must be one of {BROKEN}, not {broken!r}")
     dir.mkdir(parents=True, exist_ok=True)
     variants = []
-    for res in resolutions:
-        name = f"tiny_{precision}_{res}.onnx"
-        path = dir / name
-        if broken == "not_onnx":
-            path.write_bytes(np.random.default_rng(res).bytes(2048))
-        else:
-            model = tiny_model(res, num_classes, precision=precision, seed=_seed(version, res), broken=broken)
-            path.write_bytes(model.SerializeToString())
-        variants.append(Variant(resolution=res, precision=precision, file=name))
+    for prec in ("int8", "fp32") if precision == "both" else (precision,):
+        for res in resolutions:
+            name = f"tiny_{prec}_{res}.onnx"
+            path = dir / name
+            if broken == "not_onnx":
+                path.write_bytes(np.random.default_rng(res).bytes(2048))
+            else:
+                model = tiny_model(res, num_classes, precision=prec, seed=_seed(version, res), broken=broken)
+                path.write_bytes(model.SerializeToString())
+            variants.append(Variant(resolution=res, precision=prec, file=name))
     count = num_classes - 1 if broken == "labels" else num_classes
     (dir / "labels.txt").write_text("".join(f"class_{i:03d}\n" for i in range(count)))
     files = {v.file: file_digest(dir / v.file) for v in variants}
@@ -158,7 +161,7 @@ def make_tiny_bundle(
         name="tiny",
         version=version,
         arch="tiny-gap-gemm",
-        precision=precision,
+        precision="int8" if precision == "both" else precision,
         num_classes=num_classes,
         preprocess=Preprocess(),
         variants=variants,

@@ -365,3 +365,28 @@ async def test_the_next_update_can_follow_the_answer_at_once(
         answers = {e.id: e for e in node.sink.events}
         assert answers[second.id].ok, answers[second.id]
         await node.predictions_on("3.0.0")
+
+
+@_sync
+async def test_an_update_whose_int8_fails_its_check_here_serves_fp32_or_is_refused(
+    tmp_path: Path, factory: Path, keys: tuple[Path, Path, Path], site: tuple[Path, FaultServer]
+) -> None:
+    """Before an update commits, the node runs the new INT8 files on the bundle's reference set: with FP32 files
+    to fall back to it serves those and says why; without, it refuses the update and keeps its model."""
+    from tests.reference_bundles import add_reference, replace_int8
+
+    with_fp32 = make_tiny_bundle(tmp_path / "b2", version="2.0.0", resolutions=RES, precision="both")
+    url2, sha2 = _publish(site, replace_int8(add_reference(with_fp32, key=keys[0]), key=keys[0]))
+    int8_only = make_tiny_bundle(tmp_path / "b3", version="3.0.0", resolutions=RES)
+    url3, sha3 = _publish(site, replace_int8(add_reference(int8_only, key=keys[0]), key=keys[0]))
+    async with live_node(tmp_path / "ota", factory, _cfg(keys[1])) as node:
+        await node.updater.handle(_cmd(url2, sha2, "2.0.0"))
+        ok = node.sink.events[-1]
+        assert ok.ok and ok.detail is not None and ok.detail["serving"] == "onnxruntime fp32"
+        assert "fails its reference check" in str(ok.detail["note"])
+        await node.predictions_on("2.0.0")
+        assert node.pipeline.model.info.precision == "fp32"
+        await node.updater.handle(_cmd(url3, sha3, "3.0.0"))
+        refused = node.sink.events[-1]
+        assert not refused.ok and refused.detail is not None and refused.detail["stage"] == "check"
+        assert "no FP32 files" in (refused.error or "") and node.serving == "2.0.0"

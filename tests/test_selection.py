@@ -55,3 +55,46 @@ def test_explicit_settings_are_not_measured(tiny_bundle: Path) -> None:
 def test_a_runtime_the_bundle_lacks_is_refused_with_what_it_has(tiny_bundle: Path) -> None:
     with pytest.raises(InferenceError, match="has files only for onnxruntime"):
         choose(open_bundle(tiny_bundle), ModelConfig(runtime="litert", threads=1, workers=1), resolution=224)
+
+
+def _checked_bundle(tmp_path: Path, *, broken_int8: bool, precision: str = "both") -> Path:
+    from tests.bundles import make_tiny_bundle
+    from tests.reference_bundles import add_reference, replace_int8
+
+    bundle = add_reference(make_tiny_bundle(tmp_path / "b", precision=precision), min_agreement=0.9)
+    return replace_int8(bundle) if broken_int8 else bundle
+
+
+def test_an_int8_file_that_passes_its_reference_check_serves(tmp_path: Path) -> None:
+    bundle = open_bundle(_checked_bundle(tmp_path, broken_int8=False, precision="int8"))
+    choice = choose(bundle, ModelConfig(threads=1, workers=1), resolution=224)
+    assert choice.candidate.precision == "int8" and choice.note is None
+    assert {c.resolution for c in choice.checks} == {224, 192, 160} and all(c.passed for c in choice.checks)
+
+
+def test_an_int8_file_that_fails_on_this_device_falls_back_to_fp32_and_says_why(tmp_path: Path) -> None:
+    """The INT8 files have valid hashes (and a valid signature would not help): only the check catches them."""
+    bundle = open_bundle(_checked_bundle(tmp_path, broken_int8=True))
+    cache = tmp_path / "choice.json"
+    choice = choose(bundle, ModelConfig(threads=1, workers=1), resolution=224, cache=cache)
+    assert choice.candidate.precision == "fp32"
+    assert (
+        choice.note is not None
+        and "fails its reference check" in choice.note
+        and "serving onnxruntime fp32" in choice.note
+    )
+    assert any(not c.passed for c in choice.checks)
+    remembered = choose(bundle, ModelConfig(threads=1, workers=1), resolution=224, cache=cache)
+    assert remembered.cached and remembered.candidate.precision == "fp32" and remembered.note == choice.note
+    state = device_choice(remembered)
+    assert state is not None and state.note == choice.note and any(not c.passed for c in state.checks)
+
+
+def test_with_nothing_accurate_an_update_is_refused_and_a_start_serves_the_closest(tmp_path: Path) -> None:
+    from edge_node.errors import AccuracyError
+
+    bundle = open_bundle(_checked_bundle(tmp_path, broken_int8=True, precision="int8"))
+    with pytest.raises(AccuracyError, match="no FP32 files"):
+        choose(bundle, ModelConfig(threads=1, workers=1), resolution=224, strict=True)
+    choice = choose(bundle, ModelConfig(threads=1, workers=1), resolution=224)
+    assert choice.candidate.precision == "int8" and choice.note is not None and "below its gate" in choice.note

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from edge_node.bundle import Bundle, open_bundle
 from edge_node.bundle.archive import MAX_TOTAL, unpack
 from edge_node.config import ModelConfig, OtaConfig
-from edge_node.errors import EdgeError, UpdateError
+from edge_node.errors import AccuracyError, EdgeError, UpdateError
 from edge_node.messages import Event, OtaPhase, OtaStatus, Rollback, UpdateModel
 from edge_node.ota.download import Interrupter, Progress, download
 from edge_node.ota.store import BundleStore, Slot, slot_name
@@ -319,7 +319,7 @@ class Updater:
             new = await asyncio.to_thread(self._build, bundle)
         except EdgeError as exc:
             await asyncio.to_thread(self.store.discard, slot)
-            return self._fail(cmd, "warmup", str(exc))
+            return self._fail(cmd, "check" if isinstance(exc, AccuracyError) else "warmup", str(exc))
         version = new.model.info.version
         old = self.pipeline.swap(new)
         try:
@@ -346,6 +346,8 @@ class Updater:
                 "previous": previous,
                 "phase": "active",
                 "signed_by": bundle.signed_by,
+                "serving": f"{new.model.info.runtime} {new.model.info.precision}",
+                "note": new.choice.note if new.choice is not None else None,
                 "health": stats,
                 "seconds": round(time.monotonic() - started, 2),
             },
@@ -363,7 +365,7 @@ class Updater:
             update={"workers": serving.workers, "threads": serving.workers * serving.threads}
         )
         model, choice = select_model(
-            bundle, cfg, resolution=self.pipeline.resolution, frame=frame, cache=self.device_cache
+            bundle, cfg, resolution=self.pipeline.resolution, frame=frame, cache=self.device_cache, strict=True
         )
         wanted = model.nearest(self.pipeline.resolution)
         order = [wanted, *(r for r in model.resolutions if r != wanted)]

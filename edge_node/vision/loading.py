@@ -20,11 +20,18 @@ log = logging.getLogger(__name__)
 
 
 def select_model(
-    bundle: Bundle, cfg: ModelConfig, *, resolution: int, frame: Frame | None = None, cache: Path | None = None
+    bundle: Bundle,
+    cfg: ModelConfig,
+    *,
+    resolution: int,
+    frame: Frame | None = None,
+    cache: Path | None = None,
+    strict: bool = False,
 ) -> tuple[Model, Choice]:
-    """The files of ``bundle`` that serve with ``cfg`` on this device (``auto`` settings measured here), and the
-    decision with its measurements. ``resolution`` is what the mode asks for; ``cache`` remembers decisions."""
-    choice = choose(bundle, cfg, resolution=resolution, frame=frame, cache=cache)
+    """The files of ``bundle`` that serve with ``cfg`` on this device (checked and, for ``auto`` settings,
+    measured here), and the decision behind it. ``resolution`` is what the mode asks for; ``cache`` remembers
+    decisions; ``strict`` refuses a bundle none of whose files is accurate enough here (for updates)."""
+    choice = choose(bundle, cfg, resolution=resolution, frame=frame, cache=cache, strict=strict)
     c = choice.candidate
     model = Model(
         bundle, runtime=c.runtime, precision=c.precision, workers=c.workers, threads=c.threads, top_k=cfg.top_k

@@ -98,7 +98,9 @@ class Variant:
         self.model = model
         self.resolution = resolution
         self.sessions = tuple(sessions)
-        self.preprocessor = Preprocessor(model.bundle.manifest.preprocess, resolution)
+        manifest = model.bundle.manifest
+        layout = manifest.layout(manifest.variant(resolution, model.precision, model.runtime))
+        self.preprocessor = Preprocessor(manifest.preprocess, resolution, layout=layout)
         # One buffer per worker plus the one being prepared: what the pipeline's back-pressure allows in flight.
         self.buffers = BufferPool(self.preprocessor, len(self.sessions) + 1)
 

@@ -1,8 +1,17 @@
 """Which runtime, precision and workers x threads serve a bundle, decided on the device itself.
 
-Nobody can know in advance what is fastest on a given board, so for every setting left ``auto`` the node
-measures: it times each candidate (every worker running its own session at once) and keeps the fastest. The
-decision is remembered per device, bundle and software versions (``<state_dir>/device-choice.json``), so a
+INT8 kernels differ between CPUs, and nobody can know in advance what is fastest on a given board, so the
+node decides here, for every setting left ``auto``:
+
+1. **Accuracy.** Each INT8 file the settings allow is run on the bundle's reference set (real frames with the
+   FP32 model's answers, ``bundle.reference``) through the node's own preprocessing and this CPU's kernels. A
+   runtime whose INT8 files fall below the bundle's gate at any resolution is not served; the node falls back
+   to another runtime or to FP32, and says why (the choice's ``note``: events, state, heartbeat). Bundles
+   without a reference set are trusted on their build metrics.
+2. **Speed.** The candidates that passed are timed (every worker running its own session at once); the
+   fastest runtime and precision wins, then the fastest way to share the threads among workers.
+
+The decision is remembered per device, bundle and software versions (``<state_dir>/device-choice.json``), so a
 restart does not measure again; a new bundle or a changed setting does.
 """
 
@@ -22,17 +31,20 @@ import numpy as np
 
 from edge_node import memory
 from edge_node.bundle import Bundle
+from edge_node.bundle.reference import ReferenceSet, check_session, load_reference
 from edge_node.config import ModelConfig
-from edge_node.errors import EdgeError, InferenceError
+from edge_node.errors import AccuracyError, EdgeError, InferenceError
 from edge_node.runtimes import RUNTIMES, Runtime, installed
 from edge_node.vision.model import GREY, Model
 from edge_node.vision.timing import time_variant
 
 __all__ = [
     "Candidate",
+    "Check",
     "Choice",
     "Trial",
     "candidate_pairs",
+    "check_accuracy",
     "choose",
     "decide",
     "describe",
@@ -46,6 +58,7 @@ log = logging.getLogger(__name__)
 
 TIE = 0.03  # candidates within 3 % of the fastest count as equal: then fewer workers (less memory) win
 _PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}
+_INSTALL = {"onnxruntime": "pip install onnxruntime", "litert": "pip install 'ghostpi-edge-node[litert]'"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,17 +85,58 @@ class Trial:
         return {**asdict(self.candidate), "resolution": self.resolution, **figures}
 
 
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One INT8 file run on the bundle's reference set on this device."""
+
+    runtime: str
+    resolution: int
+    agreement: float
+    gate: float
+    error: str | None = None  # the file did not even run
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.agreement >= self.gate
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"{self.runtime} int8 at {self.resolution}px failed to run on the reference set: {self.error}"
+        verdict = "passes" if self.passed else "fails"
+        return (
+            f"{self.runtime} int8 at {self.resolution}px {verdict} its reference check on this device: "
+            f"{self.agreement:.1%} top-1 agreement with FP32 (gate {self.gate:.0%})"
+        )
+
+
 @dataclass
 class Choice:
-    """What serves, and the measurements behind it (reported in the node's state)."""
+    """What serves, and the checks and measurements behind it (reported in the node's state)."""
 
     candidate: Candidate
     trials: list[Trial] = field(default_factory=list)
-    measured: bool = False  # False: nothing was left to measure, or the cached decision was used
+    checks: list[Check] = field(default_factory=list)
+    measured: bool = False  # False: nothing was left to measure, or the remembered decision was used
     cached: bool = False
 
+    @property
+    def note(self) -> str | None:
+        """Why the node serves something other than what it would prefer: an INT8 file failed its check."""
+        failed = [c for c in self.checks if not c.passed]
+        if not failed:
+            return None
+        worst = min(failed, key=lambda c: (c.error is None, c.agreement))
+        c = self.candidate
+        below = "" if c.precision == "fp32" or all(x.runtime != c.runtime for x in failed) else " (below its gate)"
+        return f"{worst.describe()}; serving {c.runtime} {c.precision}{below}"
+
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self.candidate), "cached": self.cached, "trials": [t.as_dict() for t in self.trials]}
+        return {
+            **asdict(self.candidate),
+            "cached": self.cached,
+            "trials": [t.as_dict() for t in self.trials],
+            "checks": [{**asdict(c), "passed": c.passed} for c in self.checks],
+        }
 
 
 def usable_cores() -> int:
@@ -113,23 +167,21 @@ def candidate_pairs(bundle: Bundle, cfg: ModelConfig) -> list[tuple[Runtime, str
 
 
 def _runtimes(bundle: Bundle, cfg: ModelConfig) -> list[Runtime]:
-    have = [r for r in bundle.manifest.runtimes() if installed(r)]
+    offered = bundle.manifest.runtimes()
     if cfg.runtime != "auto":
-        if cfg.runtime not in bundle.manifest.runtimes():
+        if cfg.runtime not in offered:
             raise InferenceError(
                 f"EDGE_MODEL__RUNTIME={cfg.runtime}, but bundle {bundle.manifest.name} {bundle.manifest.version} "
-                f"has files only for {', '.join(bundle.manifest.runtimes())}"
+                f"has files only for {', '.join(offered)}"
             )
         if not installed(cfg.runtime):
-            raise InferenceError(
-                f"EDGE_MODEL__RUNTIME={cfg.runtime}, but its package is not installed: "
-                f"pip install 'ghostpi-edge-node[{'litert' if cfg.runtime == 'litert' else 'pi'}]'"
-            )
+            raise InferenceError(f"EDGE_MODEL__RUNTIME={cfg.runtime}, but it is not installed: {_INSTALL[cfg.runtime]}")
         return [cfg.runtime]
+    have = [r for r in offered if installed(r)]
     if not have:
-        wanted = ", ".join(bundle.manifest.runtimes())
+        hint = "; ".join(_INSTALL[r] for r in offered)
         raise InferenceError(
-            f"none of the runtimes bundle {bundle.manifest.name} has files for ({wanted}) is installed"
+            f"bundle {bundle.manifest.name} has files for {', '.join(offered)}, none installed: {hint}"
         )
     return sorted(have, key=RUNTIMES.index)
 
@@ -144,60 +196,25 @@ def _precisions(bundle: Bundle, cfg: ModelConfig, runtime: Runtime) -> list[str]
     return have[:1]
 
 
-def _key(bundle: Bundle, cfg: ModelConfig, threads: int) -> str:
-    """What the decision depends on: the bundle's exact files, this CPU and these runtime versions, the settings."""
-    cpu = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next((line for line in info.splitlines() if line.startswith(("model name", "Model", "flags"))), "")
-    except OSError:
-        pass
-    versions: dict[str, str | None] = {}
-    for runtime, package in _PACKAGES.items():
+def check_accuracy(bundle: Bundle, runtime: Runtime, reference: ReferenceSet, threads: int) -> list[Check]:
+    """Run ``runtime``'s INT8 file at every resolution on the reference set, with this CPU's kernels."""
+    model = Model(bundle, runtime=runtime, precision="int8", workers=1, threads=threads)
+    checks = []
+    for resolution in model.resolutions:
+        if resolution not in reference.top5:
+            continue
         try:
-            versions[runtime] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[runtime] = None
-    parts = {
-        "manifest": hashlib.sha256((bundle.path / "manifest.json").read_bytes()).hexdigest(),
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "cores": usable_cores(),
-        "runtimes": versions,
-        "settings": [cfg.runtime, cfg.precision, cfg.workers, threads],
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _from_cache(path: Path | None, key: str) -> Candidate | None:
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text())
-        return Candidate(**data[key]) if key in data else None
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
-def _to_cache(path: Path | None, key: str, candidate: Candidate) -> None:
-    if path is None:
-        return
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {}
-        if not isinstance(data, dict):
-            data = {}
-    except (OSError, ValueError):
-        data = {}
-    data[key] = asdict(candidate)
-    while len(data) > 16:
-        data.pop(next(iter(data)))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
-    except OSError as exc:
-        log.warning("cannot remember the device choice in %s: %s", path, exc)
+            variant = model.build(resolution)
+            result = check_session(reference, resolution, variant.sessions[0], variant.preprocessor)
+            checks.append(Check(runtime, resolution, result.agreement, reference.min_agreement))
+        except EdgeError as exc:
+            checks.append(Check(runtime, resolution, 0.0, reference.min_agreement, error=str(exc)))
+        finally:
+            variant = None  # type: ignore[assignment]
+            memory.trim()
+    for check in checks:
+        (log.info if check.passed else log.warning)("%s", check.describe())
+    return checks
 
 
 def choose(
@@ -208,18 +225,44 @@ def choose(
     frame: np.ndarray | None = None,
     cache: Path | None = None,
     seconds: float = 1.0,
+    strict: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Choice:
-    """Decide what serves ``bundle`` here (see the module docstring); raises InferenceError when nothing can."""
+    """Decide what serves ``bundle`` here (see the module docstring); raises InferenceError when nothing can.
+
+    When every candidate fails its accuracy check: with ``strict`` (an update) that is an error; otherwise (the
+    bundle the node starts on) the best-agreeing one serves, and the choice's ``note`` says it is below its gate.
+    """
     threads, splits, base = threads_and_splits(cfg)
     pairs = candidate_pairs(bundle, cfg)
-    if len(pairs) == 1 and len(splits) == 1:
+    reference = load_reference(bundle) if any(p == "int8" for _, p in pairs) else None
+    if reference is None and len(pairs) == 1 and len(splits) == 1:
         return Choice(Candidate(*pairs[0], *splits[0]))
     key = _key(bundle, cfg, threads)
     remembered = _from_cache(cache, key)
-    if remembered is not None:
-        log.info("using the device choice measured before: %s", remembered.describe())
-        return Choice(remembered, cached=True)
+    if remembered is not None and (not strict or remembered.note is None or remembered.candidate.precision == "fp32"):
+        log.info("using the device choice made before: %s", remembered.candidate.describe())
+        return remembered
+    checks: list[Check] = []
+    if reference is not None:
+        for runtime in sorted({r for r, p in pairs if p == "int8"}, key=RUNTIMES.index):
+            checks += check_accuracy(bundle, runtime, reference, threads)
+    failed = {c.runtime for c in checks if not c.passed}
+    allowed = [(r, p) for r, p in pairs if not (p == "int8" and r in failed)]
+    if not allowed:
+        what = "; ".join(c.describe() for c in checks if not c.passed)
+        if strict:
+            name = f"{bundle.manifest.name} {bundle.manifest.version}"
+            raise AccuracyError(
+                f"no file of bundle {name} is accurate enough on this device, and it has no FP32 files: {what}"
+            )
+        closest = max(
+            (r for r, p in pairs if p == "int8"), key=lambda r: min(c.agreement for c in checks if c.runtime == r)
+        )
+        allowed = [(closest, "int8")]
+        log.error(
+            "no file of bundle %s passes its accuracy check here; serving the closest: %s", bundle.manifest.name, what
+        )
     frame = frame if frame is not None else GREY
     trials: list[Trial] = []
 
@@ -231,23 +274,25 @@ def choose(
                 progress(describe(result))
         return result
 
-    # Runtime and precision first (all threads in one worker, unless the workers are set); then how to share
-    # the threads among workers, for the fastest of them.
-    for pair in pairs:
-        trial(Candidate(*pair, *base))
-    leader = decide(trials, splits, base)
-    if leader is None:
-        raise InferenceError(f"no runtime and precision of bundle {bundle.manifest.name} could run here")
-    for workers_, threads_ in splits:
-        candidate = Candidate(leader.candidate.runtime, leader.candidate.precision, workers_, threads_)
-        if all(t.candidate != candidate for t in trials):
-            trial(candidate)
-    best = decide(trials, splits, base) or leader
-    _to_cache(cache, key, best.candidate)
-    log.info(
-        "measured on this device: %s serves (%.1f fps at %dpx)", best.candidate.describe(), best.fps, best.resolution
-    )
-    return Choice(best.candidate, trials, measured=True)
+    if len(allowed) == 1 and len(splits) == 1:
+        best_candidate = Candidate(*allowed[0], *splits[0])
+    else:
+        # Runtime and precision first (all threads in one worker, unless the workers are set); then how to share
+        # the threads among workers, for the fastest of them.
+        for pair in allowed:
+            trial(Candidate(*pair, *base))
+        leader = decide(trials, splits, base)
+        if leader is None:
+            raise InferenceError(f"no runtime and precision of bundle {bundle.manifest.name} could run here")
+        for workers_, threads_ in splits:
+            candidate = Candidate(leader.candidate.runtime, leader.candidate.precision, workers_, threads_)
+            if all(t.candidate != candidate for t in trials):
+                trial(candidate)
+        best_candidate = (decide(trials, splits, base) or leader).candidate
+    choice = Choice(best_candidate, trials, checks, measured=bool(trials or checks))
+    _to_cache(cache, key, choice)
+    log.info("chosen on this device: %s%s", best_candidate.describe(), f" ({choice.note})" if choice.note else "")
+    return choice
 
 
 def decide(trials: Sequence[Trial], splits: Sequence[tuple[int, int]], base: tuple[int, int]) -> Trial | None:
@@ -284,6 +329,7 @@ def measure(bundle: Bundle, candidate: Candidate, resolution: int, frame: np.nda
         log.warning("%s cannot serve here: %s", candidate.describe(), exc)
         return None
     finally:
+        variant = None  # type: ignore[assignment]
         memory.trim()
     return Trial(candidate, r, timing.fps, timing.latency_ms, timing.cpu_ms)
 
@@ -294,3 +340,60 @@ def _fastest(trials: Sequence[Trial]) -> Trial | None:
     top = max(t.fps for t in trials)
     near = [t for t in trials if t.fps >= top * (1 - TIE)]
     return min(near, key=lambda t: (t.candidate.workers, -t.fps))
+
+
+def _key(bundle: Bundle, cfg: ModelConfig, threads: int) -> str:
+    """What the decision depends on: the bundle's exact files, this CPU and these runtime versions, the settings."""
+    cpu: list[str] = []
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = sorted({line for line in info.splitlines() if line.startswith(("model name", "Model", "flags"))})
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for runtime, package in _PACKAGES.items():
+        try:
+            versions[runtime] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[runtime] = None
+    parts = {
+        "manifest": hashlib.sha256((bundle.path / "manifest.json").read_bytes()).hexdigest(),
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": usable_cores(),
+        "runtimes": versions,
+        "settings": [cfg.runtime, cfg.precision, cfg.workers, threads],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _from_cache(path: Path | None, key: str) -> Choice | None:
+    if path is None:
+        return None
+    try:
+        entry = json.loads(path.read_text())[key]
+        checks = [Check(**{k: v for k, v in c.items() if k != "passed"}) for c in entry.get("checks", [])]
+        return Choice(Candidate(**entry["candidate"]), checks=checks, cached=True)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _to_cache(path: Path | None, key: str, choice: Choice) -> None:
+    if path is None:
+        return
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    data[key] = {"candidate": asdict(choice.candidate), "checks": [asdict(c) for c in choice.checks]}
+    while len(data) > 16:
+        data.pop(next(iter(data)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("cannot remember the device choice in %s: %s", path, exc)
