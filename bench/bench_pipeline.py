@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_node.bundle import open_bundle  # noqa: E402
+from edge_node.capture.synthetic import SyntheticSource  # noqa: E402
 from edge_node.runtimes.onnx import session_options  # noqa: E402
 from edge_node.vision.preprocess import Preprocessor  # noqa: E402
 from tests.brokers import Mosquitto  # noqa: E402
@@ -115,7 +116,11 @@ def main() -> int:
         args.bundle = ensure_demo_bundle()
     bundle = open_bundle(args.bundle)
     model = bundle.model_file(224, "int8")
-    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    # Bare ORT runs on the very frames the node's synthetic camera delivers: INT8 speed depends on the content.
+    camera = SyntheticSource(640, 480, 30.0, on_demand=True)
+    camera.open()
+    frame = camera.read()
+    assert frame is not None
     tensor = Preprocessor(bundle.manifest.preprocess, 224)(frame).copy()
     print(
         f"model {model.name} ({bundle.manifest.name} {bundle.manifest.version}), threads={args.threads}, "

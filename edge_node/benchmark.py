@@ -49,7 +49,6 @@ def _handle(args: argparse.Namespace) -> int:
     from edge_node.bundle import open_bundle
     from edge_node.bundle.reference import load_reference
     from edge_node.config import load_settings
-    from edge_node.vision.model import GREY
     from edge_node.vision.selection import (
         Candidate,
         Check,
@@ -62,13 +61,14 @@ def _handle(args: argparse.Namespace) -> int:
         threads_and_splits,
         usable_cores,
     )
+    from edge_node.vision.timing import TEXTURED
 
     settings = load_settings()
     cfg = settings.model.model_copy(update={"workers": "auto", "precision": "auto", "runtime": "auto"})
     if args.threads is not None:
         cfg = cfg.model_copy(update={"threads": args.threads})
     bundle = open_bundle(_bundle_path(args.bundle, settings.model.bundle), unpack_dir=Path.cwd())
-    threads, splits, base = threads_and_splits(cfg)
+    threads, splits = threads_and_splits(cfg)
     pairs = candidate_pairs(bundle, cfg)
     wanted = [int(r) for r in args.resolutions.split(",")] if args.resolutions else None
     console = Console(stderr=True, highlight=False)
@@ -92,7 +92,7 @@ def _handle(args: argparse.Namespace) -> int:
         for resolution in [r for r in resolutions if wanted is None or r in wanted]:
             for workers, per_worker in splits:
                 candidate = Candidate(runtime, precision, workers, per_worker)
-                trial = measure(bundle, candidate, resolution, GREY, args.seconds)
+                trial = measure(bundle, candidate, resolution, TEXTURED, args.seconds)
                 if trial is None:
                     console.print(f"  {candidate.describe()} at {resolution}px: [red]cannot run here[/] (see the log)")
                     continue
@@ -103,7 +103,7 @@ def _handle(args: argparse.Namespace) -> int:
         return 1
     top = max(t.resolution for t in trials)
     servable = [t for t in trials if not (t.candidate.precision == "int8" and t.candidate.runtime in failed)]
-    chosen = decide([t for t in servable if t.resolution == top], splits, base)
+    chosen = decide([t for t in servable if t.resolution == top])
     table = Table(title=f"{bundle.manifest.name} {bundle.manifest.version}: inference only, every worker at once")
     agreement = {(k.runtime, k.resolution): k for k in checks}
     for name in ("runtime", "precision", "px", "workers x threads", "fps", "ms", "CPU ms/frame", "ref check", ""):

@@ -79,3 +79,14 @@ def test_center_square_geometry() -> None:
 def test_rejects_frames_that_are_not_bgr() -> None:
     with pytest.raises(ValueError, match="HxWx3"):
         Preprocessor(IMAGENET, 160)(np.zeros((10, 10), np.uint8))
+
+
+@pytest.mark.parametrize(("color", "dtype"), [("RGB", "float32"), ("BGR", "float32"), ("RGB", "uint8")])
+def test_nhwc_is_exactly_nchw_transposed(color: str, dtype: str) -> None:
+    """TFLite files take NHWC; the fast NHWC path must compute exactly what the NCHW path does."""
+    frame = np.random.default_rng(5).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    spec = Preprocess(color=color, input_dtype=dtype)  # type: ignore[arg-type]
+    nchw = Preprocessor(spec, 96, layout="NCHW")(frame).copy()
+    nhwc = Preprocessor(spec, 96, layout="NHWC")(frame)
+    assert nhwc.shape == (1, 96, 96, 3) and nhwc.dtype == nchw.dtype
+    np.testing.assert_allclose(nhwc[0], nchw[0].transpose(1, 2, 0), atol=1e-6)

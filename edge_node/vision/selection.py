@@ -8,8 +8,8 @@ node decides here, for every setting left ``auto``:
    runtime whose INT8 files fall below the bundle's gate at any resolution is not served; the node falls back
    to another runtime or to FP32, and says why (the choice's ``note``: events, state, heartbeat). Bundles
    without a reference set are trusted on their build metrics.
-2. **Speed.** The candidates that passed are timed (every worker running its own session at once); the
-   fastest runtime and precision wins, then the fastest way to share the threads among workers.
+2. **Speed.** The candidates that passed are timed, every runtime and precision with every way to share the
+   threads among workers (each worker running its own session, all at once); the fastest wins.
 
 The decision is remembered per device, bundle and software versions (``<state_dir>/device-choice.json``), so a
 restart does not measure again; a new bundle or a changed setting does.
@@ -35,8 +35,8 @@ from edge_node.bundle.reference import ReferenceSet, check_session, load_referen
 from edge_node.config import ModelConfig
 from edge_node.errors import AccuracyError, EdgeError, InferenceError
 from edge_node.runtimes import RUNTIMES, Runtime, installed
-from edge_node.vision.model import GREY, Model
-from edge_node.vision.timing import time_variant
+from edge_node.vision.model import Model
+from edge_node.vision.timing import TEXTURED, time_variant
 
 __all__ = [
     "Candidate",
@@ -153,12 +153,11 @@ def worker_splits(threads: int, workers: int | None) -> list[tuple[int, int]]:
     return [(w, threads // w) for w in range(1, threads + 1) if threads % w == 0]
 
 
-def threads_and_splits(cfg: ModelConfig) -> tuple[int, list[tuple[int, int]], tuple[int, int]]:
-    """(threads in all, the (workers, threads) splits to consider, the split runtimes are compared at)."""
+def threads_and_splits(cfg: ModelConfig) -> tuple[int, list[tuple[int, int]]]:
+    """(threads in all, the (workers, threads per worker) splits to consider)."""
     threads = usable_cores() if cfg.threads == "auto" else cfg.threads
     workers = None if cfg.workers == "auto" else cfg.workers
-    splits = worker_splits(threads, workers)
-    return threads, splits, splits[0] if workers is not None else (1, threads)
+    return threads, worker_splits(threads, workers)
 
 
 def candidate_pairs(bundle: Bundle, cfg: ModelConfig) -> list[tuple[Runtime, str]]:
@@ -233,7 +232,7 @@ def choose(
     When every candidate fails its accuracy check: with ``strict`` (an update) that is an error; otherwise (the
     bundle the node starts on) the best-agreeing one serves, and the choice's ``note`` says it is below its gate.
     """
-    threads, splits, base = threads_and_splits(cfg)
+    threads, splits = threads_and_splits(cfg)
     pairs = candidate_pairs(bundle, cfg)
     reference = load_reference(bundle) if any(p == "int8" for _, p in pairs) else None
     if reference is None and len(pairs) == 1 and len(splits) == 1:
@@ -263,7 +262,7 @@ def choose(
         log.error(
             "no file of bundle %s passes its accuracy check here; serving the closest: %s", bundle.manifest.name, what
         )
-    frame = frame if frame is not None else GREY
+    frame = frame if frame is not None else TEXTURED
     trials: list[Trial] = []
 
     def trial(candidate: Candidate) -> Trial | None:
@@ -277,37 +276,26 @@ def choose(
     if len(allowed) == 1 and len(splits) == 1:
         best_candidate = Candidate(*allowed[0], *splits[0])
     else:
-        # Runtime and precision first (all threads in one worker, unless the workers are set); then how to share
-        # the threads among workers, for the fastest of them.
+        # Every runtime and precision with every way to share the threads, one runtime after the other (a
+        # runtime's libraries load with its first session: measuring each runtime's candidates together keeps
+        # the memory peak of this first start down).
         for pair in allowed:
-            trial(Candidate(*pair, *base))
-        leader = decide(trials, splits, base)
-        if leader is None:
+            for workers_, threads_ in splits:
+                trial(Candidate(*pair, workers_, threads_))
+        best = decide(trials)
+        if best is None:
             raise InferenceError(f"no runtime and precision of bundle {bundle.manifest.name} could run here")
-        for workers_, threads_ in splits:
-            candidate = Candidate(leader.candidate.runtime, leader.candidate.precision, workers_, threads_)
-            if all(t.candidate != candidate for t in trials):
-                trial(candidate)
-        best_candidate = (decide(trials, splits, base) or leader).candidate
+        best_candidate = best.candidate
     choice = Choice(best_candidate, trials, checks, measured=bool(trials or checks))
     _to_cache(cache, key, choice)
     log.info("chosen on this device: %s%s", best_candidate.describe(), f" ({choice.note})" if choice.note else "")
     return choice
 
 
-def decide(trials: Sequence[Trial], splits: Sequence[tuple[int, int]], base: tuple[int, int]) -> Trial | None:
-    """The fastest runtime and precision at the ``base`` split, then the fastest of ``splits`` for that pair
-    (within 3 %, fewer workers win: less memory). Pure: the node and ``edge-node bench`` decide alike."""
-    leader = _fastest([t for t in trials if (t.candidate.workers, t.candidate.threads) == base])
-    if leader is None:
-        return None
-    pair = (leader.candidate.runtime, leader.candidate.precision)
-    same = [
-        t
-        for t in trials
-        if (t.candidate.runtime, t.candidate.precision) == pair and (t.candidate.workers, t.candidate.threads) in splits
-    ]
-    return _fastest(same) or leader
+def decide(trials: Sequence[Trial]) -> Trial | None:
+    """The fastest candidate; within 3 % of it, the one with fewer workers (less memory). Pure: the node and
+    ``edge-node bench`` decide alike."""
+    return _fastest(trials)
 
 
 def describe(t: Trial) -> str:
