@@ -111,7 +111,7 @@ async def run(settings: Settings, *, echo: bool | None = None, duration: float |
 
 
 async def _echo(settings: Settings) -> None:
-    """Subscribe like a dashboard would and print each prediction once per label change or second."""
+    """Subscribe like a dashboard would: print each label change at once, and the current label once a second."""
     from rich.console import Console
 
     from edge_node.mqtt.connect import connected
@@ -124,8 +124,10 @@ async def _echo(settings: Settings) -> None:
     with contextlib.suppress(EdgeError):
         async with connected(settings.mqtt, identifier=f"ghostpi-echo-{settings.node_id}") as client:
             await client.subscribe(topic, qos=0)
-            console.print(f"[dim]subscribed to {topic}; printing on each label change (at most 1/s per node)[/]")
+            console.print(f"[dim]subscribed to {topic}; printing each label change, and once a second per node[/]")
             async for message in client.messages:
+                if not message.topic.matches(topic):
+                    continue  # amqtt may send a retained message another client subscribed to: not ours
                 raw = message.payload if isinstance(message.payload, bytes) else b"{}"
                 try:
                     p = json.loads(raw)

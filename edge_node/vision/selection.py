@@ -361,7 +361,8 @@ def _from_cache(path: Path | None, key: str) -> Choice | None:
     try:
         entry = json.loads(path.read_text())[key]
         checks = [Check(**{k: v for k, v in c.items() if k != "passed"}) for c in entry.get("checks", [])]
-        return Choice(Candidate(**entry["candidate"]), checks=checks, cached=True)
+        trials = [Trial(**{**t, "candidate": Candidate(**t["candidate"])}) for t in entry.get("trials", [])]
+        return Choice(Candidate(**entry["candidate"]), trials=trials, checks=checks, cached=True)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -375,7 +376,11 @@ def _to_cache(path: Path | None, key: str, choice: Choice) -> None:
             data = {}
     except (OSError, ValueError):
         data = {}
-    data[key] = {"candidate": asdict(choice.candidate), "checks": [asdict(c) for c in choice.checks]}
+    data[key] = {
+        "candidate": asdict(choice.candidate),
+        "trials": [asdict(t) for t in choice.trials],  # so the state still shows why after a restart
+        "checks": [asdict(c) for c in choice.checks],
+    }
     while len(data) > 16:
         data.pop(next(iter(data)))
     try:
