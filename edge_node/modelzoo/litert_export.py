@@ -125,6 +125,7 @@ def _stdout_to_stderr() -> Iterator[None]:
 def export_tflite(model: torch.nn.Module, resolution: int, out: Path) -> Path:
     """Convert ``model`` with a fixed NHWC (1, resolution, resolution, 3) float32 input to ``out``."""
     require_litert_tools()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the converter's C++ info lines (oneDNN, op counts)
     import litert_torch
     import torch
 
