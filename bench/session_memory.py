@@ -4,7 +4,8 @@ Builds the demo model's 160 and 224 px variants alternately, 60 times, keeping o
 builds, in three ways:
   thread  each build on a new thread, as the node once did: every new thread may get a new glibc malloc arena
   same    every build on one long-lived thread, without malloc_trim
-  node    what the node does now: one builder thread, M_ARENA_MAX=2 and malloc_trim once the old variant is gone
+  node    what the node does now: one builder thread, M_ARENA_MAX=2, a fixed 1 MiB mmap threshold and
+          malloc_trim once the old variant is gone
 Each way runs in a fresh process so that they do not share a heap.
 
     PYTHONPATH=. .venv/bin/python bench/session_memory.py [--bundle DIR] [--builds 60]
@@ -31,6 +32,7 @@ FRAME = np.full((480, 640, 3), 100, np.uint8)
 def run(way: str, bundle: Path, builds: int) -> None:
     if way == "node":
         memory.limit_arenas(2)
+        memory.fix_mmap_threshold()
     model = Model(open_bundle(bundle), threads=2)
     kept: list[Variant] = [model.build(224)]
     kept[0].check(FRAME)

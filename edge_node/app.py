@@ -59,6 +59,7 @@ class Node:
         store: BundleStore | None = None,
     ) -> None:
         memory.limit_arenas(2)  # before any worker thread exists: see edge_node/memory.py
+        memory.fix_mmap_threshold()
         self.settings = settings
         self.model_source = model_source
         self.topics = Topics(settings.topic_prefix, settings.node_id)

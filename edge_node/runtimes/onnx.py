@@ -23,6 +23,10 @@ def session_options(threads: int) -> ort.SessionOptions:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # A memory pattern pre-plans one activation block per session and run shape; for a model this small it
+    # bought no speed here and cost ~7 MB per session, which kept a 2-worker node above 200 MB
+    # (docs/reliability.md has the figures).
+    opts.enable_mem_pattern = False
     return opts
 
 

@@ -10,9 +10,10 @@ from edge_node import memory
 from edge_node.bundle import Bundle
 from edge_node.capture.base import Frame
 from edge_node.config import ModelConfig
+from edge_node.vision.isolated import choose_isolated
 from edge_node.vision.model import Model
 from edge_node.vision.pipeline import Loaded
-from edge_node.vision.selection import Choice, choose
+from edge_node.vision.selection import Choice, settled
 
 __all__ = ["load", "select_model"]
 
@@ -30,8 +31,11 @@ def select_model(
 ) -> tuple[Model, Choice]:
     """The files of ``bundle`` that serve with ``cfg`` on this device (checked and, for ``auto`` settings,
     measured here), and the decision behind it. ``resolution`` is what the mode asks for; ``cache`` remembers
-    decisions; ``strict`` refuses a bundle none of whose files is accurate enough here (for updates)."""
-    choice = choose(bundle, cfg, resolution=resolution, frame=frame, cache=cache, strict=strict)
+    decisions; ``strict`` refuses a bundle none of whose files is accurate enough here (for updates). What
+    needs checking or timing runs in a child process, so the node keeps only the runtime it serves."""
+    choice = settled(bundle, cfg, cache=cache, strict=strict) or choose_isolated(
+        bundle, cfg, resolution=resolution, frame=frame, cache=cache, strict=strict
+    )
     c = choice.candidate
     model = Model(
         bundle, runtime=c.runtime, precision=c.precision, workers=c.workers, threads=c.threads, top_k=cfg.top_k

@@ -12,7 +12,8 @@ node decides here, for every setting left ``auto``:
    threads among workers (each worker running its own session, all at once); the fastest wins.
 
 The decision is remembered per device, bundle and software versions (``<state_dir>/device-choice.json``), so a
-restart does not measure again; a new bundle or a changed setting does.
+restart does not measure again; a new bundle or a changed setting does. The node measures in a child process
+(:mod:`edge_node.vision.isolated`); ``edge-node bench`` calls :func:`choose` directly.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "decide",
     "describe",
     "measure",
+    "settled",
     "threads_and_splits",
     "usable_cores",
     "worker_splits",
@@ -232,16 +234,13 @@ def choose(
     When every candidate fails its accuracy check: with ``strict`` (an update) that is an error; otherwise (the
     bundle the node starts on) the best-agreeing one serves, and the choice's ``note`` says it is below its gate.
     """
+    known = settled(bundle, cfg, cache=cache, strict=strict)
+    if known is not None:
+        return known
     threads, splits = threads_and_splits(cfg)
     pairs = candidate_pairs(bundle, cfg)
     reference = load_reference(bundle) if any(p == "int8" for _, p in pairs) else None
-    if reference is None and len(pairs) == 1 and len(splits) == 1:
-        return Choice(Candidate(*pairs[0], *splits[0]))
     key = _key(bundle, cfg, threads)
-    remembered = _from_cache(cache, key)
-    if remembered is not None and (not strict or remembered.note is None or remembered.candidate.precision == "fp32"):
-        log.info("using the device choice made before: %s", remembered.candidate.describe())
-        return remembered
     checks: list[Check] = []
     if reference is not None:
         for runtime in sorted({r for r, p in pairs if p == "int8"}, key=RUNTIMES.index):
@@ -290,6 +289,20 @@ def choose(
     _to_cache(cache, key, choice)
     log.info("chosen on this device: %s%s", best_candidate.describe(), f" ({choice.note})" if choice.note else "")
     return choice
+
+
+def settled(bundle: Bundle, cfg: ModelConfig, *, cache: Path | None = None, strict: bool = False) -> Choice | None:
+    """The choice when nothing needs measuring: a single candidate without INT8 checks, or the decision
+    remembered for this device, bundle and settings; None when :func:`choose` has to check and time."""
+    threads, splits = threads_and_splits(cfg)
+    pairs = candidate_pairs(bundle, cfg)
+    if len(pairs) == 1 and len(splits) == 1 and (pairs[0][1] != "int8" or bundle.manifest.reference is None):
+        return Choice(Candidate(*pairs[0], *splits[0]))
+    remembered = _from_cache(cache, _key(bundle, cfg, threads))
+    if remembered is not None and (not strict or remembered.note is None or remembered.candidate.precision == "fp32"):
+        log.info("using the device choice made before: %s", remembered.candidate.describe())
+        return remembered
+    return None
 
 
 def decide(trials: Sequence[Trial]) -> Trial | None:
