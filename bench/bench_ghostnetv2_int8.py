@@ -30,13 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from edge_node.bundle.manifest import Layout, Preprocess
 from edge_node.modelzoo.export import export_onnx
+from edge_node.modelzoo.images import load_bgr
 from edge_node.modelzoo.quantize import quantize_int8
 from edge_node.modelzoo.surgery import prepare_for_export
 from edge_node.runtimes import Session, open_session
@@ -50,7 +50,7 @@ SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "imagenet-sampl
 def _tensors(folder: Path, resolution: int, count: int, offset: int, layout: Layout = "NCHW") -> list[np.ndarray]:
     files = sorted(folder.glob("*.JPEG"))[offset::5][:count]
     pre = Preprocessor(Preprocess(), resolution, layout=layout)
-    return [np.array(pre(cv2.imread(str(f))), dtype=np.float32) for f in files]
+    return [np.array(pre(load_bgr(f)), dtype=np.float32) for f in files]
 
 
 def _model(images: list[np.ndarray]) -> torch.nn.Module:
@@ -67,7 +67,7 @@ def _model(images: list[np.ndarray]) -> torch.nn.Module:
         model.train()
         with torch.no_grad():
             batch = torch.from_numpy(np.concatenate(images))
-            for chunk in batch.split(16):
+            for chunk in torch.split(batch, 16):
                 model(chunk)
     return model.eval()
 
@@ -75,7 +75,7 @@ def _model(images: list[np.ndarray]) -> torch.nn.Module:
 def _naive_int8(fp32: Path, out: Path, calibration: list[np.ndarray]) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped: its base class is Any
         def __init__(self) -> None:
             self.it = iter(calibration)
 

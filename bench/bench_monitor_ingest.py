@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -31,7 +32,7 @@ from tests.brokers import Mosquitto
 from tests.fleet_procs import Simulator, proc_cpu_seconds
 
 
-def _flood(port: int, nodes: int, seconds: float, counter: mp.Value) -> None:  # type: ignore[type-arg]
+def _flood(port: int, nodes: int, seconds: float, counter: Synchronized[int]) -> None:
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-flood")
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)

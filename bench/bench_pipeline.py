@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -48,7 +49,7 @@ def bare_fps(model: Path, tensor: np.ndarray, threads: int, seconds: float) -> f
 
 def node_fps(
     bundle: Path, port: int, threads: int, seconds: float, workdir: Path, workers: str = "1"
-) -> tuple[float, float, dict]:
+) -> tuple[float, float, dict[str, Any]]:
     """Predictions per second as received by a subscriber (mosquitto_sub: a C client, so the measuring
     costs the 2-core machine as little as possible), over ``seconds`` after a warm-up."""
     received = workdir / "received.txt"

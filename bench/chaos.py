@@ -32,7 +32,7 @@ from edge_node.bundle.archive import pack
 from edge_node.ota.download import sha256_file
 from tests.brokers import Mosquitto
 from tests.bundles import make_key, resigned
-from tests.nodeproc import Collector, NodeProcess
+from tests.nodeproc import Collector, NodeProcess, answer_to
 from tests.ota_http import serving
 
 T = "ghostpi/chaos"
@@ -172,7 +172,7 @@ def swaps(node: NodeProcess, bus: Collector, n: int, url: str, sha: str, version
             cmd = {"id": ident, "cmd": "update_model", "url": url, "sha256": sha, "version": version}
         bus.publish(f"{T}/control", json.dumps(cmd))
         try:
-            ev = bus.wait(f"{T}/events", lambda m, x=ident: json.loads(m.payload).get("id") == x, timeout=120)
+            ev = bus.wait(f"{T}/events", answer_to(ident), timeout=120)
         except AssertionError:
             alive(node, row)
             break
@@ -258,12 +258,13 @@ def main() -> None:
                 rows.append(broker_restarts(node, broker, args.restarts))
                 print(" ", " | ".join(rows[-1].cells()), flush=True)
                 bus = Collector(broker.port, (f"{T}/#",))
-                for phase in (
+                phases: list[Callable[[], Row]] = [
                     lambda: hostile(node, bus, args.payloads),
                     lambda: mode_flood(node, bus, args.modes),
                     lambda: swaps(node, bus, args.swaps, f"{srv.url}/{update.name}", sha256_file(update), "chaos-2"),
                     lambda: stop_cont(node, bus, keepalive),
-                ):
+                ]
+                for phase in phases:
                     rows.append(phase())
                     print(" ", " | ".join(rows[-1].cells()), flush=True)
                 log = node.log()

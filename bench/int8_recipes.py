@@ -23,16 +23,22 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_node.runtimes import Runtime, open_session
 
+if TYPE_CHECKING:
+    from edge_node.bundle.manifest import Layout
+    from edge_node.modelzoo.litert_export import LiteRTRecipe
+    from edge_node.modelzoo.quantize import QuantRecipe
+
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "imagenet-sample"
 ARCH = "efficientnet_lite0"
 
 
-def _variants() -> dict[str, object]:
+def _variants() -> dict[str, QuantRecipe | LiteRTRecipe]:
     """Named recipes: ``onnx:*`` for quantize_int8, ``litert:*`` for quantize_tflite."""
     from edge_node.modelzoo.litert_export import LiteRTRecipe, litert_recipe_for
     from edge_node.modelzoo.quantize import QuantRecipe, recipe_for
@@ -62,7 +68,7 @@ def prepare(args: argparse.Namespace) -> None:
     from edge_node.modelzoo.export import export_onnx
     from edge_node.modelzoo.images import load_bgr
     from edge_node.modelzoo.litert_export import export_tflite, quantize_tflite
-    from edge_node.modelzoo.quantize import quantize_int8
+    from edge_node.modelzoo.quantize import QuantRecipe, quantize_int8
     from edge_node.modelzoo.surgery import prepare_for_export
     from edge_node.modelzoo.weights import PYPI_LITE0, load_weights
     from edge_node.vision.preprocess import Preprocessor
@@ -85,7 +91,7 @@ def prepare(args: argparse.Namespace) -> None:
             names = [n for n in chosen if n.startswith(f"{kind}:")]
             if not names:
                 continue
-            layout = "NHWC" if runtime == "litert" else "NCHW"
+            layout: Layout = "NHWC" if runtime == "litert" else "NCHW"
             pre = Preprocessor(spec, r, layout=layout)
             calib = [np.array(pre(f), dtype=np.float32) for f in calibration.frames]
             held = np.concatenate([np.array(pre(load_bgr(im.path)), dtype=np.float32) for im in calibration.held_out])
@@ -97,10 +103,11 @@ def prepare(args: argparse.Namespace) -> None:
             for name in names:
                 path = out / f"{name.replace(':', '_')}_{r}.{fp32.suffix[1:]}"
                 started = time.perf_counter()
-                if kind == "onnx":
-                    quantize_int8(fp32, path, calib, arch=ARCH, recipe=variants[name])  # type: ignore[arg-type]
+                recipe = variants[name]  # onnx:* names hold a QuantRecipe, litert:* a LiteRTRecipe
+                if isinstance(recipe, QuantRecipe):
+                    quantize_int8(fp32, path, calib, arch=ARCH, recipe=recipe)
                 else:
-                    quantize_tflite(fp32, path, calib, arch=ARCH, recipe=variants[name])  # type: ignore[arg-type]
+                    quantize_tflite(fp32, path, calib, arch=ARCH, recipe=recipe)
                 print(f"{r}px {name}: {path.name} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
@@ -122,21 +129,23 @@ def evaluate(args: argparse.Namespace) -> None:
         top = np.array([session.run(t[None]).argmax() for t in x])
         if args.tag:
             np.save(d / f"top_{path.stem}_{args.tag}.npy", top)
-        row = {
-            "file": path.name,
-            "runtime": runtime,
-            "recipe": name,
-            "resolution": int(r),
-            "fp32_top1": float(np.mean(ref == labels)),
-            "top1": float(np.mean(top == labels)),
-            "agreement": float(np.mean(top == ref)),
-            "seconds": time.perf_counter() - started,
-        }
-        rows.append(row)
-        delta = (row["top1"] - row["fp32_top1"]) * 100
+        fp32_top1, top1 = float(np.mean(ref == labels)), float(np.mean(top == labels))
+        agreement, seconds = float(np.mean(top == ref)), time.perf_counter() - started
+        rows.append(
+            {
+                "file": path.name,
+                "runtime": runtime,
+                "recipe": name,
+                "resolution": int(r),
+                "fp32_top1": fp32_top1,
+                "top1": top1,
+                "agreement": agreement,
+                "seconds": seconds,
+            }
+        )
         print(
-            f"{r}px {kind:6s} {name:16s} top-1 {row['top1'] * 100:6.2f} ({delta:+.2f}) "
-            f"agreement {row['agreement'] * 100:6.2f} %  [{row['seconds']:.0f} s]",
+            f"{r}px {kind:6s} {name:16s} top-1 {top1 * 100:6.2f} ({(top1 - fp32_top1) * 100:+.2f}) "
+            f"agreement {agreement * 100:6.2f} %  [{seconds:.0f} s]",
             flush=True,
         )
     if args.json:

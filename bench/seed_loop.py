@@ -88,7 +88,7 @@ def main() -> None:
                         args.threads,
                         args.seconds,
                         Path(tmp),
-                        args.workers,  # type: ignore[arg-type]
+                        args.workers,
                     )
                     nodes.append(fps)
                     line += f" | node {fps:6.1f} fps ({fps / seeds[-1]:.1f}x) | node peak RSS {hwm:.0f} MB"

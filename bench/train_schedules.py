@@ -15,8 +15,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from edge_node.modelzoo.archs import create_model, get_arch, preprocess_spec
@@ -33,6 +35,16 @@ from edge_node.vision.preprocess import Preprocessor
 from tests.coarse import make_coarse_dataset
 
 MAX_VIEWS = 4
+BALANCES: tuple[Balance, ...] = ("none", "sqrt", "full")
+
+
+class Run(TypedDict):
+    """One schedule: the keyword arguments of ``_schedule``."""
+
+    views: int
+    balance: Balance
+    finetune: NotRequired[int]
+    lr: NotRequired[float]
 
 
 def _trunk_speed(split: Split, net: Path, x: np.ndarray, seconds: float = 5.0) -> tuple[float, float]:
@@ -85,7 +97,8 @@ def _schedule(
         what="head",
         progress=False,
     )
-    forward, inputs = head, val.features
+    forward: torch.nn.Module = head
+    inputs: npt.NDArray[Any] = val.features  # the head's inputs, or the fine-tuned tail's (float16 stage)
     stopped = f"head {result.best.epoch}/{len(result.history)}"
     if finetune:
         assert train.stage is not None and val.stage is not None
@@ -155,9 +168,7 @@ def main(sample: Path, finetune: bool, with_other: bool) -> None:
             f"{time.monotonic() - started:.0f} s"
         )
         initial = copy.deepcopy(split.tail.state_dict())
-        runs: list[dict[str, object]] = [
-            {"views": v, "balance": b} for v in (0, 2, MAX_VIEWS) for b in ("none", "sqrt", "full")
-        ]
+        runs: list[Run] = [{"views": v, "balance": b} for v in (0, 2, MAX_VIEWS) for b in BALANCES]
         runs.append({"views": MAX_VIEWS, "balance": "sqrt", "lr": 3e-3})
         if finetune:
             runs += [
@@ -166,7 +177,7 @@ def main(sample: Path, finetune: bool, with_other: bool) -> None:
             ]
         for run in runs:
             split.tail.load_state_dict(initial)
-            print(_schedule(split, train, val, classes, **run))  # type: ignore[arg-type]
+            print(_schedule(split, train, val, classes, **run))
 
 
 if __name__ == "__main__":

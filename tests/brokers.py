@@ -35,11 +35,13 @@ def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None
 
 @dataclass
 class Mosquitto:
-    """``extra_conf`` lines are appended to the listener config (TLS, ACL, auth...)."""
+    """``extra_conf`` lines are appended to the listener config (TLS, ACL, auth...); ``head_conf`` lines go
+    before the listener (settings such as ``per_listener_settings`` that must precede every listener)."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
     extra_conf: str = "allow_anonymous true\n"
+    head_conf: str = ""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,7 +55,7 @@ class Mosquitto:
     def write_conf(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            self.head_conf + f"listener {self.port} 127.0.0.1\n"
             "persistence false\n"
             # As root, mosquitto drops to the 'mosquitto' user, which cannot write into pytest's tmp dirs.
             "user root\n"
@@ -101,7 +103,8 @@ def tls_broker(workdir: Path, conf: Path, acl: Path, pki: Authority) -> Mosquitt
     certificate for localhost from ``pki`` and a free port instead of the file's paths and listener."""
     server_cert, server_key = pki.issue("localhost", server=True)
     paths = {"cafile": pki.ca_file, "certfile": server_cert, "keyfile": server_key, "acl_file": acl}
-    head, lines = [], []
+    head: list[str] = []
+    lines: list[str] = []
     for raw in conf.read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith("#") or line.startswith(("listener", "protocol")):
@@ -109,12 +112,6 @@ def tls_broker(workdir: Path, conf: Path, acl: Path, pki: Authority) -> Mosquitt
         key = line.split()[0]
         # per_listener_settings must precede every listener, so it goes first in the file.
         (head if key == "per_listener_settings" else lines).append(f"{key} {paths[key]}" if key in paths else line)
-    broker = Mosquitto(workdir, extra_conf="\n".join(lines) + "\n")
-    original = broker.write_conf
-
-    def write_conf() -> None:
-        original()
-        broker.conf_path.write_text("".join(f"{line}\n" for line in head) + broker.conf_path.read_text())
-
-    broker.write_conf = write_conf  # type: ignore[method-assign]
-    return broker
+    return Mosquitto(
+        workdir, extra_conf="".join(f"{line}\n" for line in lines), head_conf="".join(f"{line}\n" for line in head)
+    )

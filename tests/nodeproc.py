@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-__all__ = ["Collector", "NodeProcess", "Received"]
+__all__ = ["Collector", "NodeProcess", "Received", "answer_to"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,9 +52,13 @@ class Collector:
             self._client.username_pw_set(username, password)
         self._client.on_message = self._on_message
         self._topics = topics
-        self._client.on_connect = lambda c, *_: [c.subscribe(t, qos=1) for t in self._topics]
+        self._client.on_connect = self._on_connect
         self._client.connect(host, port, keepalive=10)
         self._client.loop_start()
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+        for topic in self._topics:
+            client.subscribe(topic, qos=1)
 
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         with self._cond:
@@ -91,6 +95,11 @@ class Collector:
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
+
+
+def answer_to(ident: str) -> Callable[[Received], bool]:
+    """Matches the event that answers the command ``ident`` (for ``Collector.wait`` on an events topic)."""
+    return lambda m: json.loads(m.payload).get("id") == ident
 
 
 @dataclass

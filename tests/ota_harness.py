@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +28,12 @@ __all__ = ["LiveNode", "RecordingSink", "live_node"]
 class RecordingSink:
     events: list[Event] = field(default_factory=list)
     statuses: list[OtaStatus] = field(default_factory=list)
+    on_event: Callable[[Event], None] | None = None  # a test's reaction to each event, after it is recorded
 
     def event(self, ev: Event) -> None:
         self.events.append(ev)
+        if self.on_event is not None:
+            self.on_event(ev)
 
     def ota(self, st: OtaStatus) -> None:
         self.statuses.append(st)

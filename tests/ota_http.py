@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from edge_node.ota.serve import RangeRequestHandler, make_server
 
@@ -56,6 +56,7 @@ class _FaultHandler(RangeRequestHandler):
             value = f"bytes {int(first) + 1}-{rest}"
         super().send_header(keyword, value)
 
+    # typeshed's copyfile takes str or bytes streams; this server, like RangeRequestHandler, sends bytes only.
     def copyfile(self, source: IO[bytes], outputfile: IO[bytes]) -> None:  # type: ignore[override]
         if self._fault in ("cut", "stall"):
             half = max(1, self._remaining // 2)
@@ -90,9 +91,9 @@ def serving(directory: Path, *, faults: bool = False) -> Iterator[FaultServer]:
 
 def _bind(directory: Path, control: FaultServer) -> type[_FaultHandler]:
     class Bound(_FaultHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:  # passed through to the base class as given
             self.control = control
             self._fault = None
-            super().__init__(*args, directory=str(directory.resolve()), **kwargs)  # type: ignore[arg-type]
+            super().__init__(*args, directory=str(directory.resolve()), **kwargs)
 
     return Bound

@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from edge_node.bundle.manifest import MANIFEST, ReferenceImage, ReferenceInfo, file_digest, read_manifest
 from edge_node.bundle.signing import load_private_key, sign_bundle
+from edge_node.modelzoo.images import load_bgr
 from edge_node.vision.preprocess import Preprocessor
 from tests.bundles import _seed, tiny_model
 
@@ -46,7 +47,7 @@ def add_reference(bundle: Path, *, count: int = 16, min_agreement: float = 0.9, 
     for i, frame in enumerate(_frames(count)):
         name = f"reference/ref_{i:03d}.jpg"
         cv2.imwrite(str(bundle / name), frame)
-        decoded = cv2.imread(str(bundle / name))
+        decoded = load_bgr(bundle / name)  # what the node will see: the JPEG as decoded
         top5 = {}
         for r, session in sessions.items():
             logits = session.run(None, {"input": Preprocessor(manifest.preprocess, r)(decoded)})[0][0]

@@ -25,7 +25,8 @@ class _Net(torch.nn.Module):
         self.fc = torch.nn.Linear(24, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.body(x).mean((2, 3)))
+        logits: torch.Tensor = self.fc(self.body(x).mean((2, 3)))
+        return logits
 
 
 def _model(tmp: Path, res: int) -> Path:
@@ -38,7 +39,7 @@ def _images(count: int, res: int, seed: int = 0) -> list[np.ndarray]:
     return [(rng.standard_t(3, size=(1, 3, res, res)) * (1 + i % 3)).astype(np.float32) for i in range(count)]
 
 
-class _All(CalibrationDataReader):  # type: ignore[misc]
+class _All(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped: its base class is Any
     def __init__(self, name: str, images: list[np.ndarray]) -> None:
         self._it = iter([{name: x} for x in images])
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import pytest
 
-from edge_node.capture.base import EndOfStream
+from edge_node.capture.base import EndOfStream, Frame
 from edge_node.capture.factory import make_source
 from edge_node.capture.grabber import Grabber, LatestSlot
 from edge_node.capture.opencv import OpenCVSource
@@ -20,7 +20,7 @@ from edge_node.errors import CameraError, ConfigError, MissingExtraError
 
 
 def test_slot_keeps_only_the_newest_frame_and_counts_drops() -> None:
-    slot = LatestSlot()
+    slot: LatestSlot[Frame] = LatestSlot()
     frames = [np.full((2, 2, 3), i, np.uint8) for i in range(5)]
     for f in frames:
         slot.put(f)
@@ -31,7 +31,7 @@ def test_slot_keeps_only_the_newest_frame_and_counts_drops() -> None:
 
 
 def test_slot_wakes_a_waiting_consumer() -> None:
-    slot = LatestSlot()
+    slot: LatestSlot[Frame] = LatestSlot()
     out: list[Any] = []
     t = threading.Thread(target=lambda: out.append(slot.get(timeout=2)))
     t.start()
@@ -52,7 +52,8 @@ def test_grabber_reports_ok_then_stalled_for_a_frozen_camera() -> None:
         assert g.state() in ("ok", "stalled")
         time.sleep(0.5)
         assert g.state() == "stalled"
-        assert g.frame_age() is not None and g.frame_age() > 0.3
+        age = g.frame_age()
+        assert age is not None and age > 0.3
     finally:
         g.stop()
     assert g.state() == "stopped"
@@ -106,7 +107,11 @@ def test_folder_source_order(tmp_path: Path) -> None:
         cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), value, np.uint8))
     src = make_source(CameraConfig(source=f"dir:{tmp_path}", fps=1000))
     src.open()
-    values = [int(src.read()[0, 0, 0]) for _ in range(4)]  # type: ignore[index]
+    values = []
+    for _ in range(4):
+        frame = src.read()
+        assert frame is not None
+        values.append(int(frame[0, 0, 0]))
     src.close()
     assert values == [10, 20, 30, 10]
 
@@ -119,7 +124,7 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _clip(path: Path, frames: int, fps: float) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (64, 48))
     for i in range(frames):
         writer.write(np.full((48, 64, 3), 20 * (i + 1), np.uint8))
     writer.release()
@@ -151,9 +156,9 @@ def test_an_explicit_fps_overrides_the_files_rate(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("at_end", ["loop", "stop"])
-def test_grabber_loops_a_video_file_or_stops_at_its_end(tmp_path: Path, at_end: str) -> None:
+def test_grabber_loops_a_video_file_or_stops_at_its_end(tmp_path: Path, at_end: Literal["loop", "stop"]) -> None:
     clip = _clip(tmp_path / "clip.avi", 3, 100.0)
-    g = Grabber(lambda: make_source(CameraConfig(source=str(clip))), stall_timeout=1, reopen_delay=0.05, at_end=at_end)  # type: ignore[arg-type]
+    g = Grabber(lambda: make_source(CameraConfig(source=str(clip))), stall_timeout=1, reopen_delay=0.05, at_end=at_end)
     g.start()
     try:
         deadline = time.monotonic() + 5

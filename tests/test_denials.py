@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ topic read ghostpi/#
 
 
 @pytest.fixture
-def acl_broker(tmp_path: Path) -> Mosquitto:
+def acl_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     work = tmp_path / "broker"
     work.mkdir()
     passwords = work / "passwd"
@@ -41,7 +42,7 @@ def acl_broker(tmp_path: Path) -> Mosquitto:
     (work / "acl").write_text(ACL)
     broker = Mosquitto(work, extra_conf=f"allow_anonymous false\npassword_file {passwords}\nacl_file {work / 'acl'}\n")
     try:
-        yield broker.start()  # type: ignore[misc]
+        yield broker.start()
     finally:
         broker.stop()
 

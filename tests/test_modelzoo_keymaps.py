@@ -5,20 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
+from edge_node.capture.stills import demo_photos
 from edge_node.errors import BundleError
 from edge_node.modelzoo.keymaps import map_efficientnet_pytorch, unwrap_checkpoint
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from edge_node.modelzoo.archs import create_model, get_arch, preprocess_spec  # noqa: E402
-from edge_node.modelzoo.export import torch_logits  # noqa: E402
-from edge_node.modelzoo.weights import PYPI_LITE0, block_shapes, load_weights  # noqa: E402
-from edge_node.vision.preprocess import Preprocessor  # noqa: E402
+import torch
+
+from edge_node.modelzoo.archs import create_model, get_arch, preprocess_spec
+from edge_node.modelzoo.export import torch_logits
+from edge_node.modelzoo.weights import PYPI_LITE0, block_shapes, load_weights
+from edge_node.vision.preprocess import Preprocessor
 
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -47,15 +49,13 @@ def test_lite0_mapping_is_a_bijection_onto_timm() -> None:
 
 def test_lite0_pypi_weights_classify_a_cat() -> None:
     """Functional proof: a wrong mapping (or missing TF padding / normalisation) doesn't recognise the cat."""
-    from skimage import data
-
     arch = get_arch("efficientnet_lite0")
     model = create_model(arch)
     assert load_weights(model, arch, PYPI_LITE0) == PYPI_LITE0
     spec = preprocess_spec(model)
     assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.5, 0.5, 0.5)
-    frame = cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR)
-    logits = torch_logits(model, [np.array(Preprocessor(spec, 224)(frame))])
+    frame = dict(demo_photos())["chelsea"]
+    logits = torch_logits(model, [np.array(Preprocessor(spec, 224)(frame), dtype=np.float32)])
     assert int(logits.argmax()) in CATS
 
 

@@ -48,6 +48,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return out, key.with_name("release.pub"), images
 
 
+def _number(value: object) -> float:
+    """A metrics value (the manifest keeps them as JSON scalars) as a float."""
+    assert isinstance(value, int | float), value
+    return float(value)
+
+
 def test_bundle_lists_files_by_runtime_precision_and_resolution(built: tuple[Path, Path, Path]) -> None:
     out, pub, _ = built
     bundle = open_bundle(out, trusted_keys=[pub], require_signature=True)  # every file hashed and signed
@@ -61,9 +67,9 @@ def test_bundle_lists_files_by_runtime_precision_and_resolution(built: tuple[Pat
     assert m.runtimes() == ["litert", "onnxruntime"] and m.resolutions("int8", "litert") == [RES]
     assert m.layout(m.variant(RES, "int8", "litert")) == "NHWC" and m.preprocess.layout == "NCHW"
     rows = {row["file"]: row for row in m.metrics}
-    assert float(rows[f"model_{RES}_fp32.tflite"]["max_abs_diff_vs_torch"]) <= 1e-3  # type: ignore[arg-type]
+    assert _number(rows[f"model_{RES}_fp32.tflite"]["max_abs_diff_vs_torch"]) <= 1e-3
     assert rows[f"model_{RES}_int8.tflite"]["runtime"] == "litert"
-    assert 0.0 <= float(rows[f"model_{RES}_int8.tflite"]["reference_agreement"]) <= 1.0  # type: ignore[arg-type]
+    assert 0.0 <= _number(rows[f"model_{RES}_int8.tflite"]["reference_agreement"]) <= 1.0
     assert m.build.calibration["litert_recipe"] and m.build.calibration["recipe"]
     assert {"litert-torch", "ai-edge-quantizer", "ai-edge-litert"} <= set(m.build.toolchain)
 

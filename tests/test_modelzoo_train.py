@@ -13,14 +13,17 @@ from edge_node.bundle import open_bundle
 from edge_node.cli import main
 from edge_node.errors import BundleError
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from edge_node.modelzoo.archs import ARCHS, create_model, get_arch  # noqa: E402
-from edge_node.modelzoo.backbone import split_model  # noqa: E402
-from edge_node.modelzoo.fit import FitOptions, class_weights, fit, predict  # noqa: E402
-from edge_node.modelzoo.weights import checkpoint_labels, load_state_strict  # noqa: E402
-from edge_node.vision.model import Model  # noqa: E402
+import torch
+
+from edge_node.modelzoo.archs import ARCHS, create_model, get_arch
+from edge_node.modelzoo.backbone import split_model
+from edge_node.modelzoo.fit import FitOptions, class_weights, fit, predict
+from edge_node.modelzoo.images import load_bgr
+from edge_node.modelzoo.weights import checkpoint_labels, load_state_strict
+from edge_node.vision.model import Model
 
 # One architecture per timm family in ARCHS (the others differ only in width)
 FAMILIES = ("efficientnet_lite0", "ghostnet_100", "ghostnetv2_100", "mobilenetv3_small_100")
@@ -99,10 +102,10 @@ def test_a_head_that_does_not_match_the_labels_says_what_to_fix() -> None:
     with pytest.raises(BundleError, match="Is --arch the right architecture"):
         load_state_strict(model, _state("mobilenetv3_small_100", 4))
     # training keeps its own new head and takes everything else
-    before = model.classifier.weight.detach().clone()
+    before = model.get_parameter("classifier.weight").detach().clone()
     load_state_strict(model, state, skip_head=True)
-    torch.testing.assert_close(model.classifier.weight, before)
-    torch.testing.assert_close(model.conv_stem.weight, state["conv_stem.weight"])
+    torch.testing.assert_close(model.get_parameter("classifier.weight"), before)
+    torch.testing.assert_close(model.get_parameter("conv_stem.weight"), state["conv_stem.weight"])
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +142,7 @@ def test_a_three_class_checkpoint_builds_and_runs(
     assert (out / "labels.txt").read_text() == "parcel\nempty\ncat\n"
     assert bundle.manifest.build.weights == "file:bare.pth"
     for precision in ("fp32", "int8"):
-        frame = cv2.imread(str(next(photos.rglob("*.jpg"))))
+        frame = load_bgr(next(photos.rglob("*.jpg")))
         variant = Model(bundle, precision=precision).build(64)
         result = variant.infer(0, variant.preprocessor(frame), 0.0)
         assert result.best.label in bundle.labels and bundle.labels[result.best.class_id] == result.best.label
@@ -211,7 +214,9 @@ def test_training_another_family_fine_tunes_only_the_last_stages(tmp_path: Path)
     state = trained.model.state_dict()
     assert trained.finetune is not None and len(trained.finetune.history) == 2
     assert trained.confusion.sum() == len(dataset.val) == 3
-    blocks = len(trained.model.blocks)
+    stages = trained.model.get_submodule("blocks")
+    assert isinstance(stages, torch.nn.Sequential)
+    blocks = len(stages)
     changed = {k.split(".")[1] for k in state if k.startswith("blocks.") and not torch.equal(state[k], reference[k])}
     assert changed and changed <= {str(blocks - 2), str(blocks - 1)}  # only the last two stages moved
     assert torch.equal(state["conv_stem.weight"], reference["conv_stem.weight"])

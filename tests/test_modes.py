@@ -88,7 +88,8 @@ def test_workers_raise_the_predicted_rate() -> None:
     two = ModeController(CFG, LADDER, mode=Mode.PERFORMANCE, workers=2)
     for ctl in (one, two):
         ctl.observe(0.0, fps=30, resolution=160, inference_ms=50.0)
-    assert one.predicted_fps(192) is not None and two.predicted_fps(192) == 2 * one.predicted_fps(192)  # type: ignore[operator]
+    fps_one, fps_two = one.predicted_fps(192), two.predicted_fps(192)
+    assert fps_one is not None and fps_two == 2 * fps_one
 
 
 def test_auto_does_not_oscillate_on_noisy_fps() -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from edge_node.messages import Event, Heartbeat, NodeState, Prediction
 from tests.brokers import Mosquitto
-from tests.nodeproc import Collector, NodeProcess
+from tests.nodeproc import Collector, NodeProcess, Received
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,9 @@ def node(node_env: dict[str, str], tmp_path: Path) -> Iterator[NodeProcess]:
             proc.terminate()
 
 
-def _prediction(bus: Collector, node: NodeProcess, pred=lambda p: True, since: float = 0.0) -> Prediction:
+def _prediction(
+    bus: Collector, node: NodeProcess, pred: Callable[[Prediction], bool] = lambda p: True, since: float = 0.0
+) -> Prediction:
     try:
         m = bus.wait(f"{T}/predictions", lambda m: pred(Prediction.model_validate_json(m.payload)), since=since)
     except AssertionError as exc:
@@ -68,6 +70,10 @@ def test_set_mode_changes_resolution_and_is_acknowledged(node: NodeProcess, bus:
     assert state.mode == "balanced"
 
 
+def _refused_with(needle: str) -> Callable[[Received], bool]:
+    return lambda m: not json.loads(m.payload)["ok"] and needle in json.loads(m.payload)["error"]
+
+
 def test_garbage_on_control_gets_error_events_and_predictions_continue(node: NodeProcess, bus: Collector) -> None:
     _prediction(bus, node)
     bad = [
@@ -80,11 +86,7 @@ def test_garbage_on_control_gets_error_events_and_predictions_continue(node: Nod
     for payload, _ in bad:
         bus.publish(f"{T}/control", payload)
     for _, needle in bad:
-        bus.wait(
-            f"{T}/events",
-            lambda m, n=needle: not json.loads(m.payload)["ok"] and n in json.loads(m.payload)["error"],
-            since=start,
-        )
+        bus.wait(f"{T}/events", _refused_with(needle), since=start)
     errors = [json.loads(m.payload) for m in bus.on(f"{T}/events", since=start)]
     assert {e.get("id") for e in errors} >= {"u", "w"}
     after = time.monotonic()

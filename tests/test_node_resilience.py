@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,13 @@ def _start(env: dict[str, str], tmp_path: Path, **extra: str) -> NodeProcess:
     return NodeProcess(dict(env, **extra), tmp_path / "node").start()
 
 
-def _heartbeat(bus: Collector, node: NodeProcess, pred=lambda hb: True, since: float = 0.0, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+def _heartbeat(
+    bus: Collector,
+    node: NodeProcess,
+    pred: Callable[[Heartbeat], bool] = lambda hb: True,
+    since: float = 0.0,
+    timeout: float = 30.0,
+) -> Heartbeat:
     try:
         m = bus.wait(
             f"{T}/heartbeat", lambda m: pred(Heartbeat.model_validate_json(m.payload)), since=since, timeout=timeout
@@ -191,7 +198,7 @@ def _clip(path: Path, frames: int, fps: float) -> Path:
     import cv2
     import numpy as np
 
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (160, 120))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (160, 120))
     for i in range(frames):
         writer.write(np.full((120, 160, 3), (10 * i) % 250, np.uint8))
     writer.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import socketserver
 import ssl
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from edge_node.config import OtaConfig
 from edge_node.errors import DownloadError
-from edge_node.ota.download import check_url, download
+from edge_node.ota.download import Progress, check_url, download
 from edge_node.ota.serve import make_server
 from tests.ota_http import serving
 from tests.pki import Authority
@@ -38,8 +39,28 @@ def _cfg(**kw: object) -> OtaConfig:
     return OtaConfig(**base)
 
 
-def _fetch(url: str, dest: Path, sha: str, cfg: OtaConfig | None = None, **kw: object) -> Path:
-    return download(url, dest, sha256=sha, cfg=cfg or _cfg(), backoff=0.01, **kw)  # type: ignore[arg-type]
+def _fetch(
+    url: str,
+    dest: Path,
+    sha: str,
+    cfg: OtaConfig | None = None,
+    *,
+    size: int | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    context: ssl.SSLContext | None = None,
+) -> Path:
+    return download(
+        url,
+        dest,
+        sha256=sha,
+        cfg=cfg or _cfg(),
+        backoff=0.01,
+        size=size,
+        progress=progress,
+        cancel=cancel,
+        context=context,
+    )
 
 
 def test_download_happy_path_reports_progress(site: tuple[Path, bytes, str], tmp_path: Path) -> None:
@@ -191,7 +212,7 @@ def test_url_policy() -> None:
 
 
 @contextmanager
-def _over_tls(server: http.server.HTTPServer, ca: Authority) -> Iterator[str]:
+def _over_tls(server: socketserver.TCPServer, ca: Authority) -> Iterator[str]:
     """Serve ``server`` over TLS (certificate for localhost from ``ca``) in a thread; yield its https URL."""
     cert, key = ca.issue("localhost", server=True)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -19,7 +19,7 @@ from edge_node.messages import Event, Heartbeat, OtaStatus, Prediction
 from edge_node.ota.download import sha256_file
 from tests.brokers import Mosquitto
 from tests.bundles import make_key, make_tiny_bundle
-from tests.nodeproc import REPO, Collector, NodeProcess
+from tests.nodeproc import REPO, Collector, NodeProcess, answer_to
 from tests.ota_http import FaultServer, serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -28,8 +28,11 @@ T = "ghostpi/node-o"
 RES = (64, 48)
 
 
+World = tuple[dict[str, str], Collector, FaultServer, Path, Path]
+
+
 @pytest.fixture
-def world(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[tuple[dict[str, str], Collector, FaultServer, Path, Path]]:
+def world(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[World]:
     """(node env, bus, http server, site folder, signing key)."""
     key = tmp_path / "keys" / "release.pem"
     pub = make_key(key)
@@ -109,7 +112,7 @@ def _publish_update(bus: Collector, srv: FaultServer, name: str, sha: str, versi
     bus.publish(f"{T}/control", json.dumps(cmd))
 
 
-def test_update_and_rollback_through_ctl(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_update_and_rollback_through_ctl(world: World, tmp_path: Path) -> None:
     env, bus, srv, site, key = world
     name, sha = _release(site, tmp_path, key, "2.0.0")
     node = _start(env, tmp_path, bus, "1.0.0")
@@ -142,8 +145,8 @@ def _retained_state_version(env: dict[str, str]) -> str:
 
 
 @pytest.mark.parametrize("phase", ["downloading", "activating"])
-def test_sigterm_during_an_update_exits_promptly_and_leaves_the_store_consistent(  # type: ignore[no-untyped-def]
-    world, tmp_path: Path, phase: str
+def test_sigterm_during_an_update_exits_promptly_and_leaves_the_store_consistent(
+    world: World, tmp_path: Path, phase: str
 ) -> None:
     """The update task used to live outside the node's TaskGroup, so SIGTERM during a download waited on a thread
     that nothing could cancel. Now it is interrupted, answered, and the node exits within 5 s."""
@@ -177,15 +180,13 @@ def test_sigterm_during_an_update_exits_promptly_and_leaves_the_store_consistent
     node.terminate()
 
 
-def test_after_a_fallback_from_a_corrupt_bundle_rollback_still_works(  # type: ignore[no-untyped-def]
-    world, tmp_path: Path
-) -> None:
+def test_after_a_fallback_from_a_corrupt_bundle_rollback_still_works(world: World, tmp_path: Path) -> None:
     env, bus, srv, site, key = world
     node = _start(env, tmp_path, bus, "1.0.0")
     for version in ("2.0.0", "3.0.0"):
         name, sha = _release(site, tmp_path, key, version)
         _publish_update(bus, srv, name, sha, version, f"u{version}")
-        assert bus.wait(f"{T}/events", lambda m, v=version: m.json().get("id") == f"u{v}", timeout=40).json()["ok"]
+        assert bus.wait(f"{T}/events", answer_to(f"u{version}"), timeout=40).json()["ok"]
     node.terminate()
     bundles = tmp_path / "state" / "ota" / "bundles"
     active = next(p for p in bundles.iterdir() if p.name.startswith("3.0.0-"))
@@ -205,9 +206,7 @@ def test_after_a_fallback_from_a_corrupt_bundle_rollback_still_works(  # type: i
         node.terminate()
 
 
-def test_kill9_during_download_restarts_on_the_last_good_bundle_then_resumes(  # type: ignore[no-untyped-def]
-    world, tmp_path: Path
-) -> None:
+def test_kill9_during_download_restarts_on_the_last_good_bundle_then_resumes(world: World, tmp_path: Path) -> None:
     env, bus, srv, site, key = world
     name, sha = _release(site, tmp_path, key, "2.0.0", pad=2_000_000)
     srv.faults = ["stall"]
@@ -239,9 +238,7 @@ def test_kill9_during_download_restarts_on_the_last_good_bundle_then_resumes(  #
         node.terminate()
 
 
-def test_kill9_during_activation_restarts_on_the_last_good_bundle(  # type: ignore[no-untyped-def]
-    world, tmp_path: Path
-) -> None:
+def test_kill9_during_activation_restarts_on_the_last_good_bundle(world: World, tmp_path: Path) -> None:
     env, bus, srv, site, key = world
     name2, sha2 = _release(site, tmp_path, key, "2.0.0")
     name3, sha3 = _release(site, tmp_path, key, "3.0.0")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import statistics
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,8 +32,8 @@ def _normal(node: LiveNode, since: int) -> float:
     return max(statistics.median(gaps), gaps[int(len(gaps) * 0.95)])
 
 
-def run(coro: object) -> None:
-    asyncio.run(coro)  # type: ignore[arg-type]
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(coro)
 
 
 def test_outputs_leave_in_frame_order_while_workers_finish_out_of_order(tmp_path: Path) -> None:

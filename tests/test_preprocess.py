@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+from typing import Literal
+
 import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from edge_node.bundle.manifest import Preprocess
+from edge_node.capture.base import Frame
+from edge_node.capture.stills import demo_photos
 from edge_node.vision.preprocess import Preprocessor, center_square
 
 IMAGENET = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -20,13 +25,13 @@ def reference(frame_bgr: np.ndarray, spec: Preprocess, r: int) -> np.ndarray:
     crop = resized[top : top + r, left : left + r]
     if spec.color == "RGB":
         crop = crop[:, :, ::-1]
-    x = (crop.astype(np.float64) / 255.0 - np.array(spec.mean)) / np.array(spec.std)
+    x: npt.NDArray[np.float64] = (crop.astype(np.float64) / 255.0 - np.array(spec.mean)) / np.array(spec.std)
     return x.transpose(2, 0, 1)[None]
 
 
-def photo() -> np.ndarray:
-    skimage_data = pytest.importorskip("skimage.data")
-    return cv2.cvtColor(skimage_data.chelsea(), cv2.COLOR_RGB2BGR)  # 300 x 451, a real photo
+def photo() -> Frame:
+    pytest.importorskip("skimage")  # the demo photos ship inside scikit-image (the demo extra)
+    return dict(demo_photos())["chelsea"]  # 300 x 451, a real photo
 
 
 def test_exact_normalisation_and_layout_when_no_resize_is_needed() -> None:
@@ -82,10 +87,10 @@ def test_rejects_frames_that_are_not_bgr() -> None:
 
 
 @pytest.mark.parametrize(("color", "dtype"), [("RGB", "float32"), ("BGR", "float32"), ("RGB", "uint8")])
-def test_nhwc_is_exactly_nchw_transposed(color: str, dtype: str) -> None:
+def test_nhwc_is_exactly_nchw_transposed(color: Literal["RGB", "BGR"], dtype: Literal["float32", "uint8"]) -> None:
     """TFLite files take NHWC; the fast NHWC path must compute exactly what the NCHW path does."""
     frame = np.random.default_rng(5).integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    spec = Preprocess(color=color, input_dtype=dtype)  # type: ignore[arg-type]
+    spec = Preprocess(color=color, input_dtype=dtype)
     nchw = Preprocessor(spec, 96, layout="NCHW")(frame).copy()
     nhwc = Preprocessor(spec, 96, layout="NHWC")(frame)
     assert nhwc.shape == (1, 96, 96, 3) and nhwc.dtype == nchw.dtype

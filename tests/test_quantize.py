@@ -36,7 +36,8 @@ class SmallNet(torch.nn.Module):
         x = self.dw(self.stem(x))
         x = torch.cat([torch.relu(self.left(x)), torch.relu(self.right(x))], dim=1)
         x = torch.relu(self.head(x)).mean((2, 3))
-        return self.fc(x)
+        logits: torch.Tensor = self.fc(x)
+        return logits
 
 
 def _inputs(count: int, seed: int) -> list[np.ndarray]:
@@ -57,9 +58,11 @@ def fp32_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     net = SmallNet().eval()
     with torch.no_grad():  # non-trivial BN statistics, so folding matters
-        for bn in (net.stem[1], net.dw[1]):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
+        for bn in net.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                assert bn.running_mean is not None and bn.running_var is not None  # tracked by default
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
     return export_onnx(net, RES, tmp_path_factory.mktemp("small") / "fp32.onnx")
 
 
@@ -126,7 +129,8 @@ def test_exclude_stem_keeps_the_first_conv_in_float(fp32_model: Path, tmp_path: 
     image = graph.input[0].name
     stem = next(n for n in graph.node if image in n.input)
     assert stem.op_type == "Conv"
-    assert stem.name in recipe["nodes_to_exclude"]  # with the weight-only classifier
+    excluded = recipe["nodes_to_exclude"]
+    assert isinstance(excluded, list) and stem.name in excluded  # with the weight-only classifier
     weight = next(t for t in graph.initializer if t.name == stem.input[1])
     assert weight.data_type == TensorProto.FLOAT
 
@@ -205,7 +209,8 @@ class GateNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = torch.sigmoid(self.reduce(torch.nn.functional.avg_pool2d(x, 2, 2)))
-        return self.main(x) * torch.nn.functional.interpolate(gate, size=x.shape[-2:], mode="nearest")
+        main: torch.Tensor = self.main(x)
+        return main * torch.nn.functional.interpolate(gate, size=x.shape[-2:], mode="nearest")
 
 
 def test_int8_graph_passes_keep_the_function(tmp_path: Path) -> None:

@@ -21,10 +21,11 @@ RES = 64  # small, but every stage keeps an even size so the DFC gate upsample i
 @pytest.fixture(scope="module")
 def ghostnetv2() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model("ghostnetv2_100").eval()
+    model: torch.nn.Module = timm.create_model("ghostnetv2_100").eval()
     with torch.no_grad():  # trained-looking BatchNorm statistics, so folding them is actually tested
         for bn in model.modules():
             if isinstance(bn, torch.nn.BatchNorm2d):
+                assert bn.running_mean is not None and bn.running_var is not None  # tracked by default
                 bn.running_mean.uniform_(-0.2, 0.2)
                 bn.running_var.uniform_(0.5, 1.5)
                 bn.weight.uniform_(0.5, 1.5)
@@ -51,7 +52,7 @@ def test_surgery_pads_depthwise_channels_and_leaves_the_input_alone(ghostnetv2: 
     rewritten = prepare_for_export(ghostnetv2, "ghostnetv2_100")
     depthwise = [m for m in rewritten.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     assert depthwise and all(m.groups % 16 == 0 for m in depthwise)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in rewritten.blocks.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in rewritten.get_submodule("blocks").modules())
     after = ghostnetv2.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # a copy was rewritten, not the caller's
 
@@ -60,7 +61,7 @@ def test_other_architectures_are_only_put_in_eval_mode() -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
     out = prepare_for_export(net, "efficientnet_lite0")
     assert not out.training
-    assert [type(m) for m in out] == [torch.nn.Conv2d, torch.nn.BatchNorm2d]
+    assert [type(m) for m in out.children()] == [torch.nn.Conv2d, torch.nn.BatchNorm2d]
 
 
 def test_rewritten_ghostnetv2_exports_and_quantises(ghostnetv2: torch.nn.Module, tmp_path: Path) -> None:

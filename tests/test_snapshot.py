@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from edge_node.fleet.simnode import SimNode
 from edge_node.messages import Event, Snapshot, parse_command
 from edge_node.snapshot import DISABLED, caption_for, encode_snapshot, take_snapshot
 from edge_node.topics import Topics
+from tests.brokers import Mosquitto
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -94,7 +97,7 @@ def test_the_simulator_answers_with_a_jpeg_or_refuses_like_a_disabled_node() -> 
     assert refused.snapshot is None and Event.model_validate_json(refused.event).error == DISABLED
 
 
-def test_ctl_tracker_waits_for_the_jpeg_and_saves_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_ctl_tracker_waits_for_the_jpeg_and_saves_it(tmp_path: Path) -> None:
     t = Tracker("gp", "c1")
     t.expected.update({"a", "b"})
     t.feed("gp/a/events", Event(id="c1", cmd="snapshot", ok=True).to_bytes())
@@ -112,9 +115,7 @@ def test_ctl_tracker_waits_for_the_jpeg_and_saves_it(tmp_path) -> None:  # type:
 
 @pytest.mark.timeout(90)
 def test_ctl_snapshot_saves_the_fleet_jpegs_and_a_real_node_refuses_by_default(
-    mosquitto,
-    node_env,
-    tmp_path,  # type: ignore[no-untyped-def]
+    mosquitto: Mosquitto, node_env: dict[str, str], tmp_path: Path
 ) -> None:
     import subprocess
     import sys
@@ -132,9 +133,9 @@ def test_ctl_snapshot_saves_the_fleet_jpegs_and_a_real_node_refuses_by_default(
         sim.wait_event("online", timeout=30)
         out = ctl("all", "snapshot", "--out", str(tmp_path / "shots"))
         assert out.returncode == 0, out.stderr
-        for node in ("sim-001", "sim-002"):
-            jpeg = (tmp_path / "shots" / f"{node}-snapshot.jpg").read_bytes()
-            assert _decode(jpeg).shape == (240, 320, 3) and f"{node}: saved" in out.stderr
+        for sim_id in ("sim-001", "sim-002"):
+            jpeg = (tmp_path / "shots" / f"{sim_id}-snapshot.jpg").read_bytes()
+            assert _decode(jpeg).shape == (240, 320, 3) and f"{sim_id}: saved" in out.stderr
     finally:
         sim.close()
 

@@ -91,7 +91,7 @@ def test_ssl_context_names_the_setting_to_fix(pki: Authority, tmp_path: Path) ->
         ssl_context(MqttConfig(ca_file=pki.ca_file, cert_file=cert, key_file=other_key))
 
 
-def test_node_with_a_valid_certificate_works(connect) -> None:  # type: ignore[no-untyped-def]
+def test_node_with_a_valid_certificate_works(connect: Callable[..., Client]) -> None:
     dashboard = connect("dashboard")
     operator = connect("operator")
     node = connect("n1")
@@ -106,7 +106,7 @@ def test_node_with_a_valid_certificate_works(connect) -> None:  # type: ignore[n
     assert node.got("ghostpi/n1/control", b"c1") and node.got("ghostpi/all/control", b"c2")
 
 
-def test_clients_without_a_trusted_certificate_are_refused(connect, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_clients_without_a_trusted_certificate_are_refused(connect: Callable[..., Client], tmp_path: Path) -> None:
     anonymous = connect(None)
     rogue = connect("n1", ca=Authority(tmp_path / "rogue", cn="rogue CA"))
     assert not anonymous.connected.is_set()
