@@ -11,7 +11,7 @@ test:
 	scripts/test.sh
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+	PATH="$$PWD/.venv/bin:$$PATH" scripts/lint.sh
 
 bench-pipeline:
 	$(PY) bench/bench_pipeline.py

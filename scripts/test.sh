@@ -7,9 +7,6 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] \
 ensure_venv "dev,demo,export,dashboard"
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
-echo "== ruff" >&2
-ruff check . && ruff format --check .
-echo "== mypy" >&2
-mypy
+bash "$ROOT/scripts/lint.sh"  # stops here on any finding (set -e)
 echo "== pytest" >&2
 exec python -m pytest -q -ra "$@"
