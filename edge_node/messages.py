@@ -132,6 +132,7 @@ class Heartbeat(_Wire):
     last_error: str | None = None
     workers: list[WorkerStatus] = Field(default_factory=list)
     dropped_offline: dict[str, int] = Field(default_factory=dict)  # messages not sent while the broker was away
+    offline_s: float = 0.0  # seconds without the broker since the first connect, all gaps summed
     publish_denied: int = 0  # publishes the broker refused (MQTT 5 reason codes; 3.1.1 cannot tell)
 
 

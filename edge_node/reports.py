@@ -105,6 +105,7 @@ class LinkFigures:
     reconnects: int
     dropped_offline: dict[str, int]
     denied: int
+    offline_s: float = 0.0
 
 
 class HeartbeatBuilder:
@@ -155,6 +156,7 @@ class HeartbeatBuilder:
             last_error=pipe.last_error or cam.last_error,
             workers=self._workers(now, pipe),
             dropped_offline={k: v for k, v in link.dropped_offline.items() if v},
+            offline_s=round(link.offline_s, 1),
             publish_denied=link.denied,
         )
 

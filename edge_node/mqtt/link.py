@@ -3,7 +3,7 @@
 It sets the ``offline`` will, publishes ``online`` and re-subscribes on every connect, reconnects with
 exponential backoff and jitter (tenacity), and keeps reliable messages (events, state) queued while the
 broker is away. Predictions and heartbeats (QoS 0) are dropped while disconnected, and counted: a stale
-prediction is worth nothing, but the operator learns how much was lost.
+prediction is worth nothing, but the operator learns how much was lost, and for how long (``offline_s``).
 
 It also says what a broker refuses: with MQTT 5, a PUBACK or SUBACK reason code of "not authorized" is
 logged and counted (MQTT 3.1.1 has no such codes: a broker drops a denied publish without a word). A broker
@@ -79,10 +79,22 @@ class Link:
         self.dropped_offline: Counter[str] = Counter()  # by topic leaf ("predictions", "heartbeat")
         self.dropped_backlog = 0  # QoS 0 messages pushed out of a full send queue (the broker is too slow)
         self.denied = 0
+        self._offline_total = 0.0  # seconds without the broker in the gaps that have ended
+        self._lost_at: float | None = None  # when the current gap began (monotonic); None while connected
 
     @property
     def reconnects(self) -> int:
         return max(0, self.connects - 1)
+
+    @property
+    def offline_s(self) -> float:
+        """Seconds without the broker since the first connect, every gap summed (the current one too).
+
+        A gap starts when the link notices the loss: at once when the connection is closed, but only after up to
+        about 2 x keepalive when the network silently stops carrying packets (no PINGRESP came back).
+        """
+        current = time.monotonic() - self._lost_at if self._lost_at is not None else 0.0
+        return self._offline_total + current
 
     # --- publishing ------------------------------------------------------------------------------------
 
@@ -161,6 +173,11 @@ class Link:
         self._client = client
         self.connected = True
         self.connects += 1
+        if self._lost_at is not None:
+            gap = time.monotonic() - self._lost_at
+            self._offline_total += gap
+            self._lost_at = None
+            log.info("back online after %.1f s without the broker (%d reconnects so far)", gap, self.reconnects)
         log.info(
             "connected to MQTT broker %s:%s (MQTT %s, client id %s unless the broker binds it to the certificate)",
             broker_host(self.cfg),
@@ -183,6 +200,7 @@ class Link:
             log.warning("MQTT connection lost: %s", group.exceptions[0])
         finally:
             self.connected = False
+            self._lost_at = time.monotonic()
             self._client = None
             self._inflight = None
             self._fast.clear()
