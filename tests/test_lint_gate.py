@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CLEAN = {
     "edge_node/__init__.py": '"""A package."""\n',
-    "edge_node/ok.py": 'def twice(x: int) -> int:\n    return 2 * x\n',
+    "edge_node/ok.py": "def twice(x: int) -> int:\n    return 2 * x\n",
     "tests/__init__.py": "",
     "tests/test_ok.py": "def test_ok() -> None:\n    assert True\n",
     "bench/__init__.py": "",
