@@ -110,6 +110,7 @@ class NodeProcess:
     workdir: Path
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    prefix: list[str] = field(default_factory=list)  # runs the node through this, e.g. ``ip netns exec <name>``
 
     @property
     def log_path(self) -> Path:
@@ -122,7 +123,7 @@ class NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_node", "run", *self.args],
+                [*self.prefix, sys.executable, "-m", "edge_node", "run", *self.args],
                 cwd=self.workdir,
                 env=env,
                 stdout=log,

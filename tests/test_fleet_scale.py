@@ -37,7 +37,8 @@ def test_monitor_follows_a_fleet_of_200_through_crashes(mosquitto: Mosquitto, tm
         killed = sim.wait_event("killed", timeout=20)
         victims = set(killed["nodes"])
         assert len(victims) == KILL
-        # crashed nodes: the broker publishes their wills; bound by keepalive x 1.5 as a power cut would be
+        # crashed nodes: their sockets are closed (as a killed process's are), so the broker publishes their wills
+        # at once; the bound is 1.5 x keepalive all the same (a silent network loss: tests/test_node_partition.py)
         deadline = killed["received"] + KEEPALIVE * 1.5
         while True:
             snap = monitor_snapshot(mosquitto.port, tmp_path, timeout=3)
