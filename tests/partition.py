@@ -74,7 +74,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
 @contextmanager
 def partition() -> Iterator[Partition]:
     """A namespace and veth pair with names unique to this process and call; removed again on exit."""
-    tag = f"{os.getpid() % 100000}x{next(_serial)}"  # interface names have at most 15 characters
+    tag = f"{os.getpid()}x{next(_serial)}"  # "gp<tag>h" stays within the 15 characters of an interface name
     net = _free_subnet()
     host_ip, node_ip = (str(a) for a in net.hosts())
     part = Partition(f"ghostpi-t{tag}", f"gp{tag}h", f"gp{tag}n", host_ip, node_ip)
