@@ -23,7 +23,7 @@ from edge_node.commands import CommandHandler
 from edge_node.config import Settings
 from edge_node.discovery import HaDiscovery
 from edge_node.handoff import LoopHandoff
-from edge_node.messages import Event, Heartbeat, OtaStatus, Prediction
+from edge_node.messages import Event, Heartbeat, OtaStatus, Prediction, parse_mode_select
 from edge_node.mqtt.connect import halt
 from edge_node.mqtt.control import ControlRouter
 from edge_node.mqtt.link import Link
@@ -98,7 +98,7 @@ class Node:
             )
         )
         self.commands = CommandHandler(
-            ControlRouter(max_bytes=settings.mqtt.max_control_bytes, rate=settings.mqtt.control_rate),
+            self._command_routes(),
             self.gate,
             set_mode=self.pipeline.set_mode,
             emit=self.event,
@@ -119,7 +119,7 @@ class Node:
             if settings.ha.enabled
             else None
         )
-        subscriptions = self.topics.subscriptions
+        subscriptions = tuple(self.commands.routes)
         if self.discovery is not None:
             subscriptions = (*subscriptions, self.discovery.status_topic)
         self.link = Link(
@@ -136,6 +136,18 @@ class Node:
         self._choice_announced = False
         self._stop = asyncio.Event()
         self.published = 0
+
+    def _command_routes(self) -> dict[str, ControlRouter]:
+        """The topics the node takes commands on, each with its router. Home Assistant gets a topic of its own
+        that carries only a mode (never ``all``), so its identity cannot send any other command (docs/security.md)."""
+        mqtt, topics = self.settings.mqtt, self.topics
+        control = ControlRouter(max_bytes=mqtt.max_control_bytes, rate=mqtt.control_rate)
+        routes = dict.fromkeys(topics.subscriptions, control)  # the node's own control topic and the fleet's
+        if self.settings.ha.enabled:
+            routes[topics.ha_mode] = ControlRouter(
+                max_bytes=mqtt.max_control_bytes, rate=mqtt.control_rate, parse=parse_mode_select
+            )
+        return routes
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -262,7 +274,7 @@ class Node:
             self.updater.republish()
 
     async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        if topic in self.topics.subscriptions:
+        if self.commands.accepts(topic):
             await self.commands.handle(topic, payload, retained=retained, now=time.monotonic())
         elif self.discovery is not None and topic == self.discovery.status_topic:
             self.discovery.on_status(payload)

@@ -1,15 +1,16 @@
 """Control messages in, exactly one event out for each (or a drop by the documented rate limit).
 
-The router turns bytes into a Command or an error Event (size cap, token bucket, strict validation); this
-module refuses replays (a retained command is delivered again on every reconnect and restart, so it is never
-executed) and runs the rest. Long commands (model updates) are handed to the OTA updater, which answers with
-its own event when they end.
+Each command topic has its router (``routes``), which turns bytes into a Command or an error Event (size cap,
+token bucket, strict validation): the control topics take every command, Home Assistant's mode topic only a
+mode, which becomes the very same ``set_mode``. This module refuses replays (a retained command is delivered
+again on every reconnect and restart, so it is never executed) and runs the rest. Long commands (model
+updates) are handed to the OTA updater, which answers with its own event when they end.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +25,6 @@ from edge_node.messages import (
     SetPublish,
     Snapshot,
     UpdateModel,
-    command_id,
 )
 from edge_node.mqtt.control import ControlRouter
 from edge_node.publish import PublishGate
@@ -43,7 +43,7 @@ class Updates(Protocol):
 
 @dataclass
 class CommandHandler:
-    router: ControlRouter
+    routes: Mapping[str, ControlRouter]  # command topic → the router that parses and rate-limits what it carries
     gate: PublishGate
     set_mode: Callable[[Mode], int]
     emit: Callable[[Event], None]
@@ -53,8 +53,11 @@ class CommandHandler:
     take_snapshot: Callable[[], Awaitable[Jpeg]]
     publish_snapshot: Callable[[bytes], None]
 
+    def accepts(self, topic: str) -> bool:
+        return topic in self.routes
+
     async def handle(self, topic: str, payload: bytes, *, retained: bool, now: float) -> None:
-        routed = self.router.route(payload, now)
+        routed = self.routes[topic].route(payload, now)
         if routed is None:
             log.warning("control message on %s dropped: rate limit exceeded", topic)
             return
@@ -63,12 +66,11 @@ class CommandHandler:
             self.emit(routed)
             return
         if retained:
-            ident, cmd = command_id(payload)
-            log.warning("retained %s command on %s not executed", cmd, topic)
+            log.warning("retained %s command on %s not executed", routed.cmd, topic)
             self.emit(
                 Event(
-                    id=ident,
-                    cmd=cmd,
+                    id=routed.id,
+                    cmd=routed.cmd,
                     ok=False,
                     error=f"retained control messages are never executed (they would run again on every reconnect); "
                     f"clear it with: mosquitto_pub -r -n -t {topic}  and send the command without the retain flag",

@@ -43,6 +43,7 @@ __all__ = [
     "WorkerStatus",
     "command_id",
     "parse_command",
+    "parse_mode_select",
 ]
 
 
@@ -296,6 +297,20 @@ def parse_command(payload: bytes, max_bytes: int = 16384) -> Command:
         if first["type"] == "union_tag_not_found":
             raise CommandError("missing 'cmd' field") from exc
         raise CommandError(f"{where}: {first['msg']}" if where else first["msg"]) from exc
+
+
+def parse_mode_select(payload: bytes, max_bytes: int = 16384) -> SetMode:
+    """Home Assistant's select payload (a bare mode name, nothing else) as the same ``set_mode`` the control topic
+    takes; raise CommandError for anything else, so that a command sent there is refused, never run."""
+    if len(payload) > max_bytes:
+        raise CommandError(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
+    modes = {mode.value.encode(): mode for mode in Mode}
+    if payload not in modes:
+        raise CommandError(
+            f"this topic takes only a mode name ({', '.join(Mode)}) from Home Assistant's select; "
+            "send commands to the node's control topic"
+        )
+    return SetMode(cmd="set_mode", mode=modes[payload])
 
 
 def _names() -> list[str]:

@@ -57,8 +57,17 @@ class Topics:
         return f"{self.prefix}/{FLEET}/control"
 
     @property
+    def ha_mode(self) -> str:
+        """Home Assistant's resolution select writes a bare mode name here (docs/security.md).
+
+        Home Assistant gets this topic instead of ``control`` so that its identity can be allowed to change a
+        node's mode and nothing else. There is deliberately no fleet-wide (``all``) variant.
+        """
+        return self._t("ha/mode")
+
+    @property
     def subscriptions(self) -> tuple[str, ...]:
-        """What a node subscribes to."""
+        """The command topics a node always subscribes to (``ha_mode`` is added with Home Assistant)."""
         return (self.control, self.fleet_control)
 
     # Fleet-wide wildcards, for dashboards and the operator CLI.

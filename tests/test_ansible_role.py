@@ -191,6 +191,10 @@ def test_edge_node_role_installs_idempotently(tmp_path: Path, tiny_bundle: Path)
     assert second["changed"] == 0 and second["failed"] == 0, second
 
 
+def _env(**settings: str) -> dict[str, object]:
+    return {"edge_node_env": settings}
+
+
 def _fake_python(tmp: Path, probe: dict[str, object]) -> str:
     """A stand-in for a target's python3 that answers the role's probe: hardware we do not have (a 32-bit
     Raspberry Pi OS, another release)."""
@@ -213,6 +217,13 @@ def _fake_python(tmp: Path, probe: dict[str, object]) -> str:
         ({}, {"machine": "aarch64", "bits": 32}, "even on a 64-bit kernel"),  # 64-bit kernel, armhf userland
         ({}, {"codename": "bullseye", "python": "3.9"}, "No pinned versions for bullseye-aarch64 (Python 3.9)"),
         ({}, {"python": "3.12"}, "bookworm-aarch64.txt pins versions for another Python"),
+        # settings that weaken the node's security: refused in edge_node_env (in any case, as the node reads them)
+        (_env(EDGE_OTA__ALLOW_UNSIGNED_MODELS="true"), None, "edge_node_env sets EDGE_OTA__ALLOW_UNSIGNED_MODELS,"),
+        (_env(edge_ota__allow_http="1"), None, "edge_node_env sets edge_ota__allow_http,"),
+        (_env(EDGE_MQTT__TLS_INSECURE="false"), None, "set edge_node_allow_insecure: true for this host"),
+        # ... unless the role is told: the check passes, and the next one (the target) is what stops this run
+        (_env(EDGE_OTA__ALLOW_HTTP="true") | {"edge_node_allow_insecure": True}, {"bits": 32}, "Flash the 64-bit"),
+        (_env(edge_mqtt__password="x"), None, "secrets go in edge_node_mqtt_password"),
     ],
     ids=[
         "tool-identity",
@@ -223,6 +234,11 @@ def _fake_python(tmp: Path, probe: dict[str, object]) -> str:
         "armhf-on-arm64-kernel",
         "unknown-release",
         "other-python",
+        "unsigned-models",
+        "http-lowercase",
+        "tls-insecure",
+        "insecure-allowed",
+        "secret-lowercase",
     ],
 )
 def test_role_refuses_what_cannot_work_before_installing_anything(

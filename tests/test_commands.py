@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from edge_node.commands import CommandHandler
 from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import SnapshotError
-from edge_node.messages import Event, Rollback, UpdateModel
+from edge_node.messages import Event, Rollback, UpdateModel, parse_mode_select
 from edge_node.mqtt.control import ControlRouter
 from edge_node.publish import PublishGate
 from edge_node.snapshot import Jpeg
@@ -52,9 +52,16 @@ class Recorder:
         raise AssertionError("nothing to publish")
 
 
+CONTROL, HA_MODE = "t/n/control", "t/n/ha/mode"
+
+
 def _handler(rec: Recorder, rate: float = 1e9) -> CommandHandler:
+    routes = {
+        CONTROL: ControlRouter(max_bytes=16384, rate=rate),
+        HA_MODE: ControlRouter(max_bytes=16384, rate=rate, parse=parse_mode_select),
+    }
     return CommandHandler(
-        ControlRouter(max_bytes=16384, rate=rate),
+        routes,
         PublishGate(PublishPolicy.EVERY, 2.0),
         set_mode=rec.set_mode,
         emit=rec.emit,
@@ -66,8 +73,8 @@ def _handler(rec: Recorder, rate: float = 1e9) -> CommandHandler:
     )
 
 
-def _handle(handler: CommandHandler, payload: bytes, *, retained: bool = False) -> None:
-    asyncio.run(handler.handle("t/n/control", payload, retained=retained, now=0.0))
+def _handle(handler: CommandHandler, payload: bytes, *, retained: bool = False, topic: str = CONTROL) -> None:
+    asyncio.run(handler.handle(topic, payload, retained=retained, now=0.0))
 
 
 DEEP = b'{"id":"d","cmd":"ping","x":' + b"[" * 1000 + b"]" * 1000 + b"}"
@@ -142,7 +149,7 @@ def test_rate_limited_payloads_are_dropped_without_an_event() -> None:
     handler = _handler(rec, rate=1.0)
     for _ in range(5):
         _handle(handler, b'{"cmd":"ping"}')
-    assert len(rec.events) == 2 and handler.router.limited == 3  # burst of 2, then the documented drop
+    assert len(rec.events) == 2 and handler.routes[CONTROL].limited == 3  # burst of 2, then the documented drop
 
 
 @pytest.mark.parametrize(
@@ -165,3 +172,54 @@ def test_valid_commands_run_and_answer_once() -> None:
     assert [(e.id, e.ok) for e in rec.events] == [("m", True), ("p", True), ("r", True)]
     assert rec.modes == [Mode.PERFORMANCE] and rec.beats == 1 and rec.states == 1
     assert rec.events[0].detail == {"mode": "performance", "resolution": 160}
+
+
+def test_home_assistants_mode_topic_runs_the_same_set_mode_as_the_control_topic() -> None:
+    via_control, via_ha = Recorder(), Recorder()
+    _handle(_handler(via_control), b'{"cmd":"set_mode","mode":"performance"}')
+    _handle(_handler(via_ha), b"performance", topic=HA_MODE)
+    assert via_ha.modes == via_control.modes == [Mode.PERFORMANCE] and via_ha.states == via_control.states == 1
+    answers = [[e.model_dump(exclude={"ts"}) for e in rec.events] for rec in (via_ha, via_control)]
+    expected = {"id": None, "cmd": "set_mode", "ok": True, "error": None}
+    assert answers[0] == answers[1] == [expected | {"detail": {"mode": "performance", "resolution": 160}}]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"cmd":"rollback"}',
+        b'{"cmd":"update_model","url":"https://h/x","sha256":"' + b"a" * 64 + b'","version":"1"}',
+        b'{"cmd":"set_mode","mode":"high"}',  # even set_mode: this topic carries a mode name, nothing else
+        b'{"cmd":"snapshot"}',
+        b"warp",
+        b"High",
+        b" high",
+        b"high\n",
+        b"",
+        b"\xff",
+    ],
+)
+def test_anything_but_a_mode_on_home_assistants_topic_is_refused_with_an_event(payload: bytes) -> None:
+    rec = Recorder()
+    handler = _handler(rec)
+    _handle(handler, payload, topic=HA_MODE)
+    (ev,) = rec.events
+    assert not ev.ok and "only a mode name" in (ev.error or "") and "control topic" in (ev.error or "")
+    assert rec.modes == [] and rec.submitted == [] and rec.states == 0 and rec.beats == 0
+    assert handler.routes[HA_MODE].rejected == 1 and handler.routes[CONTROL].rejected == 0
+
+
+def test_the_two_routes_have_their_own_rate_limits() -> None:
+    rec = Recorder()
+    handler = _handler(rec, rate=1.0)
+    for _ in range(5):
+        _handle(handler, b"auto", topic=HA_MODE)
+    _handle(handler, b'{"cmd":"ping"}')
+    assert rec.modes == [Mode.AUTO] * 2 and rec.beats == 1 and handler.routes[HA_MODE].limited == 3
+
+
+def test_a_retained_mode_from_home_assistant_is_not_executed_either() -> None:
+    rec = Recorder()
+    _handle(_handler(rec), b"high", retained=True, topic=HA_MODE)
+    (ev,) = rec.events
+    assert not ev.ok and ev.cmd == "set_mode" and f"-t {HA_MODE}" in (ev.error or "") and rec.modes == []

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from edge_node.messages import Event, Heartbeat, NodeState, OtaStatus, Prediction, parse_command
+from edge_node.errors import CommandError
+from edge_node.messages import Event, Heartbeat, NodeState, OtaStatus, Prediction, parse_command, parse_mode_select
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "mqtt-api.md"
+HA_MODE = "ha/mode: Home Assistant's select"
 MODELS: dict[str, type[BaseModel]] = {
     "predictions": Prediction,
     "heartbeat": Heartbeat,
@@ -18,6 +20,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "events": Event,
     "ota": OtaStatus,
     "snapshot": Event,
+    HA_MODE: Event,
 }
 
 
@@ -49,3 +52,14 @@ def test_documented_commands_parse() -> None:
     assert payloads
     for payload in payloads:
         parse_command(payload.encode())
+
+
+def test_documented_home_assistant_mode_examples_are_real() -> None:
+    body = _sections()[HA_MODE]
+    modes = re.findall(r"-m (\w+)$", body, flags=re.M)
+    assert modes and all(parse_mode_select(m.encode()).mode == m for m in modes)
+    (block,) = re.findall(r"```json\n(.*?)```", body, flags=re.S)
+    refused = Event.model_validate_json(block)
+    with pytest.raises(CommandError) as info:
+        parse_mode_select(b'{"cmd": "rollback"}')
+    assert refused.error == str(info.value)

@@ -23,8 +23,10 @@ from edge_node.messages import (
     NodeState,
     Prediction,
     SetMode,
-    parse_command,
+    parse_mode_select,
 )
+from edge_node.topics import Topics
+from tests.homeassistant import select_command
 
 jinja2 = pytest.importorskip("jinja2")
 
@@ -175,15 +177,18 @@ def test_sensor_templates_read_real_messages(message: dict[str, object]) -> None
     assert _render(cmps["cpu_temp"]["val_tpl"], _heartbeat(None).to_bytes()) == "None"
 
 
-def test_select_commands_are_valid_set_mode_commands(message: dict[str, object]) -> None:
+def test_the_select_sends_a_bare_mode_to_the_nodes_own_mode_topic(message: dict[str, object]) -> None:
+    """Never a command to a control topic (docs/security.md): HA's identity may not write those."""
     cmps = message["cmps"]
     assert isinstance(cmps, dict)
     select = cmps["mode"]
-    assert select["cmd_t"] == "ghostpi/pi-01/control"
+    assert select["cmd_t"] == "ghostpi/pi-01/ha/mode" == Topics("ghostpi", "pi-01").ha_mode
+    assert "cmd_tpl" not in select
     assert select["ops"] == ["high", "balanced", "performance", "auto"]
     for option in select["ops"]:
-        command = parse_command(_render(select["cmd_tpl"], value=option).encode())
-        assert isinstance(command, SetMode) and command.mode == Mode(option)
+        topic, payload = select_command(select, option)
+        command = parse_mode_select(payload)
+        assert topic == select["cmd_t"] and command == SetMode(cmd="set_mode", mode=Mode(option))
 
 
 def test_unsafe_node_ids_and_custom_prefix() -> None:

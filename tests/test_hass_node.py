@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.homeassistant import select_command
 from tests.nodeproc import Collector, NodeProcess
 
 jinja2 = pytest.importorskip("jinja2")
@@ -29,12 +30,19 @@ def test_ha_select_switches_the_node_resolution(node_env: dict[str, str], tmp_pa
         first = watch.wait("ghostpi/node-t/predictions", timeout=30).json()
         assert first["resolution"] == 224
 
-        # what HA does when a user picks "performance" in the select
-        command = jinja2.Environment().from_string(select["cmd_tpl"]).render(value="performance")
+        # Refused or ignored, on a broker without an ACL: a command on the node's mode topic (an error event), a
+        # mode on a fleet-wide mode topic (the node never subscribes to one).
         sent = time.monotonic()
-        watch.publish(select["cmd_t"], command)
+        watch.publish("ghostpi/node-t/ha/mode", '{"cmd": "rollback"}')
+        watch.publish("ghostpi/all/ha/mode", "balanced")
+        # what HA does when a user picks "performance" in the select
+        watch.publish(*select_command(select, "performance"))
         event = watch.wait("ghostpi/node-t/events", lambda m: m.json()["cmd"] == "set_mode", since=sent).json()
-        assert event["ok"] and event["detail"]["resolution"] == 160
+        assert event["ok"] and event["detail"] == {"mode": "performance", "resolution": 160}
+        # The node handles its messages in order: by its answer to the select, it has answered all that came first.
+        answers = [m.json() for m in watch.on("ghostpi/node-t/events", since=sent)]
+        assert [(e["cmd"], e["ok"]) for e in answers] == [("rollback", False), ("set_mode", True)], answers
+        assert "only a mode name" in answers[0]["error"]
         switched = watch.wait("ghostpi/node-t/predictions", lambda m: m.json()["resolution"] == 160, since=sent)
         assert switched.json()["mode"] == "performance"
         # HA's select reads its state back from the retained state topic through its value template

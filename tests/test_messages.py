@@ -83,6 +83,8 @@ def test_topics_are_built_and_parsed_in_one_place() -> None:
     t = Topics("ghostpi", "n1")
     assert t.predictions == "ghostpi/n1/predictions" and t.fleet_control == "ghostpi/all/control"
     assert t.subscriptions == ("ghostpi/n1/control", "ghostpi/all/control")
+    assert t.ha_mode == "ghostpi/n1/ha/mode"
+    assert Topics.parse("ghostpi", t.ha_mode) is None  # not telemetry: dashboards skip it
     assert Topics.parse("ghostpi", "ghostpi/n1/heartbeat") == ("n1", "heartbeat")
     assert Topics.parse("ghostpi", "other/n1/heartbeat") is None
     assert Topics.parse("ghostpi", "ghostpi/n1/a/b") is None

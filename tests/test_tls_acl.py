@@ -9,14 +9,17 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge_node.config import MqttConfig
 from edge_node.errors import ConfigError
+from edge_node.fleet.hass import discovery_message
 from edge_node.tls import ssl_context
 from tests.brokers import Mosquitto, tls_broker
 from tests.conftest import REPO
+from tests.homeassistant import select_command
 from tests.nodeproc import NodeProcess
 from tests.pki import Authority
 from tests.tlsclient import DENIED, OK, Client
@@ -121,6 +124,8 @@ def test_acl_confines_each_identity(connect: Callable[..., Client]) -> None:
     watcher.subscribe("homeassistant/status")
     homeassistant.subscribe("homeassistant/#")
     n2.subscribe("ghostpi/n2/control")
+    n2.subscribe("ghostpi/n2/ha/mode")
+    n2.subscribe("ghostpi/all/ha/mode")  # no such fleet-wide topic: the ACL lets no node read it
     n1.subscribe("ghostpi/n2/#")  # eavesdropping: the broker delivers nothing
     forged = [
         (n1, "ghostpi/n2/predictions"),  # another node's telemetry
@@ -138,22 +143,29 @@ def test_acl_confines_each_identity(connect: Callable[..., Client]) -> None:
         (watcher, "ghostpi/viewer/predictions"),
         (homeassistant, "ghostpi/homeassistant/heartbeat"),
         (homeassistant, "homeassistant/device/ghostpi_homeassistant/config"),
+        # Home Assistant changes modes, on a topic that carries nothing else; never a command, never fleet-wide
+        (homeassistant, "ghostpi/n2/control"),
+        (homeassistant, "ghostpi/all/control"),
+        (homeassistant, "ghostpi/all/ha/mode"),
+        (n1, "ghostpi/n2/ha/mode"),
+        (n1, "ghostpi/n1/ha/mode"),
     ]
-    refused = {topic: client.publish(topic, b"forged") for client, topic in forged}
-    assert refused == dict.fromkeys(refused, DENIED)  # MQTT 5: the PUBACK says so
+    answers = [(topic, client.publish(topic, b"forged")) for client, topic in forged]
+    assert [(topic, answer) for topic, answer in answers if answer != DENIED] == []  # MQTT 5: the PUBACK says so
     allowed = [
         (n2, "ghostpi/n2/events"),
         (n2, "ghostpi/n2/snapshot"),
         (n2, "homeassistant/device/ghostpi_n2/config"),
         (operator, "ghostpi/n2/control"),
         (dashboard, "ghostpi/all/control"),
-        (homeassistant, "ghostpi/n2/control"),  # the mode select
+        (homeassistant, "ghostpi/n2/ha/mode"),  # the mode select
         (homeassistant, "homeassistant/status"),  # HA's birth message
     ]
     for client, topic in allowed:
         assert client.publish(topic, b"real") == OK, topic
     # The allowed messages were sent last; once they are in, the forged ones would have been too.
     assert watcher.got("homeassistant/status", b"real") and n2.got("ghostpi/n2/control")
+    assert n2.got("ghostpi/n2/ha/mode", b"real")
     assert homeassistant.got("homeassistant/device/ghostpi_n2/config", b"real")
     seen = {t for t, p in watcher.messages + homeassistant.messages if p == b"real"}
     assert seen == {t for _, t in allowed}
@@ -254,6 +266,21 @@ def _tls_env(broker: Mosquitto, pki: Authority, cn: str) -> dict[str, str]:
     return env
 
 
+def _tls_node(broker: Mosquitto, pki: Authority, bundle: Path, tmp_path: Path, *args: str) -> NodeProcess:
+    """A real node ``cam-1`` with Home Assistant discovery, its own certificate and the shipped ACL."""
+    node_env = _tls_env(broker, pki, "cam-1") | {
+        "EDGE_NODE_ID": "cam-1",
+        "EDGE_CAMERA__SOURCE": "synthetic",
+        "EDGE_MODEL__BUNDLE": str(bundle),
+        "EDGE_MODEL__THREADS": "1",
+        "EDGE_HEARTBEAT__INTERVAL": "1",
+        "EDGE_STATE_DIR": str(tmp_path / "state"),
+        "EDGE_HA__ENABLED": "true",
+    }
+    node_settings = {k: v for k, v in node_env.items() if k.startswith("EDGE_")}
+    return NodeProcess(node_settings, tmp_path / "node", args=list(args)).start()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_node_ctl_monitor_rollout_and_home_assistant_work_side_by_side(
@@ -263,26 +290,15 @@ def test_node_ctl_monitor_rollout_and_home_assistant_work_side_by_side(
     dashboard, homeassistant = connect("dashboard"), connect("homeassistant")
     dashboard.subscribe("ghostpi/#")
     homeassistant.subscribe("homeassistant/#")
-    node_env = _tls_env(broker, pki, "cam-1") | {
-        "EDGE_NODE_ID": "cam-1",
-        "EDGE_CAMERA__SOURCE": "synthetic",
-        "EDGE_MODEL__BUNDLE": str(tiny_bundle),
-        "EDGE_MODEL__THREADS": "1",
-        "EDGE_HEARTBEAT__INTERVAL": "1",
-        "EDGE_STATE_DIR": str(tmp_path / "state"),
-        "EDGE_HA__ENABLED": "true",
-    }
     # --echo would be a second connection with the node's certificate: the node must turn it off.
-    node_settings = {k: v for k, v in node_env.items() if k.startswith("EDGE_")}
-    node = NodeProcess(node_settings, tmp_path / "node", args=["--echo"]).start()
+    node = _tls_node(broker, pki, tiny_bundle, tmp_path, "--echo")
     try:
         assert dashboard.got("ghostpi/cam-1/status", b"online", timeout=60), node.log()[-3000:]
         # Home Assistant: discovery arrives, and its mode select's command is obeyed.
         topic = "homeassistant/device/ghostpi_cam-1/config"
         assert homeassistant.got(topic, timeout=30), node.log()[-3000:]
         select = json.loads(homeassistant.on(topic)[0])["cmps"]["mode"]
-        command = select["cmd_tpl"].replace("{{ value }}", "balanced").encode()
-        assert homeassistant.publish(select["cmd_t"], command) == OK
+        assert homeassistant.publish(*select_command(select, "balanced")) == OK
 
         def mode_is_balanced() -> bool:
             return any(json.loads(p).get("mode") == "balanced" for p in dashboard.on("ghostpi/cam-1/state"))
@@ -314,5 +330,71 @@ def test_node_ctl_monitor_rollout_and_home_assistant_work_side_by_side(
         assert "--echo is off" in node.log()
         assert dashboard.on("ghostpi/cam-1/status") == [b"online"]  # a reconnect would have said online again
         assert dashboard.disconnects == [] and homeassistant.disconnects == []
+    finally:
+        node.terminate()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_stolen_node_key_cannot_command_the_fleet_through_home_assistant(
+    connect: Callable[..., Client], broker: Mosquitto, pki: Authority, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """Issue 16, item 1. A node writes its own discovery message, so a stolen one (n1) can point its select's
+    command topic anywhere and template any payload; Home Assistant renders and sends what discovery says, with
+    its own identity. That identity may write only the nodes' ``ha/mode`` topics (never ``all``, never a
+    control topic), and a node takes nothing but a mode name there."""
+    homeassistant, viewer, bystander = connect("homeassistant"), connect("viewer"), connect("n2")
+    homeassistant.subscribe("homeassistant/#")
+    viewer.subscribe("ghostpi/#")
+    for topic in ("ghostpi/n2/control", "ghostpi/all/control", "ghostpi/n2/ha/mode"):
+        bystander.subscribe(topic)  # another node, as a node subscribes
+    node = _tls_node(broker, pki, tiny_bundle, tmp_path)
+    real = "homeassistant/device/ghostpi_cam-1/config"
+    try:
+        assert viewer.got("ghostpi/cam-1/status", b"online", timeout=60), node.log()[-3000:]
+        assert homeassistant.got(real, timeout=30), node.log()[-3000:]
+
+        def events() -> list[dict[str, Any]]:
+            """cam-1's answers to commands (not its own node events, such as a camera's)."""
+            answers = [json.loads(p) for p in viewer.on("ghostpi/cam-1/events")]
+            return [e for e in answers if e["cmd"] in ("set_mode", "rollback", "invalid")]
+
+        thief = connect("n1")
+        stolen_topic, payload = discovery_message("ghostpi", "n1", sw_version="0", model_name="stolen")
+        stolen = json.loads(payload)
+
+        def click(cmd_t: str, cmd_tpl: str | None, option: str = "high") -> str:
+            """The thief republishes its discovery; HA picks it up and a user (or automation) picks ``option``."""
+            select = stolen["cmps"]["mode"]
+            select.pop("cmd_tpl", None)
+            select.update({"cmd_t": cmd_t} | ({} if cmd_tpl is None else {"cmd_tpl": cmd_tpl}))
+            forged = json.dumps(stolen).encode()
+            assert thief.publish(stolen_topic, forged, retain=True) == OK  # its own discovery topic: allowed
+            assert homeassistant.got(stolen_topic, forged)
+            seen = json.loads(homeassistant.on(stolen_topic)[-1])["cmps"]["mode"]
+            return homeassistant.publish(*select_command(seen, option))
+
+        rollback = '{"cmd": "rollback"}'
+        targets = ["ghostpi/all/control", "ghostpi/cam-1/control", "ghostpi/n2/control", "ghostpi/all/ha/mode"]
+        answers = {target: click(target, rollback) for target in targets}
+        # The legit select after the attempts: once its set_mode is answered, the node has seen all that came first.
+        mine = json.loads(homeassistant.on(real)[0])["cmps"]["mode"]
+        assert homeassistant.publish(*select_command(mine, "balanced")) == OK
+        assert viewer._until(lambda: any(e["cmd"] == "set_mode" for e in events()), 30), node.log()[-3000:]
+        assert bystander.messages == []  # no node received any of it ...
+        assert [e for e in events() if e["cmd"] != "set_mode"] == []  # ... nor ran it
+        assert answers == dict.fromkeys(targets, DENIED)  # the broker refused Home Assistant every one
+        assert [e["detail"] for e in events()] == [{"mode": "balanced", "resolution": 192}]
+
+        # What stays possible: HA may write any node's mode topic. A command there is refused with an event ...
+        assert click("ghostpi/cam-1/ha/mode", rollback) == OK
+        assert viewer._until(lambda: len(events()) == 2, 30), node.log()[-3000:]
+        refused = events()[1]
+        assert refused["cmd"] == "rollback" and not refused["ok"] and "only a mode name" in refused["error"]
+        # ... but a mode is a mode: the thief's select can change cam-1's mode, and that is all it can do.
+        assert click("ghostpi/cam-1/ha/mode", None, "performance") == OK
+        assert viewer._until(lambda: len(events()) == 3, 30), node.log()[-3000:]
+        assert events()[2]["ok"] and events()[2]["detail"] == {"mode": "performance", "resolution": 160}
+        assert bystander.messages == [] and node.alive()
     finally:
         node.terminate()

@@ -1,10 +1,11 @@
 """Home Assistant MQTT device discovery for one node (off by default: ``EDGE_HA__ENABLED``).
 
 One retained message on ``<discovery_prefix>/device/<object_id>/config`` declares the whole device:
-sensors fed by the node's own ``predictions`` and ``heartbeat`` JSON, a ``select`` whose command goes to
-the node's control topic as a ``set_mode`` command, and availability from ``status``. The node publishes
-it after connecting and again, after a random delay, whenever HA announces ``online`` on
-:data:`HA_STATUS_TOPIC` (so a restarted HA rediscovers a large fleet without a thundering herd).
+sensors fed by the node's own ``predictions`` and ``heartbeat`` JSON, a ``select`` whose option goes, as a
+bare mode name, to the node's Home Assistant mode topic (``ghostpi/<node>/ha/mode``: never the control topic,
+so Home Assistant's identity needs no right to send commands, docs/security.md), and availability from
+``status``. The node publishes it after connecting and again, after a random delay, whenever HA announces
+``online`` on :data:`HA_STATUS_TOPIC` (so a restarted HA rediscovers a large fleet without a thundering herd).
 """
 
 from __future__ import annotations
@@ -99,8 +100,7 @@ def _components(topics: Topics, base: str) -> dict[str, dict[str, object]]:
             "ops": [mode.value for mode in Mode],
             "stat_t": topics.state,
             "val_tpl": "{{ value_json.mode }}",
-            "cmd_t": topics.control,
-            "cmd_tpl": '{"cmd": "set_mode", "mode": "{{ value }}"}',
+            "cmd_t": topics.ha_mode,  # HA publishes the chosen option as it is: no command template
             "ent_cat": "config",
             "ic": "mdi:tune-variant",
         },

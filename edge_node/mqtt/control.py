@@ -1,17 +1,22 @@
-"""Control router: raw bytes from ``control`` → a validated Command, or an error Event. Pure logic.
+"""Control router: raw bytes from a command topic → a validated Command, or an error Event. Pure logic.
 
 It applies the payload size cap and a token-bucket rate limit before parsing anything, so a flood of
-garbage costs the node almost nothing and never stops it.
+garbage costs the node almost nothing and never stops it. Each command topic has its own router: the control
+topics parse JSON commands, Home Assistant's mode topic only a mode name (``parse_mode_select``), and a flood
+on one does not use up the other's rate.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_node.errors import CommandError
 from edge_node.messages import Command, Event, command_id, parse_command
 
-__all__ = ["ControlRouter", "TokenBucket"]
+__all__ = ["ControlRouter", "Parser", "TokenBucket"]
+
+Parser = Callable[[bytes, int], Command]  # (payload, max_bytes) → Command, or CommandError
 
 
 @dataclass
@@ -37,8 +42,9 @@ class TokenBucket:
 
 
 class ControlRouter:
-    def __init__(self, *, max_bytes: int, rate: float) -> None:
+    def __init__(self, *, max_bytes: int, rate: float, parse: Parser = parse_command) -> None:
         self.max_bytes = max_bytes
+        self.parse = parse
         self.bucket = TokenBucket(rate=rate, burst=max(1.0, 2 * rate))
         self.rejected = 0
         self.limited = 0
@@ -50,7 +56,7 @@ class ControlRouter:
             self.limited += 1
             return None
         try:
-            return parse_command(payload, self.max_bytes)
+            return self.parse(payload, self.max_bytes)
         except CommandError as exc:
             self.rejected += 1
             ident, cmd = command_id(payload) if len(payload) <= self.max_bytes else (None, "invalid")
