@@ -26,6 +26,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 CARD = '[data-node="node-t"]'
 NONE = "\u2013"  # the page's placeholder for "no value yet"
 WAIT = 40_000  # ms: generous, the machine is shared
+BAD_PAYLOADS = """node => {
+  const span = [...document.querySelectorAll(`[data-node="${node}"] .counters span`)]
+    .find((el) => el.textContent.startsWith("bad payloads: "));
+  return span ? Number(span.textContent.split(": ")[1]) : 0;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +189,66 @@ def test_actions_are_refused_without_the_right_token(page: Any, mosquitto: Mosqu
         dash.close()
         bus.close()
         sim.close()
+
+
+def test_a_node_sending_numbers_a_browser_cannot_read_does_not_stop_the_other_cards(
+    page: Any, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Issue 16, item 2: json.loads takes NaN and 1e999; the server passed them on, the page's JSON.parse threw on
+    every batch and every full picture after reconnecting, and every card froze. Now such payloads are counted
+    as bad on the evil node's card, and the other nodes' predictions keep reaching the screen."""
+    sim = Simulator(mosquitto.port, tmp_path, "--nodes", "2", "--rate", "4", "--heartbeat", "1")
+    evil = Collector(mosquitto.port, ("ghostpi/evil/control",))
+    dash = DashboardProcess(mosquitto.port, tmp_path)
+    payloads = [
+        ("heartbeat", b'{"node": "evil", "fps": 1e999, "cpu_percent": NaN}'),
+        ("predictions", b'{"node": "evil", "fps": 1e999, "label": "x"}'),
+        ("heartbeat", b'{"node": "evil", "fps": Infinity, "rss_mb": -Infinity}'),
+    ]
+    try:
+        sim.wait_event("online", timeout=30)
+        page.goto(dash.base + "/")
+        for name in ("sim-001", "sim-002"):
+            page.wait_for_selector(f'[data-node="{name}"] .badge.online', timeout=WAIT)
+        evil.publish("ghostpi/evil/status", b"online")
+        for leaf, payload in payloads:
+            evil.publish(f"ghostpi/evil/{leaf}", payload)
+        _until(page, f"() => ({BAD_PAYLOADS})('evil') > 0")
+        counted = int(page.evaluate(BAD_PAYLOADS, "evil"))
+        page.evaluate("ghostpiStats.latencies = []")
+        for leaf, payload in payloads:  # and it keeps sending them
+            evil.publish(f"ghostpi/evil/{leaf}", payload)
+        _until(page, "() => ghostpiStats.latencies.length >= 10")  # the others' predictions, painted
+        _until(page, f"() => ({BAD_PAYLOADS})('evil') > {counted}")
+        stats = page.evaluate("({fulls: ghostpiStats.fulls, bad: ghostpiStats.badFrames})")
+        assert stats == {"fulls": 1, "bad": 0}, stats  # never reconnected, never skipped a frame
+        assert page.locator("#n-online").inner_text() == "3"
+        assert _text(page, '[data-node="evil"] .fps') == NONE
+    finally:
+        dash.close()
+        evil.close()
+        sim.close()
+
+
+def test_the_page_skips_a_frame_it_cannot_read_and_keeps_the_stream(
+    page: Any, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The page's side of item 2: whatever a server sends, one unreadable frame costs that frame only."""
+    dash = DashboardProcess(mosquitto.port, tmp_path)
+    frames = [
+        ("full", '{"ts": 1, "nodes": [{"node": "a", "status": "online"}]}'),
+        ("delta", '{"ts": 2, "nodes": [{"node": "b", "status": "online", "heartbeat": {"fps": NaN}}]}'),
+        ("delta", '{"ts": 3, "nodes": [{"node": "c", "status": "online"}]}'),
+    ]
+    body = "".join(f"event: {kind}\ndata: {data}\n\n" for kind, data in frames)
+    page.route(
+        "**/api/stream",
+        lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body),
+    )
+    try:
+        page.goto(dash.base + "/")
+        page.wait_for_selector('[data-node="c"] .badge.online', timeout=WAIT)
+        assert page.evaluate("ghostpiStats.badFrames") >= 1
+        assert page.locator('[data-node="b"]').count() == 0
+    finally:
+        dash.close()

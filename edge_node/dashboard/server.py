@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib.resources import files
 from typing import Any
 
@@ -50,12 +51,21 @@ def _asset(name: str) -> bytes:
     return (files("edge_node.dashboard") / "static" / name).read_bytes()
 
 
+# Every JSON the server writes: a NaN or an Infinity raises here instead of reaching a browser, whose
+# JSON.parse would throw on it (decode.load refuses them on the way in, so this is the second wall).
+_dumps = partial(json.dumps, separators=(",", ":"), allow_nan=False)
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return _json({"error": message}, status)
 
 
 def _frame(kind: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    return b"event: " + kind.encode() + b"\ndata: " + _dumps(data).encode() + b"\n\n"
 
 
 @dataclass(eq=False)  # identity: each browser is its own entry in the set
@@ -128,7 +138,10 @@ class Dashboard:
     async def push_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.push_interval)
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # one batch that cannot be built must not end the stream for every browser
+                log.exception("could not build a batch for the browsers; trying again at the next tick")
 
     def broker_status(self) -> dict[str, Any]:
         return {
@@ -168,7 +181,7 @@ class Dashboard:
 
     async def config(self, request: web.Request) -> web.Response:
         """What the page needs to know before it connects; never the MQTT credentials."""
-        return web.json_response(
+        return _json(
             {
                 "version": __version__,
                 "prefix": self.prefix,
@@ -250,7 +263,7 @@ class Dashboard:
         if not info.is_published():
             return _error(504, f"the broker did not acknowledge the command within {_ACK_TIMEOUT:g} s")
         log.info("sent %s (id %s) to %s for %s", command.cmd, command.id, topic, request.remote)
-        return web.json_response({"id": command.id, "cmd": command.cmd, "target": target}, status=202)
+        return _json({"id": command.id, "cmd": command.cmd, "target": target}, 202)
 
 
 @web.middleware

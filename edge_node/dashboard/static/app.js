@@ -20,7 +20,7 @@ const app = {
 
 // Measured in the browser for tests and the curious: seconds from a prediction's ts to its paint.
 // latencies: prediction ts -> painted; serverLags: prediction ts -> batch built on the server; renderMs: per frame.
-window.ghostpiStats = { latencies: [], serverLags: [], renderMs: [], batches: 0, rendered: 0, fulls: 0 };
+window.ghostpiStats = { latencies: [], serverLags: [], renderMs: [], batches: 0, rendered: 0, fulls: 0, badFrames: 0 };
 const keep = (list, value) => { list.push(value); if (list.length > 100000) list.splice(0, list.length - 100000); };
 
 // --- token ---------------------------------------------------------------------------------------------
@@ -93,12 +93,17 @@ function handleFrame(frame) {
     else if (line.startsWith("data: ")) data += line.slice(6);
   }
   if (!data) return;
-  const msg = JSON.parse(data);
-  app.offset = msg.ts - Date.now() / 1000;
-  app.batchTs = msg.ts;
-  if (kind === "full") applyFull(msg);
-  else if (kind === "delta") applyDelta(msg);
-  window.ghostpiStats.batches++;
+  try {
+    const msg = JSON.parse(data);
+    app.offset = msg.ts - Date.now() / 1000;
+    app.batchTs = msg.ts;
+    if (kind === "full") applyFull(msg);
+    else if (kind === "delta") applyDelta(msg);
+    window.ghostpiStats.batches++;
+  } catch (err) { // one frame the page cannot read is skipped; the stream and every other card go on
+    window.ghostpiStats.badFrames++;
+    console.warn("skipped a frame the page could not read:", err.message);
+  }
 }
 
 function setConn(text, bad = false) {
@@ -223,7 +228,11 @@ function render() {
   const problemsOnly = $("#problems").checked;
   for (const name of app.dirty) {
     const node = app.nodes.get(name);
-    if (node) renderCard(node, filter, problemsOnly);
+    try {
+      if (node) renderCard(node, filter, problemsOnly);
+    } catch (err) { // one card that cannot be drawn must not stop the others
+      console.warn("could not render the card of", name, err.message);
+    }
   }
   window.ghostpiStats.rendered += app.dirty.size;
   app.dirty.clear();
