@@ -118,6 +118,20 @@ function showBroker(broker) {
   else setConn(`not connected to broker ${broker.host}:${broker.port}${broker.error ? ": " + broker.error : ""}`, true);
 }
 
+// What the server's caps left out: a capped dashboard must not look complete.
+function showLimits(limits) {
+  if (!limits) return;
+  const parts = [];
+  if (limits.node_messages_ignored) {
+    parts.push(`${limits.node_messages_ignored} messages of nodes beyond the first ${limits.max_nodes} ignored ` +
+      "(EDGE_DASHBOARD__MAX_NODES)");
+  }
+  if (limits.results_dropped) parts.push(`${limits.results_dropped} command results dropped: they came too fast`);
+  const el = $("#limits");
+  el.textContent = parts.join("; ");
+  el.hidden = parts.length === 0;
+}
+
 // --- state ---------------------------------------------------------------------------------------------
 
 function applyFull(msg) {
@@ -132,6 +146,7 @@ function applyFull(msg) {
     merge(node, card);
   }
   showBroker(msg.broker);
+  showLimits(msg.limits);
   if (msg.summary) renderSummary(msg.summary);
   schedule();
 }
@@ -139,6 +154,7 @@ function applyFull(msg) {
 function applyDelta(msg) {
   for (const change of msg.nodes) merge(ensureNode(change.node), change);
   if (msg.broker) showBroker(msg.broker);
+  if (msg.limits) showLimits(msg.limits);
   if (msg.summary) renderSummary(msg.summary);
   schedule();
 }
@@ -513,7 +529,10 @@ async function fetchSnapshot(node) {
   try {
     response = await fetch(`/api/nodes/${encodeURIComponent(node.name)}/snapshot.jpg`, { headers: authHeaders(), cache: "no-store" });
   } catch { return; }
-  if (!response.ok) return;
+  if (!response.ok) { // snapshots always need the token: say so where the picture would be
+    node.refs["snap-info"].textContent = await errorText(response);
+    return;
+  }
   const url = URL.createObjectURL(await response.blob());
   if (node.snapUrl) URL.revokeObjectURL(node.snapUrl);
   node.snapUrl = url;
@@ -529,10 +548,16 @@ async function fetchSnapshot(node) {
 // --- start ---------------------------------------------------------------------------------------------
 
 async function loadConfig() {
-  const response = await fetch("/api/config", { headers: authHeaders(), cache: "no-store" });
+  let response = await fetch("/api/config", { headers: authHeaders(), cache: "no-store" });
+  let refused = null;
+  if (response.status === 429) { // too many wrong tokens from this address: say so, and carry on view-only
+    refused = await errorText(response);
+    response = await fetch("/api/config", { cache: "no-store" });
+  }
+  if (!response.ok) throw new Error(await errorText(response));
   app.config = await response.json();
   $("#prefix").textContent = app.config.prefix + "/+";
-  showTokenState(token() ? (app.config.token_ok ? "token accepted" : "token refused") : "view only");
+  showTokenState(refused || (token() ? (app.config.token_ok ? "token accepted" : "token refused") : "view only"));
 }
 
 function start() {
@@ -560,7 +585,7 @@ function start() {
   const rerender = () => { for (const name of app.nodes.keys()) app.dirty.add(name); schedule(); };
   $("#filter").addEventListener("input", rerender);
   $("#problems").addEventListener("change", rerender);
-  loadConfig().then(connect, () => reconnect("dashboard server unreachable"));
+  loadConfig().then(connect, (err) => reconnect(err instanceof TypeError ? "dashboard server unreachable" : err.message));
 }
 
 start();
