@@ -150,9 +150,10 @@ def _strings(value: object) -> list[str]:
 
 
 def test_a_hostile_node_costs_bounded_memory(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    """300 nodes sending 200 KB heartbeats, 800 more than max_nodes (1000) allows with huge strings and 500
-    fields each: the dashboard keeps max_nodes cards of bounded size, counts what it left out, and its
-    memory grows by a bounded amount (the old code kept every payload and every string whole)."""
+    """300 nodes sending 200 KB heartbeats, 900 more with 10 KB strings and 500 fields each (200 more than
+    max_nodes, 1000, allows; QoS 0, so a few may be lost on the way): the dashboard keeps max_nodes cards of
+    bounded size, counts what it left out, and its memory grows by a bounded amount (the old code kept every
+    payload and every string whole: 80 -> 359 MiB)."""
     dash = DashboardProcess(mosquitto.port, tmp_path)
     evil = Collector(mosquitto.port, ("ghostpi/none",))
     try:
@@ -161,7 +162,7 @@ def test_a_hostile_node_costs_bounded_memory(mosquitto: Mosquitto, tmp_path: Pat
         for i in range(300):
             evil.publish(f"ghostpi/fat-{i:03d}/heartbeat", _heartbeat("fat", last_error="e" * 200_000), qos=0)
         wide = {f"field_{j:03d}_{'w' * 20}": "v" * 20 for j in range(500)}
-        for i in range(800):
+        for i in range(900):
             evil.publish(f"ghostpi/wide-{i:03d}/heartbeat", _heartbeat("wide", last_error="e" * 10_000, **wide), qos=0)
         evil.publish("ghostpi/fat-000/status", b"online")  # QoS 1 after the QoS 0 flood: all of it is there
         deadline = time.monotonic() + 60
@@ -171,7 +172,7 @@ def test_a_hostile_node_costs_bounded_memory(mosquitto: Mosquitto, tmp_path: Pat
         after = _rss_mb(dash.proc.pid)
         print(f"dashboard RSS {before:.1f} -> {after:.1f} MiB; full picture {len(json.dumps(picture)) / 1e6:.1f} MB")
         cards = {card["node"]: card for card in picture["nodes"]}
-        assert len(cards) == 1000 and picture["limits"]["node_messages_ignored"] >= 100
+        assert len(cards) == 1000 and picture["limits"]["node_messages_ignored"] > 0
         fat = [card for name, card in cards.items() if name.startswith("fat-")]
         assert len(fat) > 250 and all(c["bad_payloads"] == 1 and "heartbeat" not in c for c in fat)  # QoS 0
         assert all(len(c["heartbeat"]["other"]) <= 25 for name, c in cards.items() if name.startswith("wide-"))
@@ -231,7 +232,7 @@ def test_a_browser_that_stops_reading_is_cut_off_and_counted_until_then(mosquitt
             status = _request(dash.base + "/api/stream", read=False)[0]
             if _tcp_state(stuck) == _TCP_ESTABLISHED:
                 assert status == 503, "a third stream was served while two were open (max_clients=2)"
-            time.sleep(2.0)  # each try counts against the 30 stream connects a minute
+            time.sleep(3.0)  # each try counts against the 30 stream connects a minute
         assert _tcp_state(stuck) == _TCP_CLOSE  # reset: nothing left queued in the kernel for it
         stuck.close()
         assert "accepted nothing for 10 s" in dash.log()
