@@ -16,7 +16,7 @@ from edge_node.messages import Prediction
 from edge_node.ota.download import sha256_file
 from tests.brokers import Mosquitto
 from tests.bundles import make_key, make_tiny_bundle
-from tests.dashboard_procs import TOKEN, DashboardProcess, chromium
+from tests.dashboard_procs import TOKEN, DashboardProcess, chromium, http_request
 from tests.fleet_procs import Simulator
 from tests.nodeproc import Collector, NodeProcess
 from tests.ota_http import serving
@@ -252,3 +252,25 @@ def test_the_page_skips_a_frame_it_cannot_read_and_keeps_the_stream(
         assert page.locator('[data-node="b"]').count() == 0
     finally:
         dash.close()
+
+
+def test_the_page_says_when_its_address_is_locked_out_and_keeps_watching(
+    page: Any, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Past 10 wrong tokens a minute from one address every token from there is refused (429), /api/config's
+    check included: the page says why, and watching (open on loopback) goes on."""
+    sim = Simulator(mosquitto.port, tmp_path, "--nodes", "1", "--rate", "2", "--heartbeat", "2")
+    dash = DashboardProcess(mosquitto.port, tmp_path)
+    try:
+        sim.wait_event("online", timeout=30)
+        for _ in range(10):
+            http_request(dash.base + "/api/config", headers={"Authorization": "Bearer " + "wrong-" * 5})
+        page.goto(f"{dash.base}/#token={TOKEN}")
+        page.wait_for_selector("#token-state:has-text('too many wrong operator tokens')", timeout=WAIT)
+        card = '[data-node="sim-001"]'
+        page.wait_for_selector(f"{card} .badge.online", timeout=WAIT)
+        page.click(f"{card} .actions button.ping")
+        page.wait_for_selector(f"{card} .events li.bad:has-text('too many wrong operator tokens')", timeout=WAIT)
+    finally:
+        dash.close()
+        sim.close()
