@@ -108,6 +108,7 @@ def write_token_file(state_dir: Path, token: str) -> Path:
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fresh = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+        fresh.unlink(missing_ok=True)  # left by a run that died here with the same pid
         fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(token + "\n")
