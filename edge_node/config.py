@@ -263,6 +263,9 @@ class SnapshotConfig(_Section):
     max_width: int = Field(640, ge=64, le=4096, description="frames wider than this are scaled down first")
 
 
+MAX_CHART_POINTS = 1000  # per node, in the dashboard's memory and in every full picture
+
+
 class DashboardConfig(_Section):
     """``edge-node dashboard``: the web dashboard (dashboard extra); see docs/dashboard.md."""
 
@@ -270,20 +273,47 @@ class DashboardConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     token: SecretStr | None = None
     token_file: Path | None = None
-    view_requires_token: bool = False
+    view_requires_token: bool | None = Field(None, description="unset: no on a loopback bind, yes on any other")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="names browsers reach it by, beyond localhost, this machine and IPs"
+    )
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_http: bool = Field(False, description="serve plain HTTP on a non-loopback bind (the token in clear)")
     stale_after: float = Field(30.0, gt=0, description="seconds without heartbeat or prediction: 'stale'")
     history_seconds: float = Field(600.0, ge=10, le=86400, description="length of the fps/latency charts")
     history_interval: float = Field(2.0, ge=0.1, le=600, description="seconds between two chart points")
     push_interval: float = Field(0.25, ge=0.05, le=5, description="seconds between two batches to the browsers")
-    events_kept: int = Field(10, ge=1, le=1000, description="command results kept per node")
-    max_clients: int = Field(32, ge=1, le=10_000, description="browsers connected at once")
+    events_kept: int = Field(10, ge=1, le=100, description="command results kept per node")
+    max_clients: int = Field(32, ge=1, le=1000, description="browser streams open at once")
+    max_nodes: int = Field(1000, ge=1, le=100_000, description="nodes tracked; messages of further nodes ignored")
+    write_timeout: float = Field(10.0, ge=0.5, le=300, description="seconds a browser may take to read one write")
+    stream_connects_per_minute: int = Field(30, ge=1, le=10_000, description="per client address")
+    token_failures_per_minute: int = Field(10, ge=1, le=1000, description="wrong tokens per client address")
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("view_requires_token", mode="before")
+    @classmethod
+    def _unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value  # empty: decided by the bind
 
     @model_validator(mode="after")
     def _check(self) -> DashboardConfig:
         if self.token is not None and self.token_file is not None:
             raise ValueError("set token or token_file, not both")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key (PEM files), or neither")
         if self.history_interval * 2 > self.history_seconds:
             raise ValueError("history_seconds must hold at least two history_interval points")
+        if self.history_seconds / self.history_interval > MAX_CHART_POINTS:
+            raise ValueError(
+                f"history_seconds / history_interval is more than {MAX_CHART_POINTS} chart points per node; "
+                "make the interval longer"
+            )
         return self
 
     def resolved_token(self) -> str | None:

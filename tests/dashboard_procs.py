@@ -7,22 +7,25 @@ import json
 import queue
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.fleet_procs import edge_env, proc_cpu_seconds, stop_process
 
-__all__ = ["CHROMIUM_FLAGS", "DashboardProcess", "chromium", "chromium_path", "measure_fleet"]
+__all__ = ["CHROMIUM_FLAGS", "DashboardProcess", "chromium", "chromium_path", "http_request", "measure_fleet"]
 
 TOKEN = "test-operator-token-0123456789"
 CHROMIUM_FLAGS = [
@@ -36,6 +39,25 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
+
+
+def http_request(
+    url: str,
+    *,
+    method: str = "GET",
+    body: object = None,
+    headers: dict[str, str] | None = None,
+    read: bool = True,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one request; with ``read=False`` only the first 200 bytes are read."""
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=tls) as resp:
+            return resp.status, dict(resp.headers), resp.read() if read else resp.read(200)
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
 
 
 def chromium_path() -> str | None:
@@ -71,10 +93,14 @@ def chromium() -> Iterator[Any]:
 
 
 class DashboardProcess:
-    """``python -m edge_node dashboard --port 0`` on the test broker; ``url`` is read from its first line."""
+    """``python -m edge_node dashboard --port 0`` on the test broker; ``url`` is read from its first line.
+    ``tls``: the client context for an HTTPS dashboard (``base`` always names 127.0.0.1, which the test
+    certificates carry, whatever name the dashboard printed)."""
 
-    def __init__(self, port: int, cwd: Path, *args: str, **env: str) -> None:
-        environment = edge_env(port, **({"EDGE_DASHBOARD__TOKEN": TOKEN} | env))
+    def __init__(self, port: int, cwd: Path, *args: str, tls: ssl.SSLContext | None = None, **env: str) -> None:
+        self.tls = tls
+        defaults = {"EDGE_DASHBOARD__TOKEN": TOKEN, "EDGE_STATE_DIR": str(cwd / "dashboard-state")}
+        environment = edge_env(port, **(defaults | env))
         self.log_path = cwd / "dashboard.log"
         cmd = [sys.executable, "-m", "edge_node", "dashboard", "--port", "0", *args]
         self._log = self.log_path.open("ab")
@@ -92,7 +118,7 @@ class DashboardProcess:
         """The URL is printed once HTTP listens; the MQTT connection may take a moment longer."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with urllib.request.urlopen(self.base + "/api/config", timeout=5) as resp:
+            with urllib.request.urlopen(self.base + "/api/config", timeout=5, context=self.tls) as resp:
                 if json.load(resp)["broker"]["connected"]:
                     return
             time.sleep(0.1)
@@ -113,7 +139,7 @@ class DashboardProcess:
                 if self.proc.poll() is not None:
                     break
                 continue
-            match = re.search(r"(http://\S+)", line)
+            match = re.search(r"(https?://\S+)", line)
             if match:
                 return match.group(1)
         self.close()
@@ -121,10 +147,18 @@ class DashboardProcess:
 
     @property
     def base(self) -> str:
-        return self.url.split("#")[0].rstrip("/")
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://127.0.0.1:{parts.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def lines(self) -> list[str]:
+        """What it printed after the URL, so far."""
+        out = []
+        while not self._lines.empty():
+            out.append(self._lines.get_nowait())
+        return out
 
     def close(self) -> None:
         stop_process(self.proc)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from edge_node.config import DashboardConfig
 from edge_node.dashboard.board import Board
 from edge_node.fleet.simnode import SimNode
@@ -149,3 +151,47 @@ def test_snapshots_are_kept_per_node_with_a_version() -> None:
     assert delta["nodes"][0]["snapshot"] == {"version": 1, "bytes": 5, "at": 500.0}
     board.update([("gp/a/snapshot", b"\xff\xd8two!", 2.0)], [], 2.0, 501.0)
     assert board.snapshot("a") == (b"\xff\xd8two!", 2)
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" + "0" * 400],
+    ids=["nan", "inf", "-inf", "1e999", "-1e999", "huge-int"],
+)
+def test_a_payload_with_a_number_a_browser_cannot_read_is_bad_and_never_passed_on(number: str) -> None:
+    """json.loads takes NaN and 1e999 (inf); a browser's JSON.parse does not take them back. One such
+    heartbeat on the stream broke the page for every viewer, and an integer past float range crashed the
+    batch. Such a payload is counted as bad, and nothing of it reaches the delta, the card or the chart."""
+    board = Board("gp", CFG)
+    good = json.loads(SimNode("n").heartbeat())
+    board.update([("gp/n/status", b"online", 0.0), ("gp/n/heartbeat", json.dumps(good).encode(), 0.0)], [], 0.0, 0.0)
+    evil = json.dumps(good).replace('"fps": ', f'"fps": {number}, "was": ', 1).encode()
+    pred = SimNode("n").prediction().replace(b'"fps":', f'"fps":{number},"was":'.encode(), 1)
+    assert f'"fps": {number}'.encode() in evil and f'"fps":{number}'.encode() in pred
+    delta = board.update([("gp/n/heartbeat", evil, 5.0), ("gp/n/predictions", pred, 5.0)], [], 5.0, 5.0)
+    [card] = delta["nodes"]
+    assert card["bad_payloads"] == 2 and "heartbeat" not in card and "predictions" not in card
+    json.dumps(delta, allow_nan=False)  # what the server writes: raises on NaN or Infinity
+    json.dumps(board.full(6.0, 6.0), allow_nan=False)
+    assert board.full(6.0, 6.0)["nodes"][0]["heartbeat"]["fps"] == good["fps"]  # the last good one stays
+
+
+def test_strings_fields_and_lists_from_a_node_are_cut_to_a_bounded_size() -> None:
+    """A node's payload can be as large as the broker allows; what the card keeps of it is bounded."""
+    board = Board("gp", CFG)
+    huge = "x" * 50_000
+    beat = json.loads(SimNode("n").heartbeat())
+    beat |= {"last_error": huge, "camera": huge, "restarts": {f"r{i}{huge[:500]}": i for i in range(500)}}
+    beat |= {f"extra_{i}_{huge[:300]}": huge for i in range(500)} | {"workers": [{"busy_percent": 50.0}] * 500}
+    pred = json.loads(SimNode("n").prediction())
+    pred |= {"label": huge, "top_k": [{"label": huge, "confidence": 0.5}] * 50}
+    detail = {f"k{i}{huge[:300]}": huge for i in range(500)}
+    streamed = [("gp/n/events", json.dumps({"id": huge, "cmd": huge, "ok": False, "error": huge,
+                                             "detail": detail}).encode(), 1.0)]  # fmt: skip
+    latest = [("gp/n/heartbeat", json.dumps(beat).encode(), 1.0), ("gp/n/predictions", json.dumps(pred).encode(), 1.0)]
+    delta = board.update(latest, streamed, 1.0, 1.0)
+    assert len(json.dumps(delta)) < 40_000, len(json.dumps(delta))  # from ~3 MB of payloads
+    [card] = delta["nodes"]
+    assert len(card["heartbeat"]["last_error"]) == 200 and len(card["predictions"]["label"]) == 200
+    assert card["heartbeat"]["other"]["more fields"] > 0 and len(card["predictions"]["top_k"]) == 5
+    assert all(len(key) <= 64 for key in card["events"][0]["detail"])

@@ -16,7 +16,7 @@ from edge_node.messages import Prediction
 from edge_node.ota.download import sha256_file
 from tests.brokers import Mosquitto
 from tests.bundles import make_key, make_tiny_bundle
-from tests.dashboard_procs import TOKEN, DashboardProcess, chromium
+from tests.dashboard_procs import TOKEN, DashboardProcess, chromium, http_request
 from tests.fleet_procs import Simulator
 from tests.nodeproc import Collector, NodeProcess
 from tests.ota_http import serving
@@ -26,6 +26,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 CARD = '[data-node="node-t"]'
 NONE = "\u2013"  # the page's placeholder for "no value yet"
 WAIT = 40_000  # ms: generous, the machine is shared
+BAD_PAYLOADS = """node => {
+  const span = [...document.querySelectorAll(`[data-node="${node}"] .counters span`)]
+    .find((el) => el.textContent.startsWith("bad payloads: "));
+  return span ? Number(span.textContent.split(": ")[1]) : 0;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -183,4 +188,89 @@ def test_actions_are_refused_without_the_right_token(page: Any, mosquitto: Mosqu
     finally:
         dash.close()
         bus.close()
+        sim.close()
+
+
+def test_a_node_sending_numbers_a_browser_cannot_read_does_not_stop_the_other_cards(
+    page: Any, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Issue 16, item 2: json.loads takes NaN and 1e999; the server passed them on, the page's JSON.parse threw on
+    every batch and every full picture after reconnecting, and every card froze. Now such payloads are counted
+    as bad on the evil node's card, and the other nodes' predictions keep reaching the screen."""
+    sim = Simulator(mosquitto.port, tmp_path, "--nodes", "2", "--rate", "4", "--heartbeat", "1")
+    evil = Collector(mosquitto.port, ("ghostpi/evil/control",))
+    dash = DashboardProcess(mosquitto.port, tmp_path)
+    payloads = [
+        ("heartbeat", b'{"node": "evil", "fps": 1e999, "cpu_percent": NaN}'),
+        ("predictions", b'{"node": "evil", "fps": 1e999, "label": "x"}'),
+        ("heartbeat", b'{"node": "evil", "fps": Infinity, "rss_mb": -Infinity}'),
+    ]
+    try:
+        sim.wait_event("online", timeout=30)
+        page.goto(dash.base + "/")
+        for name in ("sim-001", "sim-002"):
+            page.wait_for_selector(f'[data-node="{name}"] .badge.online', timeout=WAIT)
+        evil.publish("ghostpi/evil/status", b"online")
+        for leaf, payload in payloads:
+            evil.publish(f"ghostpi/evil/{leaf}", payload)
+        _until(page, f"() => ({BAD_PAYLOADS})('evil') > 0")
+        counted = int(page.evaluate(BAD_PAYLOADS, "evil"))
+        page.evaluate("ghostpiStats.latencies = []")
+        for leaf, payload in payloads:  # and it keeps sending them
+            evil.publish(f"ghostpi/evil/{leaf}", payload)
+        _until(page, "() => ghostpiStats.latencies.length >= 10")  # the others' predictions, painted
+        _until(page, f"() => ({BAD_PAYLOADS})('evil') > {counted}")
+        stats = page.evaluate("({fulls: ghostpiStats.fulls, bad: ghostpiStats.badFrames})")
+        assert stats == {"fulls": 1, "bad": 0}, stats  # never reconnected, never skipped a frame
+        assert page.locator("#n-online").inner_text() == "3"
+        assert _text(page, '[data-node="evil"] .fps') == NONE
+    finally:
+        dash.close()
+        evil.close()
+        sim.close()
+
+
+def test_the_page_skips_a_frame_it_cannot_read_and_keeps_the_stream(
+    page: Any, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The page's side of item 2: whatever a server sends, one unreadable frame costs that frame only."""
+    dash = DashboardProcess(mosquitto.port, tmp_path)
+    frames = [
+        ("full", '{"ts": 1, "nodes": [{"node": "a", "status": "online"}]}'),
+        ("delta", '{"ts": 2, "nodes": [{"node": "b", "status": "online", "heartbeat": {"fps": NaN}}]}'),
+        ("delta", '{"ts": 3, "nodes": [{"node": "c", "status": "online"}]}'),
+    ]
+    body = "".join(f"event: {kind}\ndata: {data}\n\n" for kind, data in frames)
+    page.route(
+        "**/api/stream",
+        lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body),
+    )
+    try:
+        page.goto(dash.base + "/")
+        page.wait_for_selector('[data-node="c"] .badge.online', timeout=WAIT)
+        assert page.evaluate("ghostpiStats.badFrames") >= 1
+        assert page.locator('[data-node="b"]').count() == 0
+    finally:
+        dash.close()
+
+
+def test_the_page_says_when_its_address_is_locked_out_and_keeps_watching(
+    page: Any, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Past 10 wrong tokens a minute from one address every token from there is refused (429), /api/config's
+    check included: the page says why, and watching (open on loopback) goes on."""
+    sim = Simulator(mosquitto.port, tmp_path, "--nodes", "1", "--rate", "2", "--heartbeat", "2")
+    dash = DashboardProcess(mosquitto.port, tmp_path)
+    try:
+        sim.wait_event("online", timeout=30)
+        for _ in range(10):
+            http_request(dash.base + "/api/config", headers={"Authorization": "Bearer " + "wrong-" * 5})
+        page.goto(f"{dash.base}/#token={TOKEN}")
+        page.wait_for_selector("#token-state:has-text('too many wrong operator tokens')", timeout=WAIT)
+        card = '[data-node="sim-001"]'
+        page.wait_for_selector(f"{card} .badge.online", timeout=WAIT)
+        page.click(f"{card} .actions button.ping")
+        page.wait_for_selector(f"{card} .events li.bad:has-text('too many wrong operator tokens')", timeout=WAIT)
+    finally:
+        dash.close()
         sim.close()

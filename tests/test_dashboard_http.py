@@ -4,8 +4,6 @@ watch and act, cross-site defences, headers, and commands reaching the broker.""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,23 +12,12 @@ import pytest
 from edge_node.dashboard.security import CSP, cross_site_reason, token_ok
 from tests.brokers import Mosquitto
 from tests.dashboard_procs import TOKEN, DashboardProcess
+from tests.dashboard_procs import http_request as _request
 from tests.nodeproc import Collector
 
 pytestmark = pytest.mark.timeout(90)
 
 SECRET = "mqtt-secret-never-in-the-browser"
-
-
-def _request(
-    url: str, *, method: str = "GET", body: object = None, headers: dict[str, str] | None = None, read: bool = True
-) -> tuple[int, dict[str, str], bytes]:
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers), resp.read() if read else resp.read(200)
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
 
 
 def _act(base: str, target: str, body: object, **headers: str) -> tuple[int, dict[str, object]]:
@@ -132,17 +119,5 @@ def test_viewing_can_require_the_token(mosquitto: Mosquitto, tmp_path: Path) -> 
         assert _request(dash.base + "/api/nodes/x/snapshot.jpg")[0] == 401
         status, _, stream = _request(dash.base + "/api/stream", headers=AUTH, read=False)
         assert status == 200 and stream.startswith(b"event: full")
-    finally:
-        dash.close()
-
-
-def test_without_a_configured_token_a_one_time_token_is_printed_in_the_fragment(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
-    dash = DashboardProcess(mosquitto.port, tmp_path, EDGE_DASHBOARD__TOKEN="")
-    try:
-        assert "#token=" in dash.url
-        token = dash.url.split("#token=")[1]
-        assert _act(dash.base, "n", {"cmd": "ping"}, Authorization=f"Bearer {token}")[0] == 202
     finally:
         dash.close()

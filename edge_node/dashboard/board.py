@@ -1,10 +1,12 @@
 """The dashboard's fleet state and the batched changes pushed to browsers. Pure: time is passed in.
 
-The MQTT thread only stores the newest raw payload per topic (:class:`~edge_node.fleet.view.FleetView`) and
-appends command results and OTA phases to a list. A few times per second :meth:`Board.update` compares each
-stored payload with the one it saw last (identity, not content: no work for unchanged topics), decodes only
-what changed, samples the charts, re-derives online/stale/offline, and returns one delta holding only the
-nodes that changed. A browser that connects gets :meth:`Board.full` once, then the deltas.
+The MQTT thread only stores the newest raw payload per topic and queues command results and OTA phases
+(:class:`~edge_node.dashboard.inbox.Inbox`, which also bounds nodes and payload sizes). A few times per
+second :meth:`Board.update` compares each stored payload with the one it saw last (identity, not content: no
+work for unchanged topics), decodes only what changed, samples the charts, re-derives online/stale/offline,
+and returns one delta holding only the nodes that changed. A browser that connects gets :meth:`Board.full`
+once, then the deltas. Every part of a card is bounded: chart points, command results, the OTA trail, one
+snapshot, and what decoding keeps of each payload.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 from edge_node.config import DashboardConfig
 from edge_node.dashboard import decode
 from edge_node.dashboard.decode import JsonDict
+from edge_node.dashboard.inbox import Message, Refused
 from edge_node.messages import OFFLINE, ONLINE
 from edge_node.topics import Topics
 
-__all__ = ["STREAMED", "Board", "Message"]
+__all__ = ["STREAMED", "Board"]
 
 STREAMED = ("events", "ota")  # leaves whose every message matters, not just the newest
 _DECODERS = {
@@ -29,7 +32,6 @@ _DECODERS = {
     "heartbeat": decode.heartbeat,
     "state": decode.state,
 }
-Message = tuple[str, bytes | bytearray, float]  # topic, payload, monotonic arrival time
 
 
 @dataclass
@@ -62,7 +64,6 @@ class Board:
         self.nodes: dict[str, _Node] = {}
         self._parsed: dict[str, tuple[str, str] | None] = {}
         self._summary: JsonDict | None = None
-        self.dropped_events = 0
 
     # --- ingest ------------------------------------------------------------------------------------------
 
@@ -97,6 +98,9 @@ class Board:
                 continue
             node = node or self._node(name, now)
             node.raw[leaf] = raw
+            if isinstance(raw, Refused):  # too large to keep: the last good one stays
+                self._bad(node, delta(node))
+                continue
             node.at[leaf] = at
             if leaf == "status":
                 node.status = {ONLINE: "online", OFFLINE: "offline"}.get(bytes(raw).strip().lower(), "unknown")
@@ -107,8 +111,7 @@ class Board:
             else:
                 data = decode.load(raw)
                 if data is None:
-                    node.bad_payloads += 1
-                    delta(node)["bad_payloads"] = node.bad_payloads
+                    self._bad(node, delta(node))
                     continue
                 node.sections[leaf] = section = _DECODERS[leaf](data)
                 delta(node)[leaf] = section
@@ -116,14 +119,17 @@ class Board:
 
         for topic, raw, _at in streamed:
             parsed = self._leaf(topic)
-            data = decode.load(raw) if parsed is not None else None
-            if parsed is None or data is None:
+            if parsed is None or parsed[1] not in STREAMED:
                 continue
             node = self._node(parsed[0], now)
+            data = decode.load(raw)
+            if data is None:
+                self._bad(node, delta(node))
+                continue
             if parsed[1] == "events":
                 entry = decode.event(data)
                 node.events.append(entry)
-                delta(node).setdefault("events", []).append(entry)
+                delta(node).setdefault("events", []).append(entry)  # every one: the page matches pending ids
             elif parsed[1] == "ota":
                 phase = decode.ota(data)
                 previous = node.sections.get("ota", {})
@@ -149,8 +155,10 @@ class Board:
             self._summary = out["summary"] = summary
         return out
 
-    def drop_events(self, count: int) -> None:
-        self.dropped_events += count
+    @staticmethod
+    def _bad(node: _Node, delta: JsonDict) -> None:
+        node.bad_payloads += 1
+        delta["bad_payloads"] = node.bad_payloads
 
     # --- derived -----------------------------------------------------------------------------------------
 

@@ -10,14 +10,19 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
+import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from edge_node.config import load_settings
-from edge_node.errors import MissingExtraError
+from edge_node.errors import ConfigError, MissingExtraError
 
-__all__ = ["register"]
+__all__ = ["TOKEN_FILE", "register", "write_token_file"]
+
+TOKEN_FILE = "dashboard-token"
 
 log = logging.getLogger(__name__)
 
@@ -42,33 +47,44 @@ def _handle(args: argparse.Namespace) -> int:
         import aiohttp  # noqa: F401
     except ImportError as exc:
         raise MissingExtraError("edge-node dashboard", "dashboard") from exc
+    from edge_node.dashboard.exposure import exposure, tls_context
     from edge_node.dashboard.security import new_token
     from edge_node.dashboard.server import Dashboard, run_dashboard
 
     settings = load_settings()
     cfg = settings.dashboard
-    token = cfg.resolved_token()
-    generated = token is None
-    if generated:
-        token = new_token()
     bind = args.bind or cfg.bind
     port = cfg.port if args.port is None else args.port
-    dashboard = Dashboard(cfg, settings.mqtt, args.prefix or settings.topic_prefix, token)
+    exposed = exposure(cfg, bind, socket.gethostname())  # refuses plain HTTP beyond loopback unless allowed
+    tls = tls_context(cfg)
+    token = cfg.resolved_token()
+    generated = token is None
+    if token is None:
+        token = new_token()
+    # Printed only to a person's terminal; otherwise (a journal, a log file keeps what is printed) in a file.
+    in_link = generated and sys.stdout.isatty()
+    token_path = write_token_file(settings.state_dir, token) if generated and not in_link else None
+    dashboard = Dashboard(cfg, settings.mqtt, args.prefix or settings.topic_prefix, token, exposed)
 
     def ready(url: str) -> None:
         if bind in ("0.0.0.0", "::"):
-            url = f"http://{socket.gethostname()}:{urlsplit(url).port}/"  # every interface: name this machine
-        shown = f"{url}#token={token}" if generated else url
-        print(f"GhostPi dashboard: {shown}", flush=True)
-        if generated:
-            print(
-                "  (no EDGE_DASHBOARD__TOKEN set: actions use the one-time token in this link; "
-                "set one to keep it across restarts)",
-                flush=True,
-            )
-        if bind not in ("127.0.0.1", "::1", "localhost") and not cfg.view_requires_token:
-            log.info("listening on %s: anyone who reaches this port can watch (not act); "
-                     "EDGE_DASHBOARD__VIEW_REQUIRES_TOKEN=true closes viewing too", bind)  # fmt: skip
+            parts = urlsplit(url)  # every interface: name this machine
+            url = f"{parts.scheme}://{socket.gethostname()}:{parts.port}/"
+        if in_link:
+            print(f"GhostPi dashboard: {url}#token={token}", flush=True)
+            print("  (no EDGE_DASHBOARD__TOKEN set: this link carries a one-time token; set one to keep it "
+                  "across restarts)", flush=True)  # fmt: skip
+        else:
+            print(f"GhostPi dashboard: {url}", flush=True)
+        if token_path is not None:
+            log.warning("no EDGE_DASHBOARD__TOKEN set: this run's operator token is in %s (readable by this user "
+                        "only); set one to keep it across restarts", token_path)  # fmt: skip
+        if not exposed.loopback and not exposed.view_needs_token:
+            log.warning("listening on %s with EDGE_DASHBOARD__VIEW_REQUIRES_TOKEN=false: anyone who reaches this "
+                        "port can watch the fleet (not act)", bind)  # fmt: skip
+        if not exposed.loopback and not exposed.tls:
+            log.warning("listening on %s over plain HTTP (EDGE_DASHBOARD__ALLOW_HTTP=true): the operator token "
+                        "crosses the network in clear text", bind)  # fmt: skip
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -76,12 +92,30 @@ def _handle(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        await run_dashboard(dashboard, bind=bind, port=port, ready=ready, stop=stop)
+        await run_dashboard(dashboard, bind=bind, port=port, ready=ready, stop=stop, tls=tls)
 
     try:
         asyncio.run(main())
     except OSError as exc:
-        from edge_node.errors import ConfigError
-
         raise ConfigError(f"cannot listen on {bind}:{port}: {exc}; pick another --port or --bind") from exc
     return 0
+
+
+def write_token_file(state_dir: Path, token: str) -> Path:
+    """This run's token in ``<state dir>/dashboard-token``, created 0600 (never readable by others, not even
+    for a moment), replacing the last run's."""
+    path = state_dir / TOKEN_FILE
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fresh = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+        fresh.unlink(missing_ok=True)  # left by a run that died here with the same pid
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        os.replace(fresh, path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write this run's dashboard token to {path}: {exc}; set EDGE_DASHBOARD__TOKEN_FILE (or "
+            "EDGE_STATE_DIR to a writable directory)"
+        ) from exc
+    return path

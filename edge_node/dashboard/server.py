@@ -1,9 +1,14 @@
 """The dashboard's HTTP edge (aiohttp): the page, a Server-Sent Events stream, snapshots and commands.
 
-One MQTT client (paho, on its own thread) feeds the :class:`~edge_node.dashboard.board.Board` through a
-:class:`~edge_node.fleet.view.FleetView`; every ``push_interval`` the event loop turns what changed into one
+One MQTT client (paho, on its own thread) feeds the :class:`~edge_node.dashboard.board.Board` through an
+:class:`~edge_node.dashboard.inbox.Inbox`; every ``push_interval`` the event loop turns what changed into one
 JSON batch, encodes it once and queues it for every connected browser. A browser that falls too far behind
 is disconnected and, on reconnecting, starts over from a full picture: nothing is skipped silently.
+
+Bounded per browser: a queue of batches (shared bytes), a write timeout (a browser that stops reading is cut
+off, its socket reset), a limit on stream connects per address, and ``max_clients`` streams counted until
+each handler has returned. The full picture a new browser starts from is built at most once per tick, however
+many browsers connect, and encoded in slices that leave the event loop free in between.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import secrets
+import socket
+import ssl
+import struct
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib.resources import files
 from typing import Any
 
@@ -25,11 +32,13 @@ from aiohttp import web
 
 from edge_node import __version__
 from edge_node.config import DashboardConfig, MqttConfig
-from edge_node.dashboard.board import STREAMED, Board, Message
-from edge_node.dashboard.security import SECURITY_HEADERS, cross_site_reason, token_ok
+from edge_node.dashboard.board import STREAMED, Board
+from edge_node.dashboard.exposure import Exposure, host_name
+from edge_node.dashboard.inbox import NODE_ID, Inbox
+from edge_node.dashboard.limits import RateLimit, client_key
+from edge_node.dashboard.security import SECURITY_HEADERS, TokenGate, Verdict, cross_site_reason
 from edge_node.errors import CommandError
 from edge_node.fleet.monitor import MonitorClient
-from edge_node.fleet.view import FleetView
 from edge_node.messages import parse_command
 from edge_node.mqtt.connect import broker_host
 from edge_node.topics import FLEET, Topics
@@ -39,23 +48,62 @@ __all__ = ["ASSETS", "Dashboard", "run_dashboard"]
 log = logging.getLogger(__name__)
 
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
-_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CLIENT_BACKLOG = 40  # batches queued per browser (10 s at 4 Hz) before it is dropped and must resync
 _KEEPALIVE = 15.0
 _ACK_TIMEOUT = 5.0
-_MAX_STREAMED = 20_000
+_STREAMED_BACKLOG = 2000  # command results and OTA phases waiting for the next tick
+_STREAMED_PER_TICK = 250  # of those, taken into one batch (1000/s at 4 Hz)
+_REPORT_EVERY = 60.0  # seconds between two log lines about refused nodes or dropped results
+_CARDS_PER_SLICE = 25  # cards encoded between two turns of the event loop (~25 ms at 300 chart points)
 
 
 def _asset(name: str) -> bytes:
     return (files("edge_node.dashboard") / "static" / name).read_bytes()
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+# Every JSON the server writes: a NaN or an Infinity raises here instead of reaching a browser, whose
+# JSON.parse would throw on it (decode.load refuses them on the way in, so this is the second wall).
+_dumps = partial(json.dumps, separators=(",", ":"), allow_nan=False)
+
+
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps, headers=headers)
+
+
+def _error(status: int, message: str, retry_after: float | None = None) -> web.Response:
+    headers = None if retry_after is None else {"Retry-After": str(max(1, round(retry_after)))}
+    return _json({"error": message}, status, headers)
 
 
 def _frame(kind: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    return b"event: " + kind.encode() + b"\ndata: " + _dumps(data).encode() + b"\n\n"
+
+
+async def _full_frame(picture: dict[str, Any]) -> bytes:
+    """The full picture as one frame, encoded _CARDS_PER_SLICE cards at a time with the event loop free in
+    between: at 1000 nodes with 300 chart points each it is ~10 MB of JSON and about a second of encoding
+    (docs/dashboard.md). A worker thread would not help: the JSON encoder holds the GIL. Nothing in the
+    picture changes meanwhile: its containers are fresh, its sections are replaced by the board, not changed."""
+    cards = picture.pop("nodes")
+    slices = []
+    for start in range(0, len(cards), _CARDS_PER_SLICE):
+        slices.append(",".join(_dumps(card) for card in cards[start : start + _CARDS_PER_SLICE]))
+        await asyncio.sleep(0)
+    data = _dumps(picture)[:-1] + ',"nodes":[' + ",".join(slices) + "]}"
+    return b"event: full\ndata: " + data.encode() + b"\n\n"
+
+
+def _reset(request: web.Request) -> None:
+    """Drop a connection at once: a reset frees what the kernel still holds for a peer that reads nothing
+    (a plain close would keep the unsent data queued behind a zero window)."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 @dataclass(eq=False)  # identity: each browser is its own entry in the set
@@ -67,50 +115,66 @@ class _Client:
 class Dashboard:
     """Owns the board, the MQTT client, the browsers' queues and the push task."""
 
-    def __init__(self, cfg: DashboardConfig, mqtt: MqttConfig, prefix: str, token: str | None) -> None:
+    def __init__(
+        self, cfg: DashboardConfig, mqtt: MqttConfig, prefix: str, token: str | None, exposure: Exposure
+    ) -> None:
         self.cfg = cfg
         self.mqtt_cfg = mqtt
         self.prefix = prefix
-        self.token = token
-        self.view = FleetView(prefix)
+        self.exposure = exposure
+        self.gate = TokenGate(token, cfg.token_failures_per_minute)
+        self.inbox = Inbox(prefix, max_nodes=cfg.max_nodes, backlog=_STREAMED_BACKLOG)
         self.board = Board(prefix, cfg)
-        self._streamed: deque[Message] = deque(maxlen=_MAX_STREAMED)
-        self._streamed_in = 0  # written by the MQTT thread only
-        self._streamed_out = 0
         self.mqtt = MonitorClient(
-            mqtt, self.view, tool="dashboard", leaves=("predictions", "heartbeat", "status", "state", "snapshot"),
-            every={leaf: self._on_streamed for leaf in STREAMED},
+            mqtt, self.inbox, tool="dashboard", leaves=("predictions", "heartbeat", "status", "state", "snapshot"),
+            every=dict.fromkeys(STREAMED, self.inbox.stream),
         )  # fmt: skip
-        self.clients: set[_Client] = set()
-        self._broker: dict[str, Any] = {}
+        self.clients: set[_Client] = set()  # the browsers that get every batch
+        self.connections = 0  # stream handlers running: each counts until it has returned
+        self._connects = RateLimit(cfg.stream_connects_per_minute)
+        self.fulls_built = 0
+        self._full: asyncio.Future[bytes] | None = None  # this tick's full picture, once a browser asked
+        self._shown: dict[str, Any] = {}  # broker and limits as last sent
+        self._reported: tuple[float, dict[str, int]] = (-_REPORT_EVERY, {})
         self.pushed = 0
         self._page = _asset("index.html")
         self._assets = {name: _asset(name) for name in ASSETS}
-
-    # --- MQTT thread -------------------------------------------------------------------------------------
-
-    def _on_streamed(self, topic: str, payload: bytes | bytearray) -> None:
-        self._streamed.append((topic, payload, time.monotonic()))
-        self._streamed_in += 1
 
     # --- the push loop -----------------------------------------------------------------------------------
 
     def tick(self) -> None:
         """Fold in what arrived and queue one batch for every browser."""
-        streamed = []
-        while self._streamed:
-            streamed.append(self._streamed.popleft())
-        self._streamed_out += len(streamed)
-        if (lost := self._streamed_in - self._streamed_out) > self.board.dropped_events:
-            log.warning("%d command results/OTA messages arrived faster than shown and were dropped", lost)
-            self.board.drop_events(lost - self.board.dropped_events)
-        delta = self.board.update(self.view.entries(), streamed, time.monotonic(), time.time())
-        broker = self.broker_status()
-        if broker != self._broker:
-            self._broker = delta["broker"] = broker
+        self._full = None  # out of date from now on (and its memory goes with the last browser it was sent to)
+        streamed = self.inbox.take_streamed(_STREAMED_PER_TICK)
+        delta = self.board.update(self.inbox.entries(), streamed, time.monotonic(), time.time())
+        for key, value in (("broker", self.broker_status()), ("limits", self.limits())):
+            if value != self._shown.get(key):
+                self._shown[key] = delta[key] = value
+        self._report(self._shown["limits"])
         if not delta["nodes"] and len(delta) <= 2:
             return
         self.broadcast(_frame("delta", delta))
+
+    def limits(self) -> dict[str, int]:
+        """What the caps left out so far; the page says so (a capped dashboard must not look complete)."""
+        return {
+            "max_nodes": self.cfg.max_nodes,
+            "node_messages_ignored": self.inbox.nodes_refused,
+            "results_dropped": self.inbox.streamed_dropped,
+        }
+
+    def _report(self, limits: dict[str, int]) -> None:
+        at, last = self._reported
+        now = time.monotonic()
+        if limits == last or now - at < _REPORT_EVERY:
+            return
+        self._reported = (now, limits)
+        if limits["node_messages_ignored"] > last.get("node_messages_ignored", 0):
+            log.warning("ignored %d messages of nodes beyond the first %d (EDGE_DASHBOARD__MAX_NODES) or with ids "
+                        "no node can have", limits["node_messages_ignored"], limits["max_nodes"])  # fmt: skip
+        if limits["results_dropped"] > last.get("results_dropped", 0):
+            log.warning("%d command results/OTA messages arrived faster than shown and were dropped",
+                        limits["results_dropped"])  # fmt: skip
 
     def broadcast(self, frame: bytes | None) -> None:
         for client in list(self.clients):
@@ -128,7 +192,20 @@ class Dashboard:
     async def push_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.push_interval)
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # one batch that cannot be built must not end the stream for every browser
+                log.exception("could not build a batch for the browsers; trying again at the next tick")
+
+    def full_frame(self) -> asyncio.Future[bytes]:
+        """The whole picture for browsers that connect now: taken once per tick (at once, so that it matches
+        the batches that follow), then encoded a few cards at a time, shared by every browser of the tick."""
+        if self._full is None:
+            picture = self.board.full(time.monotonic(), time.time())
+            picture |= {"broker": self.broker_status(), "limits": self.limits()}
+            self._full = asyncio.ensure_future(_full_frame(picture))
+            self.fulls_built += 1
+        return self._full
 
     def broker_status(self) -> dict[str, Any]:
         return {
@@ -141,7 +218,22 @@ class Dashboard:
     # --- HTTP --------------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_headers], client_max_size=64 * 1024)
+        @web.middleware
+        async def known_hosts(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            """Only the names this dashboard is reached by: a page whose own name was made to resolve here (DNS
+            rebinding) still sends that name."""
+            host = request.headers.get("Host")
+            if not self.exposure.serves(host):
+                log.warning("refused %s %s from %s: Host %r is not served", request.method, request.path,
+                            request.remote, host)  # fmt: skip
+                return _error(421, f"this dashboard does not answer to the name {host_name(host)!r} (a defence "
+                              "against DNS rebinding); if you reach it by that name, add it to "
+                              "EDGE_DASHBOARD__ALLOWED_HOSTS")  # fmt: skip
+            return await handler(request)
+
+        app = web.Application(middlewares=[_headers, known_hosts], client_max_size=64 * 1024)
         app.router.add_get("/", self.page)
         app.router.add_get("/static/{name}", self.asset)
         app.router.add_get("/api/config", self.config)
@@ -150,11 +242,19 @@ class Dashboard:
         app.router.add_post("/api/nodes/{target}/command", self.command)
         return app
 
-    def _may_view(self, request: web.Request) -> bool:
-        return not self.cfg.view_requires_token or token_ok(self.token, request.headers.get("Authorization"))
+    def _token(self, request: web.Request) -> Verdict:
+        return self.gate.check(request.headers.get("Authorization"), client_key(request.remote), time.monotonic())
 
-    def _refuse(self, request: web.Request, what: str) -> web.Response:
-        log.warning("refused %s %s from %s: no valid operator token", request.method, request.path, request.remote)
+    def _refuse(self, request: web.Request, verdict: Verdict, what: str) -> web.Response:
+        if verdict == "blocked":
+            wait = self.gate.wait(client_key(request.remote), time.monotonic())
+            message = (
+                f"too many wrong operator tokens from {request.remote}: every token from there is refused for "
+                f"{wait:.0f} s more (EDGE_DASHBOARD__TOKEN_FAILURES_PER_MINUTE)"
+            )
+            return _error(429, message, wait)
+        log.warning("refused %s %s from %s: %s operator token", request.method, request.path, request.remote,
+                    "no" if verdict == "missing" else "a wrong")  # fmt: skip
         return _error(401, f"{what} needs the operator token (EDGE_DASHBOARD__TOKEN); enter it on the page")
 
     async def page(self, request: web.Request) -> web.Response:
@@ -167,51 +267,78 @@ class Dashboard:
         return web.Response(body=self._assets[name], content_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
 
     async def config(self, request: web.Request) -> web.Response:
-        """What the page needs to know before it connects; never the MQTT credentials."""
-        return web.json_response(
+        """What the page needs to know before it connects; never the MQTT credentials. Whether the token it
+        holds is right is a token check like any other (and counts when wrong)."""
+        verdict = self._token(request) if "Authorization" in request.headers else "missing"
+        if verdict == "blocked":
+            return self._refuse(request, verdict, "checking a token")
+        return _json(
             {
                 "version": __version__,
                 "prefix": self.prefix,
-                "view_requires_token": self.cfg.view_requires_token,
+                "view_requires_token": self.exposure.view_needs_token,
                 "stale_after": self.cfg.stale_after,
                 "history_seconds": self.cfg.history_seconds,
                 "push_interval": self.cfg.push_interval,
-                "token_ok": token_ok(self.token, request.headers.get("Authorization")),
+                "token_ok": verdict == "ok",
                 "broker": self.broker_status(),
             }
         )
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        if not self._may_view(request):
-            return self._refuse(request, "viewing this dashboard")
-        if len(self.clients) >= self.cfg.max_clients:
+        if self.exposure.view_needs_token and (verdict := self._token(request)) != "ok":
+            return self._refuse(request, verdict, "viewing this dashboard")
+        if not self._connects.allow(client_key(request.remote), time.monotonic()):
+            log.warning("refused a stream to %s: more than %d connects a minute", request.remote,
+                        self.cfg.stream_connects_per_minute)  # fmt: skip
+            message = (
+                f"more than {self.cfg.stream_connects_per_minute} stream connects a minute from {request.remote} "
+                "(EDGE_DASHBOARD__STREAM_CONNECTS_PER_MINUTE); wait a minute"
+            )
+            return _error(429, message, 60)
+        if self.connections >= self.cfg.max_clients:
             return _error(503, f"{self.cfg.max_clients} browsers are already connected (EDGE_DASHBOARD__MAX_CLIENTS)")
+        self.connections += 1
+        try:
+            return await self._serve(request)
+        finally:
+            self.connections -= 1
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         )
-        await response.prepare(request)
         client = _Client(asyncio.Queue(maxsize=_CLIENT_BACKLOG), request.remote or "?")
-        first = self.board.full(time.monotonic(), time.time()) | {"broker": self.broker_status()}
+        full = self.full_frame()
         self.clients.add(client)  # from here on it gets every batch after the full picture
         try:
-            await response.write(_frame("full", first))
-            while True:
+            await self._write(request, response.prepare(request))
+            frame: bytes | None = await full
+            while frame is not None:
+                await self._write(request, response.write(frame))
                 try:
                     frame = await asyncio.wait_for(client.queue.get(), _KEEPALIVE)
                 except TimeoutError:
                     frame = b": keepalive\n\n"
-                if frame is None:
-                    break
-                await response.write(frame)
-        except (ConnectionResetError, ConnectionError):
+        except ConnectionError:
             pass
         finally:
             self.clients.discard(client)
         return response
 
+    async def _write(self, request: web.Request, write: Awaitable[object]) -> None:
+        """One write, bounded in time: a browser that stops reading is cut off, not waited for."""
+        try:
+            await asyncio.wait_for(write, self.cfg.write_timeout)
+        except TimeoutError:
+            log.warning("browser %s accepted nothing for %g s: dropping its connection (EDGE_DASHBOARD__WRITE_TIMEOUT)",
+                        request.remote, self.cfg.write_timeout)  # fmt: skip
+            _reset(request)
+            raise ConnectionResetError("write timed out") from None
+
     async def snapshot(self, request: web.Request) -> web.Response:
-        if not self._may_view(request):
-            return self._refuse(request, "viewing snapshots")
+        if (verdict := self._token(request)) != "ok":  # a camera image: never without the token
+            return self._refuse(request, verdict, "viewing snapshots")
         found = self.board.snapshot(request.match_info["node"])
         if found is None:
             return _error(404, "no snapshot of this node yet: press its snapshot button")
@@ -225,10 +352,10 @@ class Dashboard:
         if reason is not None:
             log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, reason)
             return _error(403, reason)
-        if not token_ok(self.token, request.headers.get("Authorization")):
-            return self._refuse(request, "this action")
+        if (verdict := self._token(request)) != "ok":
+            return self._refuse(request, verdict, "this action")
         target = request.match_info["target"]
-        if target != FLEET and not _NODE.match(target):
+        if target != FLEET and not NODE_ID.match(target):
             return _error(400, f"{target!r} is not a node id")
         try:
             body = await request.json()
@@ -250,7 +377,7 @@ class Dashboard:
         if not info.is_published():
             return _error(504, f"the broker did not acknowledge the command within {_ACK_TIMEOUT:g} s")
         log.info("sent %s (id %s) to %s for %s", command.cmd, command.id, topic, request.remote)
-        return web.json_response({"id": command.id, "cmd": command.cmd, "target": target}, status=202)
+        return _json({"id": command.id, "cmd": command.cmd, "target": target}, 202)
 
 
 @web.middleware
@@ -269,18 +396,24 @@ async def _headers(
 
 
 async def run_dashboard(
-    dashboard: Dashboard, *, bind: str, port: int, ready: Callable[[str], None], stop: asyncio.Event
+    dashboard: Dashboard,
+    *,
+    bind: str,
+    port: int,
+    ready: Callable[[str], None],
+    stop: asyncio.Event,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until ``stop`` is set; ``ready`` gets the URL once the port is open."""
     dashboard.mqtt.start_background()
     runner = web.AppRunner(dashboard.app(), handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, bind, port)
+        site = web.TCPSite(runner, bind, port, ssl_context=tls)
         await site.start()
         address = runner.addresses[0]
         host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
-        ready(f"http://{host}:{address[1]}/")
+        ready(f"{'https' if tls else 'http'}://{host}:{address[1]}/")
         pusher = asyncio.create_task(dashboard.push_loop(), name="push")
         await stop.wait()
         pusher.cancel()

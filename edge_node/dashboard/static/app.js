@@ -20,7 +20,7 @@ const app = {
 
 // Measured in the browser for tests and the curious: seconds from a prediction's ts to its paint.
 // latencies: prediction ts -> painted; serverLags: prediction ts -> batch built on the server; renderMs: per frame.
-window.ghostpiStats = { latencies: [], serverLags: [], renderMs: [], batches: 0, rendered: 0, fulls: 0 };
+window.ghostpiStats = { latencies: [], serverLags: [], renderMs: [], batches: 0, rendered: 0, fulls: 0, badFrames: 0 };
 const keep = (list, value) => { list.push(value); if (list.length > 100000) list.splice(0, list.length - 100000); };
 
 // --- token ---------------------------------------------------------------------------------------------
@@ -93,12 +93,17 @@ function handleFrame(frame) {
     else if (line.startsWith("data: ")) data += line.slice(6);
   }
   if (!data) return;
-  const msg = JSON.parse(data);
-  app.offset = msg.ts - Date.now() / 1000;
-  app.batchTs = msg.ts;
-  if (kind === "full") applyFull(msg);
-  else if (kind === "delta") applyDelta(msg);
-  window.ghostpiStats.batches++;
+  try {
+    const msg = JSON.parse(data);
+    app.offset = msg.ts - Date.now() / 1000;
+    app.batchTs = msg.ts;
+    if (kind === "full") applyFull(msg);
+    else if (kind === "delta") applyDelta(msg);
+    window.ghostpiStats.batches++;
+  } catch (err) { // one frame the page cannot read is skipped; the stream and every other card go on
+    window.ghostpiStats.badFrames++;
+    console.warn("skipped a frame the page could not read:", err.message);
+  }
 }
 
 function setConn(text, bad = false) {
@@ -111,6 +116,20 @@ function showBroker(broker) {
   if (!broker) return;
   if (broker.connected) setConn(`live · broker ${broker.host}:${broker.port}`);
   else setConn(`not connected to broker ${broker.host}:${broker.port}${broker.error ? ": " + broker.error : ""}`, true);
+}
+
+// What the server's caps left out: a capped dashboard must not look complete.
+function showLimits(limits) {
+  if (!limits) return;
+  const parts = [];
+  if (limits.node_messages_ignored) {
+    parts.push(`${limits.node_messages_ignored} messages of nodes beyond the first ${limits.max_nodes} ignored ` +
+      "(EDGE_DASHBOARD__MAX_NODES)");
+  }
+  if (limits.results_dropped) parts.push(`${limits.results_dropped} command results dropped: they came too fast`);
+  const el = $("#limits");
+  el.textContent = parts.join("; ");
+  el.hidden = parts.length === 0;
 }
 
 // --- state ---------------------------------------------------------------------------------------------
@@ -127,6 +146,7 @@ function applyFull(msg) {
     merge(node, card);
   }
   showBroker(msg.broker);
+  showLimits(msg.limits);
   if (msg.summary) renderSummary(msg.summary);
   schedule();
 }
@@ -134,6 +154,7 @@ function applyFull(msg) {
 function applyDelta(msg) {
   for (const change of msg.nodes) merge(ensureNode(change.node), change);
   if (msg.broker) showBroker(msg.broker);
+  if (msg.limits) showLimits(msg.limits);
   if (msg.summary) renderSummary(msg.summary);
   schedule();
 }
@@ -223,7 +244,11 @@ function render() {
   const problemsOnly = $("#problems").checked;
   for (const name of app.dirty) {
     const node = app.nodes.get(name);
-    if (node) renderCard(node, filter, problemsOnly);
+    try {
+      if (node) renderCard(node, filter, problemsOnly);
+    } catch (err) { // one card that cannot be drawn must not stop the others
+      console.warn("could not render the card of", name, err.message);
+    }
   }
   window.ghostpiStats.rendered += app.dirty.size;
   app.dirty.clear();
@@ -504,7 +529,10 @@ async function fetchSnapshot(node) {
   try {
     response = await fetch(`/api/nodes/${encodeURIComponent(node.name)}/snapshot.jpg`, { headers: authHeaders(), cache: "no-store" });
   } catch { return; }
-  if (!response.ok) return;
+  if (!response.ok) { // snapshots always need the token: say so where the picture would be
+    node.refs["snap-info"].textContent = await errorText(response);
+    return;
+  }
   const url = URL.createObjectURL(await response.blob());
   if (node.snapUrl) URL.revokeObjectURL(node.snapUrl);
   node.snapUrl = url;
@@ -520,10 +548,16 @@ async function fetchSnapshot(node) {
 // --- start ---------------------------------------------------------------------------------------------
 
 async function loadConfig() {
-  const response = await fetch("/api/config", { headers: authHeaders(), cache: "no-store" });
+  let response = await fetch("/api/config", { headers: authHeaders(), cache: "no-store" });
+  let refused = null;
+  if (response.status === 429) { // too many wrong tokens from this address: say so, and carry on view-only
+    refused = await errorText(response);
+    response = await fetch("/api/config", { cache: "no-store" });
+  }
+  if (!response.ok) throw new Error(await errorText(response));
   app.config = await response.json();
   $("#prefix").textContent = app.config.prefix + "/+";
-  showTokenState(token() ? (app.config.token_ok ? "token accepted" : "token refused") : "view only");
+  showTokenState(refused || (token() ? (app.config.token_ok ? "token accepted" : "token refused") : "view only"));
 }
 
 function start() {
@@ -551,7 +585,7 @@ function start() {
   const rerender = () => { for (const name of app.nodes.keys()) app.dirty.add(name); schedule(); };
   $("#filter").addEventListener("input", rerender);
   $("#problems").addEventListener("change", rerender);
-  loadConfig().then(connect, () => reconnect("dashboard server unreachable"));
+  loadConfig().then(connect, (err) => reconnect(err instanceof TypeError ? "dashboard server unreachable" : err.message));
 }
 
 start();
