@@ -31,7 +31,7 @@ from edge_node.bundle import open_bundle
 from edge_node.bundle.manifest import MANIFEST, SIGNATURE, BuildInfo, Manifest, Preprocess, Variant, file_digest
 from edge_node.bundle.signing import generate_keypair, load_private_key, sign_bundle
 
-__all__ = ["BROKEN", "make_key", "make_tiny_bundle", "resigned", "tiny_model"]
+__all__ = ["BROKEN", "make_key", "make_keys", "make_tiny_bundle", "resigned", "tiny_model"]
 
 BROKEN = ("not_onnx", "nan", "shape", "slow", "hash", "labels", "nan_on_camera")
 OPSET = 17
@@ -123,6 +123,13 @@ def make_key(path: Path) -> Path:
     return generate_keypair(path)
 
 
+def make_keys(directory: Path) -> tuple[Path, Path, Path]:
+    """(a trusted private key, its public key, another private key that nobody trusts) in ``directory``."""
+    pub = make_key(directory / "trusted.pem")
+    make_key(directory / "rogue.pem")
+    return directory / "trusted.pem", pub, directory / "rogue.pem"
+
+
 def make_tiny_bundle(
     dir: Path,
     *,
@@ -132,10 +139,13 @@ def make_tiny_bundle(
     key: Path | None = None,
     precision: str = "int8",
     broken: str | None = None,
+    serial: int = 0,
+    extra: dict[str, bytes] | None = None,
 ) -> Path:
     """Write a complete bundle directory at ``dir`` (created) and return it; sign it with ``key`` if given.
 
-    ``precision`` is ``int8``, ``fp32`` or ``both`` (INT8 and FP32 files from the same weights).
+    ``precision`` is ``int8``, ``fp32`` or ``both`` (INT8 and FP32 files from the same weights). ``serial`` is the
+    manifest's (0: none written); ``extra`` files are written and listed in the manifest too.
 
     ``key`` is the private key file (see ``make_key``). Pack it with ``edge_node.bundle.archive.pack``.
     """
@@ -155,11 +165,13 @@ def make_tiny_bundle(
             variants.append(Variant(resolution=res, precision=prec, file=name))
     count = num_classes - 1 if broken == "labels" else num_classes
     (dir / "labels.txt").write_text("".join(f"class_{i:03d}\n" for i in range(count)))
-    files = {v.file: file_digest(dir / v.file) for v in variants}
-    files["labels.txt"] = file_digest(dir / "labels.txt")
+    for name, data in (extra or {}).items():
+        (dir / name).write_bytes(data)
+    files = {name: file_digest(dir / name) for name in [*(v.file for v in variants), "labels.txt", *(extra or {})]}
     manifest = Manifest(
         name="tiny",
         version=version,
+        serial=serial,
         arch="tiny-gap-gemm",
         precision="int8" if precision == "both" else precision,
         num_classes=num_classes,

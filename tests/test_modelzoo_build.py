@@ -6,6 +6,7 @@ Then a tampered file, a foreign signature and a missing file must each be refuse
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def test_build_writes_a_complete_signed_bundle(built: tuple[Path, Path], images:
     assert bundle.labels[281] == "tabby"
     assert m.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
     assert m.build.weights == "random"
+    assert m.serial == int(re.sub(r"\D", "", m.build.created)[:14])  # default serial: the build time, YYYYMMDDHHMMSS
     assert {"torch", "timm", "onnxruntime"} <= set(m.build.toolchain)
     calibration = m.build.calibration
     assert calibration["recipe"]  # what quantize_int8 returned
@@ -102,6 +104,20 @@ def test_verify_accepts_the_bundle_and_its_archive(
     archive = tmp_path / "b.tar.gz"
     assert main(["model", "pack", str(out), str(archive)]) == 0
     assert main(["model", "verify", str(archive), "--pubkey", str(pub)]) == 0
+
+
+def test_sign_sets_the_serial_of_an_archive(
+    built: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, key = built
+    archive = tmp_path / "b.tar.gz"
+    assert main(["model", "pack", str(out), str(archive)]) == 0
+    assert main(["model", "sign", str(archive), "--key", str(key), "--serial", "7"]) == 0
+    assert "(ghostnetv2_100 0.0.1, serial 7)" in capsys.readouterr().out
+    bundle = open_bundle(archive, trusted_keys=[key.with_name("release.pub")], unpack_dir=tmp_path / "x")
+    assert bundle.manifest.serial == 7
+    with pytest.raises(SystemExit):  # argparse: "a serial is a whole number from 0 to 2^63-1"
+        main(["model", "sign", str(archive), "--key", str(key), "--serial", "-1"])
 
 
 def _copy(built: tuple[Path, Path], tmp_path: Path) -> Path:

@@ -65,10 +65,9 @@ def world(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[World]:
 
 
 def _release(site: Path, tmp: Path, key: Path, version: str, pad: int = 0) -> tuple[str, str]:
-    """Pack a signed bundle into the site; ``pad`` adds an unlisted file so the download takes a while."""
-    bundle = make_tiny_bundle(tmp / f"b-{version}", version=version, resolutions=RES, key=key)
-    if pad:
-        (bundle / "padding.bin").write_bytes(os.urandom(pad))
+    """Pack a signed bundle into the site; ``pad`` adds a listed file of random bytes so the download takes a while."""
+    extra = {"padding.bin": os.urandom(pad)} if pad else None
+    bundle = make_tiny_bundle(tmp / f"b-{version}", version=version, resolutions=RES, key=key, extra=extra)
     archive = pack(bundle, site / f"tiny-{version}.tar.gz")
     return archive.name, sha256_file(archive)
 

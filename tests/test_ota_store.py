@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -91,15 +92,22 @@ def test_no_usable_bundle_at_all_is_an_error(tmp_path: Path) -> None:
         BundleStore(tmp_path / "ota", tmp_path / "missing").startup()
 
 
-def test_startup_cleans_staging_but_keeps_partial_downloads(tmp_path: Path, factory: Path) -> None:
+def test_startup_cleans_staging_but_keeps_the_newest_partial_download(tmp_path: Path, factory: Path) -> None:
+    """Every interrupted update used to leave its .part for good; now only the newest (the one an interrupted
+    update resumes) survives a restart."""
     store = BundleStore(tmp_path / "ota", factory)
-    (store.staging / "x.tar.gz.part").write_bytes(b"123")
+    for age, name in enumerate(["new", "old", "older"]):
+        part = store.staging / f"{name}.tar.gz.part"
+        part.write_bytes(b"123")
+        os.utime(part, ns=(10**18 - age * 10**12, 10**18 - age * 10**12))
     (store.staging / "unpack-x").mkdir()
     (store.staging / "x.tar.gz").write_bytes(b"123")
+    (store.root / ".state.json.abc123.tmp").write_bytes(b"{")  # a state write cut short
     (store.bundles / slot_name("5.0.0", SHA_A)).mkdir()  # installed, never committed (kill -9)
     store.startup()
-    assert [p.name for p in store.staging.iterdir()] == ["x.tar.gz.part"]
+    assert [p.name for p in store.staging.iterdir()] == ["new.tar.gz.part"]
     assert list(store.bundles.iterdir()) == []
+    assert sorted(p.name for p in store.root.iterdir()) == ["bundles", "staging"]
 
 
 def test_unsafe_versions_never_become_paths(tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ import functools
 import io
 import itertools
 import logging
+import os
 import statistics
 import tarfile
+import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -19,12 +21,15 @@ from typing import Any
 
 import pytest
 
-from edge_node.bundle.archive import pack
+from edge_node.bundle.archive import MAX_MEMBERS, pack
+from edge_node.bundle.manifest import MANIFEST, SIGNATURE
 from edge_node.config import ModelConfig, OtaConfig
 from edge_node.messages import Event, Rollback, UpdateModel
 from edge_node.ota.download import sha256_file
 from edge_node.ota.store import FACTORY, BundleStore
-from tests.bundles import make_key, make_tiny_bundle
+from tests.archives import Entry, million_directories, write_archive
+from tests.bundles import make_keys, make_tiny_bundle
+from tests.fswatch import watch_writes
 from tests.ota_harness import LiveNode, live_node
 from tests.ota_http import FaultServer, serving
 
@@ -46,10 +51,7 @@ def _sync(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(trusted private key, its public key, an untrusted private key)."""
-    d = tmp_path_factory.mktemp("keys")
-    pub = make_key(d / "trusted.pem")
-    make_key(d / "rogue.pem")
-    return d / "trusted.pem", pub, d / "rogue.pem"
+    return make_keys(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture
@@ -86,8 +88,8 @@ def _publish(site: tuple[Path, FaultServer], bundle: Path, name: str | None = No
     return f"{srv.url}/{archive.name}", sha256_file(archive)
 
 
-def _cmd(url: str, sha: str, version: str) -> UpdateModel:
-    return UpdateModel(cmd="update_model", id=uuid.uuid4().hex[:8], url=url, sha256=sha, version=version)
+def _cmd(url: str, sha: str, version: str, **kw: Any) -> UpdateModel:
+    return UpdateModel(cmd="update_model", id=uuid.uuid4().hex[:8], url=url, sha256=sha, version=version, **kw)
 
 
 async def _failed_cleanly(node: LiveNode, cmd: UpdateModel, stage: str, match: str) -> Event:
@@ -388,3 +390,165 @@ async def test_an_update_whose_int8_fails_its_check_here_serves_fp32_or_is_refus
         refused = node.sink.events[-1]
         assert not refused.ok and refused.detail is not None and refused.detail["stage"] == "check"
         assert "no FP32 files" in (refused.error or "") and node.serving == "2.0.0"
+
+
+# --- issue 16: nothing written before it is trusted, bounded archives, downgrades, keys without signatures ---
+
+
+class _PeakRss:
+    """Samples this process's resident memory every few milliseconds while a block runs."""
+
+    def __init__(self) -> None:
+        self.baseline = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> _PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss())
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
+def _rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@_sync
+async def test_a_million_directory_headers_are_refused_at_the_cap_with_bounded_memory(
+    tmp_path: Path, factory: Path, keys: tuple[Path, Path, Path], site: tuple[Path, FaultServer]
+) -> None:
+    """2 MB of gzip, 512 MB of tar headers; its sha256 only has to match the command. The old reader skipped
+    directories uncounted and tarfile kept every header: ~50 s and ~400 MB of RSS before it even looked for a
+    manifest. Now every header counts, one is held at a time, and the node stops at the cap."""
+    root, srv = site
+    archive = million_directories(root / "dirs.tar.gz")
+    async with live_node(tmp_path / "ota", factory, _cfg(keys[1])) as node:
+        cmd = _cmd(f"{srv.url}/dirs.tar.gz", sha256_file(archive), "2.0.0")
+        with _PeakRss() as memory:
+            await node.updater.handle(cmd)
+        await _failed_cleanly(node, cmd, "verify", f"more than {MAX_MEMBERS} entries")
+        assert memory.growth_mb < 40, f"resident memory grew {memory.growth_mb:.0f} MB while refusing the archive"
+
+
+async def _refused(
+    tmp_path: Path, factory: Path, cfg: OtaConfig, url: str, sha: str, stage: str, match: str
+) -> list[str]:
+    """Run one update to 2.0.0 that must fail cleanly; return what was written below the store meanwhile."""
+    async with live_node(tmp_path / "ota", factory, cfg) as node:
+        cmd = _cmd(url, sha, "2.0.0")
+        with watch_writes(tmp_path / "ota") as writes:
+            await node.updater.handle(cmd)
+        await _failed_cleanly(node, cmd, stage, match)
+    return writes
+
+
+@_sync
+async def test_a_forged_bundle_is_refused_before_anything_is_written_to_the_store(
+    tmp_path: Path, factory: Path, keys: tuple[Path, Path, Path], site: tuple[Path, FaultServer]
+) -> None:
+    """The node used to unpack the whole archive into staging and only then check manifest.sig."""
+    url, sha = _publish(site, make_tiny_bundle(tmp_path / "b2", version="2.0.0", resolutions=RES, key=keys[2]))
+    writes = await _refused(tmp_path, factory, _cfg(keys[1]), url, sha, "verify", "does not verify with any of the 1")
+    assert any(w.startswith("open staging/") for w in writes), writes  # the watch saw the download
+    # nothing but the download's own file and the state file's atomic replacement
+    allowed = (f"staging/{sha}.tar.gz", "state.json", ".state.json.")
+    assert [w for w in writes if not w.split(" ", 1)[1].startswith(allowed)] == []
+
+
+@pytest.mark.parametrize("change", ["unlisted", "size"])
+@_sync
+async def test_unlisted_and_mis_sized_files_are_refused_before_they_are_written(
+    tmp_path: Path, factory: Path, keys: tuple[Path, Path, Path], site: tuple[Path, FaultServer], change: str
+) -> None:
+    """A signed manifest, then a file it does not list (the old node unpacked and kept it), or a listed file whose
+    header declares another size (the old node wrote it all before comparing)."""
+    bundle = make_tiny_bundle(tmp_path / "b2", version="2.0.0", resolutions=RES, key=keys[0])
+    names = [MANIFEST, SIGNATURE, *sorted(p.name for p in bundle.iterdir() if p.name.endswith((".txt", ".onnx")))]
+    entries: list[Entry] = [(name, (bundle / name).read_bytes()) for name in names]
+    sizes: dict[str, int] = {}
+    if change == "unlisted":
+        entries.append(("payload.bin", b"\0" * 1000))
+    else:
+        sizes[names[-1]] = 5 << 20
+    archive = write_archive(site[0] / "b2.tar.gz", entries, sizes=sizes)
+    url, sha = f"{site[1].url}/b2.tar.gz", sha256_file(archive)
+    match = "'payload.bin' is not listed" if change == "unlisted" else f"has {5 << 20} bytes in"
+    writes = await _refused(tmp_path, factory, _cfg(keys[1]), url, sha, "verify", match)
+    refused = "payload.bin" if change == "unlisted" else names[-1]
+    assert not any(w.endswith(refused) for w in writes), writes
+
+
+@_sync
+async def test_stale_partial_downloads_are_removed_before_a_new_download(
+    tmp_path: Path, factory: Path, keys: tuple[Path, Path, Path], site: tuple[Path, FaultServer]
+) -> None:
+    """Each interrupted update used to leave its .part file in staging for good."""
+    url, sha = _publish(site, make_tiny_bundle(tmp_path / "b2", version="2.0.0", resolutions=RES, key=keys[0]))
+    async with live_node(tmp_path / "ota", factory, _cfg(keys[1])) as node:
+        for stale in ("1" * 64, "2" * 64):
+            (node.store.staging / f"{stale}.tar.gz.part").write_bytes(b"\0" * 4096)
+        await node.updater.handle(_cmd(url, sha, "2.0.0"))
+        assert node.sink.events[-1].ok, node.sink.events[-1]
+        assert list(node.store.staging.iterdir()) == []
+
+
+@_sync
+async def test_downgrades_are_refused_but_rollbacks_still_work(
+    tmp_path: Path, factory: Path, keys: tuple[Path, Path, Path], site: tuple[Path, FaultServer]
+) -> None:
+    """Any older signed bundle could be installed again. Now a committed update raises the store's minimum serial;
+    an update below it (or without a serial) is refused with what to do, while rollback, and the automatic rollback
+    after a failed health check, still go back."""
+
+    def release(version: str, serial: int, **kw: Any) -> UpdateModel:
+        bundle = make_tiny_bundle(tmp_path / version, version=version, key=keys[0], serial=serial, **kw)
+        return _cmd(*_publish(site, bundle), version)
+
+    kw: dict[str, Any] = {"resolutions": RES}
+    v2, v3 = release("2.0.0", 200, **kw), release("3.0.0", 300, **kw)
+    old, unnumbered = release("1.5.0", 150, **kw), release("1.6.0", 0, **kw)
+    slow = release("4.0.0", 400, resolutions=(224,), broken="slow")
+    async with live_node(tmp_path / "ota", factory, _cfg(keys[1], health_frames=4)) as node:
+        for cmd in (v2, v3):
+            await node.updater.handle(cmd)
+            assert node.sink.events[-1].ok, node.sink.events[-1]
+        assert node.store.min_serial == 300
+        for cmd, has in ((old, "serial 150"), (unnumbered, "no serial (0)")):
+            await node.updater.handle(cmd)
+            ev = node.sink.events[-1]
+            assert not ev.ok and ev.detail is not None and ev.detail["stage"] == "verify", ev
+            assert f"has {has}, below 300" in (ev.error or "") and "send 'rollback'" in (ev.error or ""), ev.error
+            assert node.serving == "3.0.0"
+        await node.updater.handle(v2.model_copy(update={"id": "v2-again"}))  # the previous bundle: a downgrade too
+        assert not node.sink.events[-1].ok and "below 300" in (node.sink.events[-1].error or "")
+
+        await node.updater.handle(slow)  # fails its health check: swapped back, minimum unchanged
+        assert node.sink.events[-1].detail is not None and node.sink.events[-1].detail["phase"] == "rolled_back"
+        assert node.store.min_serial == 300 and node.serving == "3.0.0"
+        await node.updater.handle(Rollback(cmd="rollback", id="back"))
+        assert node.sink.events[-1].ok and node.serving == "2.0.0"
+        await node.predictions_on("2.0.0")
+    again = BundleStore(tmp_path / "ota", factory)
+    again.startup()
+    assert again.min_serial == 300 and again.running.bundle.manifest.version == "2.0.0"
+
+
+@_sync
+async def test_trusted_keys_require_a_signature_even_when_unsigned_models_are_allowed(
+    tmp_path: Path, factory: Path, keys: tuple[Path, Path, Path], site: tuple[Path, FaultServer]
+) -> None:
+    """With EDGE_OTA__ALLOW_UNSIGNED_MODELS and trusted keys both set, deleting manifest.sig bypassed the keys."""
+    url, sha = _publish(site, make_tiny_bundle(tmp_path / "b2", version="2.0.0", resolutions=RES))
+    cfg = _cfg(keys[1], allow_unsigned_models=True)
+    await _refused(tmp_path, factory, cfg, url, sha, "verify", "is not signed")

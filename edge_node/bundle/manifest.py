@@ -26,6 +26,8 @@ from edge_node.runtimes.base import Runtime
 
 __all__ = [
     "MANIFEST",
+    "MAX_MANIFEST_BYTES",
+    "MAX_SIGNATURE_BYTES",
     "SCHEMA_VERSION",
     "SIGNATURE",
     "BuildInfo",
@@ -37,6 +39,7 @@ __all__ = [
     "ReferenceInfo",
     "Variant",
     "file_digest",
+    "parse_manifest",
     "read_manifest",
     "verify_files",
 ]
@@ -44,6 +47,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
+MAX_MANIFEST_BYTES = 4 << 20  # a real manifest is 10-100 KB; the limit bounds what is read before the signature check
+MAX_SIGNATURE_BYTES = 1024  # base64 of 64 bytes and a newline
 
 Precision = Literal["fp32", "int8"]
 Layout = Literal["NCHW", "NHWC"]
@@ -146,6 +151,9 @@ class Manifest(_Model):
     schema_version: int = SCHEMA_VERSION
     name: str = Field(min_length=1, max_length=128)
     version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    # Orders bundles for downgrade protection: a node refuses an update whose serial is below the newest it
+    # committed. 0 (absent in the file) for bundles made before serials; see docs/model-bundles.md.
+    serial: int = Field(0, ge=0, le=(1 << 63) - 1)
     arch: str
     precision: Precision  # the precision the node runs by default
     num_classes: int = Field(gt=1)
@@ -196,6 +204,15 @@ class Manifest(_Model):
             raise ValueError(f"no variant has the default precision {self.precision}")
         return self
 
+    @model_serializer(mode="wrap")
+    def _without_zero_serial(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """A bundle without a serial is written without one, so that its bytes (and signature) do not change
+        and nodes older than serials still read it."""
+        data: dict[str, object] = handler(self)
+        if data.get("serial") == 0:
+            del data["serial"]
+        return data
+
     def resolutions(self, precision: str, runtime: Runtime = "onnxruntime") -> list[int]:
         """Resolutions available at ``precision`` on ``runtime``, largest first."""
         return sorted(
@@ -238,17 +255,25 @@ def read_manifest(directory: Path) -> tuple[Manifest, bytes]:
     """Parse ``manifest.json``; return the model and the exact bytes (the signature covers those)."""
     path = directory / MANIFEST
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as exc:
         raise BundleError(f"{directory} is not a model bundle: {MANIFEST} is missing") from exc
     except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc}") from exc
+    return parse_manifest(raw, str(path)), raw
+
+
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    """Validate manifest bytes (``where`` names them in errors); BundleError if they are not a manifest."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where} is larger than {MAX_MANIFEST_BYTES} bytes; it is not a bundle manifest")
     try:
-        return Manifest.model_validate_json(raw), raw
+        return Manifest.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise BundleError(f"{path} is invalid at {where}: {first['msg']}") from exc
+        at = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise BundleError(f"{where} is invalid at {at}: {first['msg']}") from exc
 
 
 def verify_files(directory: Path, manifest: Manifest) -> None:

@@ -25,7 +25,6 @@ __all__ = [
     "load_public_keys",
     "sign_bundle",
     "sign_bytes",
-    "verify_bundle_signature",
     "verify_bytes",
 ]
 
@@ -107,10 +106,3 @@ def sign_bundle(directory: Path, key: Ed25519PrivateKey) -> Path:
     out = directory / SIGNATURE
     out.write_bytes(sign_bytes(key, data))
     return out
-
-
-def verify_bundle_signature(directory: Path, keys: Sequence[Ed25519PublicKey]) -> Ed25519PublicKey:
-    sig = directory / SIGNATURE
-    if not sig.is_file():
-        raise SignatureError(f"bundle {directory} is not signed ({SIGNATURE} is missing)")
-    return verify_bytes(keys, (directory / MANIFEST).read_bytes(), sig.read_bytes())

@@ -99,6 +99,7 @@ class BuildOptions:
     resolutions: tuple[int, ...] = (224, 192, 160)
     name: str | None = None
     version: str | None = None
+    serial: int | None = None  # None: the build time as YYYYMMDDHHMMSS (UTC)
     sign_key: Path | None = None
     threads: int = 2
     tolerance: float = 1e-3  # max |ORT - PyTorch| logit accepted for an FP32 export
@@ -237,9 +238,11 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
         (staging / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     shipped = [f for f in files if f.path.parent == staging]
     extra_files = ["labels.txt", *(i.file for i in (reference_info.images if reference_info else []))]
+    now = datetime.now(UTC)
     manifest = Manifest(
         name=options.name or arch.name,
-        version=options.version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S"),
+        version=options.version or now.strftime("%Y%m%d.%H%M%S"),
+        serial=int(now.strftime("%Y%m%d%H%M%S")) if options.serial is None else options.serial,
         arch=arch.name,
         precision="int8" if want_int8 else "fp32",
         num_classes=len(labels),
@@ -255,7 +258,7 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
         files={name: file_digest(staging / name) for name in [*(f.path.name for f in shipped), *extra_files]},
         metrics=[_metric_row(f, metrics[f.path.name]) for f in files],
         build=BuildInfo(
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            created=now.isoformat(timespec="seconds"),
             weights=options.trained.weights if options.trained else weights,
             toolchain=_toolchain(),
             calibration=_calibration_info(calibration, recipes),

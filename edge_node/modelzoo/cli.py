@@ -6,6 +6,7 @@ torch, timm and ONNX Runtime are imported inside the handlers only, so ``edge-no
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -28,6 +29,18 @@ def _resolutions(text: str) -> tuple[int, ...]:
     if not values or any(v < 32 or v > 1024 for v in values):
         raise argparse.ArgumentTypeError(f"resolutions must be between 32 and 1024, got {text!r}")
     return values
+
+
+def _serial(text: str) -> int:
+    if not text.isdigit() or int(text) >= 1 << 63:
+        raise argparse.ArgumentTypeError(f"a serial is a whole number from 0 to 2^63-1, got {text!r}")
+    return int(text)
+
+
+SERIAL_HELP = (
+    "the bundle's serial: nodes refuse updates whose serial is below the newest they committed "
+    "(default for build/train: the build time as YYYYMMDDHHMMSS, UTC)"
+)
 
 
 def register(sub: Sub) -> None:
@@ -74,6 +87,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     p.add_argument("--name", help="bundle name (default: the arch; for train, the dataset folder's name)")
     p.add_argument("--version", dest="bundle_version", help="bundle version (default: a UTC timestamp)")
+    p.add_argument("--serial", type=_serial, help=SERIAL_HELP)
     p.add_argument("--sign", type=Path, metavar="KEY", help="sign with this private key (edge-node model keygen)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max |ONNX - PyTorch| FP32 logit difference")
@@ -216,6 +230,7 @@ def _register_keys(commands: Sub) -> None:
     p = commands.add_parser("sign", help="sign a bundle's manifest (writes manifest.sig)")
     p.add_argument("bundle", type=Path, help="bundle directory or .tar.gz (rewritten in place)")
     p.add_argument("--key", type=Path, required=True)
+    p.add_argument("--serial", type=_serial, help="set the manifest's serial before signing (default: keep it)")
     p.set_defaults(handler=_sign)
 
     p = commands.add_parser("verify", help="check a bundle's signature, then every file's sha256")
@@ -248,6 +263,7 @@ def _build_options(args: argparse.Namespace, **overrides: object) -> BuildOption
         "resolutions": args.resolutions,
         "name": args.name,
         "version": args.bundle_version,
+        "serial": args.serial,
         "sign_key": args.sign,
         "threads": args.threads,
         "tolerance": args.tolerance,
@@ -334,7 +350,14 @@ def _keygen(args: argparse.Namespace) -> int:
 def _sign(args: argparse.Namespace) -> int:
     from edge_node.modelzoo.sign import sign_path
 
-    print(f"signed {sign_path(args.bundle, args.key)}")
+    manifest = sign_path(args.bundle, args.key, serial=args.serial)
+    print(f"signed {args.bundle} ({manifest.name} {manifest.version}, serial {manifest.serial})")
+    if manifest.serial == 0:
+        print(
+            "warning: this bundle has no serial, so a node that has committed any bundle with a serial refuses it; "
+            "sign it with --serial N (above the serials your nodes run) to install it there",
+            file=sys.stderr,
+        )
     return 0
 
 

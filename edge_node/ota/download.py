@@ -40,7 +40,7 @@ from edge_node.config import OtaConfig
 from edge_node.errors import DownloadError
 from edge_node.ota.fsutil import fsync_dir
 
-__all__ = ["CHUNK", "Interrupter", "Progress", "check_url", "download", "sha256_file"]
+__all__ = ["CHUNK", "Interrupter", "Progress", "check_url", "download", "partial_path", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,11 @@ def check_url(url: str, *, allow_http: bool) -> str:
     if parts.username or parts.password:
         raise DownloadError("model URLs must not embed credentials")
     return url
+
+
+def partial_path(dest: Path) -> Path:
+    """Where the bytes of a download into ``dest`` accumulate until its sha256 matches."""
+    return dest.with_name(dest.name + ".part")
 
 
 def sha256_file(path: Path) -> str:
@@ -279,7 +284,7 @@ def download(
     opener = urllib.request.build_opener(*handlers, _SchemeGuard(cfg.allow_http))
     job = _Job(
         url=url,
-        part=dest.with_name(dest.name + ".part"),
+        part=partial_path(dest),
         sha256=sha256.lower(),
         cap=min(size or cfg.max_bundle_bytes, cfg.max_bundle_bytes),
         size=size,

@@ -2,13 +2,21 @@
 
 Layout under ``root`` (``<state_dir>/ota``)::
 
-    state.json              {"active": SLOT, "previous": SLOT, "ids": {...}}, replaced atomically
+    state.json              {"active": SLOT, "previous": SLOT, "min_serial": N, "ids": {...}}, replaced atomically
     bundles/<version>-<sha16>/   installed bundles (the name is built from validated values only)
-    staging/                downloads (``*.part`` survive a restart, to resume) and unpacking
+    staging/                downloads (at most one ``*.part``, kept across a restart to resume) and extraction
 
 A slot is a bundle directory name or ``@factory`` (the read-only bundle given at construction). A new
 bundle becomes ``active`` only after it served its health check (:meth:`commit`); until then the state
-file still names the old one, so a crash during an update restarts on the last good bundle.
+file still names the old one, so a crash during an update restarts on the last good bundle. ``min_serial`` is
+the highest manifest serial committed so far: the updater refuses bundles below it (downgrades), while
+``rollback`` to the previous slot stays possible.
+
+Every step is durable before the next one can depend on it: an extracted bundle's files and folders are
+fsynced before it is renamed into ``bundles/`` (``bundle.archive.extract``), the rename is followed by an
+fsync of both folders, and ``state.json`` is written to a temporary file, fsynced, renamed and its folder
+fsynced (``fsutil.atomic_write_bytes``). tests/test_ota_crash.py checks the order of these system calls, and
+kills an update before each of its file-system changes in turn.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ class _State(BaseModel):
     active: str | None = None
     previous: str | None = None
     pending: dict[str, str | None] | None = None  # {"id", "cmd", "version"} of an update in progress
+    min_serial: int = Field(0, ge=0)  # the highest manifest serial committed: updates below it are refused
     ids: dict[str, bool] = Field(default_factory=dict)  # recent command id -> succeeded, oldest first
 
     def checked(self) -> _State:
@@ -147,11 +156,18 @@ class BundleStore:
         self._write(active=running, previous=previous)
 
     def _clean_staging(self) -> None:
-        """Drop unpack folders and temp files from an interrupted update; keep ``*.part`` to resume."""
+        """Drop extraction folders and temp files from an interrupted update, and every partial download but
+        the newest (the one an interrupted update may resume)."""
+        partials = sorted(
+            (p for p in self.staging.iterdir() if p.is_file() and p.name.endswith(".part")),
+            key=lambda p: p.stat().st_mtime_ns,
+        )
         for path in self.staging.iterdir():
-            if path.is_file() and path.name.endswith(".part"):
+            if partials and path == partials[-1]:
                 continue
             _remove(path)
+        for tmp in self.root.glob(f".{self.state_path.name}.*.tmp"):  # atomic_write_bytes cut short
+            tmp.unlink(missing_ok=True)
 
     # --- queries ----------------------------------------------------------------------------------------
 
@@ -182,6 +198,11 @@ class BundleStore:
         """Open and hash-check an installed bundle (signatures were checked when it was installed)."""
         return open_bundle(self.path_of(slot), unpack_dir=self.root / "factory")
 
+    @property
+    def min_serial(self) -> int:
+        """The highest manifest serial this node has committed; an update below it is a downgrade."""
+        return self._state.min_serial
+
     def outcome(self, command_id: str) -> bool | None:
         """True/False if a command with this id already ran (and how it ended), else None."""
         return self._state.ids.get(command_id)
@@ -194,14 +215,15 @@ class BundleStore:
         if slot in self._protected():
             raise UpdateError(f"bundle {slot} is already installed as active or previous")
         _remove(target)
-        unpacked.rename(target)
+        unpacked.rename(target)  # its files and folders were fsynced when they were extracted
         fsync_dir(self.bundles)
+        fsync_dir(unpacked.parent)
         return target
 
     def commit(self, slot: Slot, bundle: Bundle) -> None:
-        """Make ``slot`` active and what was running the previous one."""
+        """Make ``slot`` active and what was running the previous one; raise ``min_serial`` to its serial."""
         old = self.running.slot
-        self._write(active=slot, previous=old)
+        self._write(active=slot, previous=old, min_serial=max(self._state.min_serial, bundle.manifest.serial))
         self._running = Running(slot, "factory" if slot == FACTORY else "active", bundle)
         log.info("model bundle %s is now active (previous: %s)", slot, old)
         self.gc()
@@ -215,6 +237,13 @@ class BundleStore:
     def mark_pending(self, command_id: str | None, cmd: str = "", version: str = "") -> None:
         """Record the update in progress (or, with None, that none is), for :meth:`startup`."""
         self._write(pending={"id": command_id, "cmd": cmd, "version": version} if cmd else None)
+
+    def keep_one_partial(self, part: Path) -> None:
+        """Before a download into ``part``: delete every other partial download, so at most one stays."""
+        for path in self.staging.glob("*.part"):
+            if path != part:
+                log.info("removing the partial download %s of an earlier update", path.name)
+                _remove(path)
 
     def clear_staging(self, *paths: Path) -> None:
         """Delete staging files or folders (only below ``staging/``)."""

@@ -1,8 +1,10 @@
 """Over-the-air model updates that never leave the node without a working model.
 
-``update_model``: download -> sha256 -> safe unpack -> signature and file hashes -> version check ->
-build and warm up the new classifier off the inference thread -> swap it in between two frames ->
-watch its first ``health_frames`` inferences -> commit, or swap the old model back automatically.
+``update_model``: download -> sha256 of the archive -> manifest signature, version and serial (read from the
+archive's first members; nothing is written before) -> extract only the listed files, at their listed sizes
+and hashes -> build and warm up the new classifier off the inference thread -> swap it in between two frames
+-> watch its first ``health_frames`` inferences -> commit (raising the store's minimum serial), or swap the
+old model back automatically.
 The old model serves until the swap, and the state file names the new bundle only after the health
 check, so a crash or kill at any point restarts on the last good bundle.
 
@@ -24,12 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
-from edge_node.bundle import Bundle, open_bundle
-from edge_node.bundle.archive import MAX_TOTAL, unpack
+from edge_node.bundle import Bundle, Manifest, extract_bundle
+from edge_node.bundle.archive import MAX_TOTAL, Admit
 from edge_node.config import ModelConfig, OtaConfig
 from edge_node.errors import AccuracyError, EdgeError, UpdateError
 from edge_node.messages import Event, OtaPhase, OtaStatus, Rollback, UpdateModel
-from edge_node.ota.download import Interrupter, Progress, download
+from edge_node.ota.download import Interrupter, Progress, download, partial_path
 from edge_node.ota.store import BundleStore, Slot, slot_name
 
 if TYPE_CHECKING:
@@ -92,7 +94,12 @@ class Updater:
         self._watch: Callable[[Output], None] | None = None  # the health check's eye on the output stream
         self._status = self._initial_status()
         self._announced = False
-        if cfg.allow_unsigned_models:
+        if cfg.allow_unsigned_models and cfg.trusted_keys:
+            log.warning(
+                "EDGE_OTA__ALLOW_UNSIGNED_MODELS has no effect while EDGE_OTA__TRUSTED_KEYS is set: every bundle "
+                "must be signed by one of the trusted keys"
+            )
+        elif cfg.allow_unsigned_models:
             log.warning("EDGE_OTA__ALLOW_UNSIGNED_MODELS is set: unsigned model bundles will be installed")
         elif not cfg.trusted_keys:
             log.warning("no EDGE_OTA__TRUSTED_KEYS configured: over-the-air model updates are refused")
@@ -263,13 +270,20 @@ class Updater:
             self.store.mark_pending(None)
 
     async def _fetch_and_verify(self, cmd: UpdateModel, slot: Slot) -> Bundle:
-        """Download, unpack and verify into ``bundles/<slot>``; reuse it if it is already installed."""
+        """Download, verify and extract into ``bundles/<slot>``; reuse it if it is installed (and no downgrade)."""
         if self.store.has(slot):
             try:
-                return await asyncio.to_thread(self.store.open_slot, slot)
+                installed = await asyncio.to_thread(self.store.open_slot, slot)
             except EdgeError as exc:
                 log.warning("installed copy of %s is unusable (%s); downloading it again", slot, exc)
+            else:
+                try:
+                    self._check_serial(installed.manifest)
+                except UpdateError as exc:
+                    raise _Failed("verify", str(exc)) from exc
+                return installed
         archive = self.store.staging / f"{cmd.sha256}.tar.gz"
+        await asyncio.to_thread(self.store.keep_one_partial, partial_path(archive))
         self._report(cmd, "downloading", cmd.version, progress=0.0)
         try:
             await asyncio.to_thread(
@@ -298,20 +312,41 @@ class Updater:
         return dataclasses.replace(bundle, path=final)
 
     def _verify(self, archive: Path, staged: Path, version: str) -> Bundle:
-        """Unpack safely, check the signature and every file, and that the manifest is ``version``."""
+        """Check the manifest's signature, version and serial, then extract the files it lists (verified as they
+        stream); nothing is written before the manifest passed (``bundle.archive.extract``)."""
         self.store.clear_staging(staged)
-        unpack(archive, staged, max_total=min(MAX_TOTAL, 4 * self.cfg.max_bundle_bytes))
-        bundle = open_bundle(
+        bundle = extract_bundle(
+            archive,
             staged,
-            trusted_keys=self.cfg.trusted_keys,
+            trusted_keys=self.cfg.trusted_keys,  # with keys, a signature is always required (bundle/trust.py)
             require_signature=not self.cfg.allow_unsigned_models,
+            admit=self._admit(version),
+            max_total=min(MAX_TOTAL, 4 * self.cfg.max_bundle_bytes),
         )
-        if bundle.manifest.version != version:
-            raise UpdateError(
-                f"the bundle's manifest says version {bundle.manifest.version}, the command said {version}"
-            )
         log.info("bundle %s %s verified (signed by %s)", bundle.manifest.name, version, bundle.signed_by)
         return bundle
+
+    def _admit(self, version: str) -> Admit:
+        """What a trusted manifest must also be before any of its files is written: ``version``, not a downgrade."""
+
+        def admit(manifest: Manifest) -> None:
+            if manifest.version != version:
+                raise UpdateError(f"the bundle's manifest says version {manifest.version}, the command said {version}")
+            self._check_serial(manifest)
+
+        return admit
+
+    def _check_serial(self, manifest: Manifest) -> None:
+        floor = self.store.min_serial
+        if manifest.serial >= floor:
+            return
+        has = f"serial {manifest.serial}" if manifest.serial else "no serial (0)"
+        raise UpdateError(
+            f"bundle {manifest.version} has {has}, below {floor}, the newest serial this node has committed: "
+            "older bundles are refused, so that a replaced model cannot be brought back by an update. To go back "
+            "one step send 'rollback'; to install this model again, sign it with a higher serial "
+            "('edge-node model sign BUNDLE --key KEY --serial N') and publish the new archive"
+        )
 
     async def _activate(self, cmd: UpdateModel, slot: Slot, bundle: Bundle, started: float) -> Event:
         self._report(cmd, "activating", cmd.version)
