@@ -34,6 +34,7 @@ __all__ = ["Link", "Outgoing"]
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT = 10.0
+SHUTDOWN_FLUSH = 5.0  # seconds a clean shutdown waits for queued events and state to reach the broker
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported protocol version" (3.1.1's return code 1, as paho maps it)
 DENIAL_LOG_EVERY = 60.0  # seconds between two warnings about refused publishes to the same topic
 
@@ -70,6 +71,8 @@ class Link:
         self._reliable: deque[Outgoing] = deque(maxlen=max_reliable)
         self._fast: deque[Outgoing] = deque(maxlen=max_fast)
         self._wake = asyncio.Event()
+        self._closing = False  # close() asks the sender, the queue's one consumer, to drain it and stop
+        self._drained = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._inflight: str | None = None  # topic of the reliable publish awaiting its PUBACK
         self._denial_logged: dict[str, float] = {}
@@ -214,14 +217,21 @@ class Link:
                 log.exception("handling a message on %s failed", message.topic)
 
     async def _sender(self, client: aiomqtt.Client) -> None:
+        """The send queues' only consumer: ``close`` asks it to drain the reliable queue rather than racing it."""
         while True:
+            if self._closing:
+                self._fast.clear()  # a stale prediction is not worth delaying the shutdown
+                if not self._reliable:
+                    self._drained.set()
+                    return
             if not self._reliable and not self._fast:
                 self._wake.clear()
                 await self._wake.wait()
+                continue
             if self._reliable:
                 await self._send(client, self._reliable[0])
                 self._reliable.popleft()  # only once the broker has it (or refused it for good)
-            elif self._fast:
+            else:
                 item = self._fast.popleft()
                 await client.publish(item.topic, item.payload, qos=0, timeout=PUBLISH_TIMEOUT)
 
@@ -263,14 +273,24 @@ class Link:
             self.denied,
         )
 
-    async def close(self) -> None:
-        """Publish ``offline`` explicitly and flush what we can: a clean shutdown, not a will."""
+    async def close(self, flush_timeout: float = SHUTDOWN_FLUSH) -> None:
+        """Send what is queued, then ``offline`` explicitly: a clean shutdown, not a will.
+
+        The sender keeps sending (it alone takes from the queue) until the queue is empty or ``flush_timeout``
+        has passed; what is still queued then is lost, and said so.
+        """
         client = self._client
         if client is None:
             return
+        self._closing = True
+        self._wake.set()
         try:
-            while self._reliable:
-                await self._send(client, self._reliable.popleft(), wait=2.0)
+            await asyncio.wait_for(self._drained.wait(), flush_timeout)
+        except TimeoutError:
+            log.warning(
+                "shutting down with %d queued messages unsent: the broker did not take them", len(self._reliable)
+            )
+        try:
             await self._send(client, Outgoing(self.topics.status, OFFLINE, 1, True), wait=2.0)
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.warning("could not publish offline status on shutdown: %s", exc)
