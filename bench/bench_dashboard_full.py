@@ -23,7 +23,7 @@ from edge_node.config import DashboardConfig
 from edge_node.dashboard.board import Board
 from edge_node.dashboard.server import _full_frame  # the server's own slicing, measured as it runs
 from edge_node.fleet.simnode import SimNode
-from edge_node.messages import Event
+from edge_node.wire import Event
 
 
 def _board(nodes: int, points: int) -> Board:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from edge_node.bundle.archive import pack
 from edge_node.config import ModelConfig, OtaConfig
-from edge_node.messages import UpdateModel
 from edge_node.ota.download import sha256_file
+from edge_node.wire import UpdateModel
 from tests.bundles import make_key, make_tiny_bundle
 from tests.ota_harness import LiveNode, live_node
 from tests.ota_http import serving

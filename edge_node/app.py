@@ -23,7 +23,6 @@ from edge_node.commands import CommandHandler
 from edge_node.config import Settings
 from edge_node.discovery import HaDiscovery
 from edge_node.handoff import LoopHandoff
-from edge_node.messages import Event, Heartbeat, OtaStatus, Prediction, parse_mode_select
 from edge_node.mqtt.connect import halt
 from edge_node.mqtt.control import ControlRouter
 from edge_node.mqtt.link import Link
@@ -34,10 +33,10 @@ from edge_node.reports import HeartbeatBuilder, LinkFigures, node_state, predict
 from edge_node.sdnotify import Notifier, WatchdogGate, run_watchdog
 from edge_node.snapshot import Jpeg, take_snapshot
 from edge_node.supervisor import Health, supervise
-from edge_node.topics import Topics
 from edge_node.vision.loading import load, select_model
 from edge_node.vision.modes import MODE_RESOLUTION, ModeController
 from edge_node.vision.pipeline import Failure, Output, Pipeline, Result
+from edge_node.wire import Event, Heartbeat, OtaStatus, Prediction, Topics, parse_mode_select
 
 __all__ = ["Node"]
 

@@ -14,11 +14,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge_node.domain import Mode
 from edge_node.errors import SnapshotError
-from edge_node.messages import (
+from edge_node.mqtt.control import ControlRouter
+from edge_node.publish import PublishGate
+from edge_node.snapshot import Jpeg
+from edge_node.wire import (
     Command,
     Event,
+    Mode,
     Ping,
     Rollback,
     SetMode,
@@ -26,9 +29,6 @@ from edge_node.messages import (
     Snapshot,
     UpdateModel,
 )
-from edge_node.mqtt.control import ControlRouter
-from edge_node.publish import PublishGate
-from edge_node.snapshot import Jpeg
 
 __all__ = ["CommandHandler", "Updates"]
 

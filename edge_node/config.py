@@ -30,9 +30,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import ConfigError
-from edge_node.identities import reserved_reason
+from edge_node.wire import Mode, PublishPolicy, reserved_reason
 
 __all__ = [
     "ENV_FILE_VARIABLE",

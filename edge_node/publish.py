@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_node.domain import PublishPolicy
+from edge_node.wire import PublishPolicy
 
 __all__ = ["PublishGate"]
 

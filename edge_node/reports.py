@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 from edge_node import __version__
 from edge_node.capture.grabber import CameraSnapshot
-from edge_node.domain import PublishPolicy
-from edge_node.messages import (
+from edge_node.telemetry import CpuMeter, cpu_temperature, rss_mb
+from edge_node.vision.model import ModelInfo
+from edge_node.vision.pipeline import PipelineSnapshot, Result
+from edge_node.vision.selection import Choice
+from edge_node.wire import (
     ClassScore,
     DeviceChoice,
     Heartbeat,
@@ -21,14 +24,11 @@ from edge_node.messages import (
     NodeState,
     PipelineState,
     Prediction,
+    PublishPolicy,
     ReferenceCheck,
     Trial,
     WorkerStatus,
 )
-from edge_node.telemetry import CpuMeter, cpu_temperature, rss_mb
-from edge_node.vision.model import ModelInfo
-from edge_node.vision.pipeline import PipelineSnapshot, Result
-from edge_node.vision.selection import Choice
 
 __all__ = ["HeartbeatBuilder", "LinkFigures", "model_ref", "node_state", "prediction"]
 

@@ -115,7 +115,7 @@ async def _echo(settings: Settings) -> None:
     from rich.console import Console
 
     from edge_node.mqtt.connect import connected
-    from edge_node.topics import Topics
+    from edge_node.wire import Topics
 
     console = Console(highlight=False, soft_wrap=True)
     topic = Topics.wildcard(settings.topic_prefix, "predictions")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from edge_node.capture.grabber import CameraSnapshot
 from edge_node.config import SupervisorConfig
-from edge_node.messages import Event, PipelineState
 from edge_node.vision.pipeline import PipelineSnapshot
+from edge_node.wire import Event, PipelineState
 
 __all__ = ["Decision", "Health", "supervise"]
 

@@ -13,13 +13,12 @@ from pathlib import Path
 from edge_node.capture.factory import make_source
 from edge_node.capture.grabber import Grabber
 from edge_node.config import AutoModeConfig, CameraConfig, ModelConfig, OtaConfig
-from edge_node.domain import Mode
-from edge_node.messages import Event, OtaStatus
 from edge_node.ota.store import BundleStore
 from edge_node.ota.updater import Updater
 from edge_node.vision.loading import load, select_model
 from edge_node.vision.modes import ModeController
 from edge_node.vision.pipeline import Output, Pipeline, Result
+from edge_node.wire import Event, Mode, OtaStatus
 
 __all__ = ["LiveNode", "RecordingSink", "live_node"]
 

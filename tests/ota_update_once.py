@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from edge_node.config import OtaConfig
-from edge_node.messages import UpdateModel
+from edge_node.wire import UpdateModel
 from tests.ota_harness import live_node
 
 _CHANGES = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "shutil.rmtree")

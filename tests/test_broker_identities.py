@@ -1,6 +1,6 @@
 """The broker identities agree everywhere they are written down, and the mosquitto role's ACL works.
 
-The node's settings (edge_node/identities.py), the Ansible fleet lists (group_vars/all.yml), broker.yml, both
+The node's settings (edge_node/wire/identities.py), the Ansible fleet lists (group_vars/all.yml), broker.yml, both
 roles and the shipped ACL name the same identities; the role renders deploy/mosquitto/ghostpi.acl exactly;
 and an ACL the role renders for a bigger team (a second operator and viewer) works on a real mosquitto.
 """
@@ -22,8 +22,8 @@ import jinja2
 import pytest
 import yaml
 
-from edge_node import identities
 from edge_node.config import MqttConfig
+from edge_node.wire import identities
 from tests.brokers import Mosquitto, tls_broker
 from tests.pki import Authority
 from tests.tlsclient import DENIED, OK, Client

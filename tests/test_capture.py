@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
@@ -11,12 +11,18 @@ import pytest
 
 from edge_node.capture.base import EndOfStream, Frame
 from edge_node.capture.factory import make_source
-from edge_node.capture.grabber import Grabber, LatestSlot
+from edge_node.capture.grabber import CameraState, Grabber, LatestSlot
 from edge_node.capture.opencv import OpenCVSource
 from edge_node.capture.picamera import Picamera2Source
 from edge_node.capture.synthetic import SyntheticSource
 from edge_node.config import CameraConfig
 from edge_node.errors import CameraError, ConfigError, MissingExtraError
+from edge_node.wire import Camera
+
+
+def test_the_capture_states_are_the_heartbeats_camera_values() -> None:
+    """Capture keeps its own list (it does not import the wire contract); the heartbeat must carry every one."""
+    assert get_args(CameraState) == get_args(Camera)
 
 
 def test_slot_keeps_only_the_newest_frame_and_counts_drops() -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from edge_node.config import load_settings
-from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import ConfigError
+from edge_node.wire import Mode, PublishPolicy
 
 
 @pytest.fixture(autouse=True)

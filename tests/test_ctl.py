@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge_node.fleet.ctl import Tracker
-from edge_node.messages import Event, OtaStatus
 from edge_node.ota.download import sha256_file
+from edge_node.wire import Event, OtaStatus
 from tests.brokers import Mosquitto
 from tests.nodeproc import REPO, Collector
 

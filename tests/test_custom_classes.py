@@ -22,9 +22,9 @@ from edge_node.bundle.archive import pack
 from edge_node.cli import main
 from edge_node.fleet.dashboard import render
 from edge_node.fleet.view import FleetView
-from edge_node.messages import Event, Prediction
 from edge_node.modelzoo.labels import imagenet_labels
 from edge_node.ota.download import sha256_file
+from edge_node.wire import Event, Prediction
 from tests.brokers import Mosquitto
 from tests.coarse import make_coarse_dataset
 from tests.nodeproc import Collector, NodeProcess, Received

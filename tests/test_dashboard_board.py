@@ -11,7 +11,7 @@ import pytest
 from edge_node.config import DashboardConfig
 from edge_node.dashboard.board import Board
 from edge_node.fleet.simnode import SimNode
-from edge_node.messages import Event, OtaStatus
+from edge_node.wire import Event, OtaStatus
 
 CFG = DashboardConfig(stale_after=10, history_seconds=20, history_interval=2, events_kept=3)
 

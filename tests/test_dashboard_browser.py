@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from edge_node.bundle.archive import pack
-from edge_node.messages import Prediction
 from edge_node.ota.download import sha256_file
+from edge_node.wire import Prediction
 from tests.brokers import Mosquitto
 from tests.bundles import make_key, make_tiny_bundle
 from tests.dashboard_procs import TOKEN, DashboardProcess, chromium, http_request

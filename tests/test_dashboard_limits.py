@@ -24,7 +24,7 @@ from edge_node.dashboard.inbox import MAX_PAYLOAD, MAX_STREAMED, Inbox, Refused
 from edge_node.dashboard.limits import RateLimit, client_key
 from edge_node.dashboard.server import Dashboard
 from edge_node.fleet.simnode import SimNode
-from edge_node.messages import Event
+from edge_node.wire import Event
 from tests.brokers import Mosquitto
 from tests.dashboard_procs import TOKEN, DashboardProcess
 from tests.dashboard_procs import http_request as _request

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from edge_node.errors import CommandError
-from edge_node.messages import Event, Heartbeat, NodeState, OtaStatus, Prediction, parse_command, parse_mode_select
+from edge_node.wire import Event, Heartbeat, NodeState, OtaStatus, Prediction, parse_command, parse_mode_select
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "mqtt-api.md"
 HA_MODE = "ha/mode: Home Assistant's select"

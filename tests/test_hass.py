@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from edge_node.domain import Mode, PublishPolicy
 from edge_node.fleet.hass import (
     HA_STATUS_TOPIC,
     discovery_message,
@@ -15,17 +14,19 @@ from edge_node.fleet.hass import (
     ha_status_topic,
     rediscovery_delay,
 )
-from edge_node.messages import (
+from edge_node.wire import (
     ClassScore,
     Heartbeat,
     LatencyMs,
+    Mode,
     ModelRef,
     NodeState,
     Prediction,
+    PublishPolicy,
     SetMode,
+    Topics,
     parse_mode_select,
 )
-from edge_node.topics import Topics
 from tests.homeassistant import select_command
 
 jinja2 = pytest.importorskip("jinja2")

@@ -4,12 +4,10 @@ import json
 
 import pytest
 
-from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import CommandError
-from edge_node.messages import Event, Ping, SetMode, SetPublish, UpdateModel, parse_command
 from edge_node.mqtt.control import ControlRouter, TokenBucket
 from edge_node.publish import PublishGate
-from edge_node.topics import Topics
+from edge_node.wire import Event, Mode, Ping, PublishPolicy, SetMode, SetPublish, Topics, UpdateModel, parse_command
 
 
 def test_commands_parse_into_the_union() -> None:

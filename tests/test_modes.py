@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from edge_node.config import AutoModeConfig
-from edge_node.domain import Mode
 from edge_node.vision.modes import ModeController
+from edge_node.wire import Mode
 
 CFG = AutoModeConfig(low_fps=8, high_fps=15, cooldown=10, window=3)
 LADDER = [224, 192, 160]

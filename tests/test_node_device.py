@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.messages import Heartbeat, NodeState, Prediction
+from edge_node.wire import Heartbeat, NodeState, Prediction
 from tests.bundles import make_tiny_bundle
 from tests.nodeproc import Collector, NodeProcess
 from tests.reference_bundles import add_reference, replace_int8

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.messages import Heartbeat
+from edge_node.wire import Heartbeat
 from tests.brokers import Mosquitto, free_port
 from tests.nodeproc import Collector, NodeProcess, Received
 from tests.partition import NetnsUnavailable, Partition, partition

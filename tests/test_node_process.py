@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.messages import Event, Heartbeat, NodeState, Prediction
+from edge_node.wire import Event, Heartbeat, NodeState, Prediction
 from tests.brokers import Mosquitto
 from tests.nodeproc import Collector, NodeProcess, Received
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.messages import Heartbeat
+from edge_node.wire import Heartbeat
 from tests.brokers import Mosquitto, free_port, wait_port
 from tests.bundles import make_tiny_bundle
 from tests.nodeproc import Collector, NodeProcess

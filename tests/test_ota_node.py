@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from edge_node.bundle.archive import pack
-from edge_node.messages import Event, Heartbeat, OtaStatus, Prediction
 from edge_node.ota.download import sha256_file
+from edge_node.wire import Event, Heartbeat, OtaStatus, Prediction
 from tests.brokers import Mosquitto
 from tests.bundles import make_key, make_tiny_bundle
 from tests.nodeproc import REPO, Collector, NodeProcess, answer_to

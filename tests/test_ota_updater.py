@@ -24,9 +24,9 @@ import pytest
 from edge_node.bundle.archive import MAX_MEMBERS, pack
 from edge_node.bundle.manifest import MANIFEST, SIGNATURE
 from edge_node.config import ModelConfig, OtaConfig
-from edge_node.messages import Event, Rollback, UpdateModel
 from edge_node.ota.download import sha256_file
 from edge_node.ota.store import FACTORY, BundleStore
+from edge_node.wire import Event, Rollback, UpdateModel
 from tests.archives import Entry, million_directories, write_archive
 from tests.bundles import make_keys, make_tiny_bundle
 from tests.fswatch import watch_writes

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from edge_node.config import ModelConfig, OtaConfig
-from edge_node.domain import Mode
+from edge_node.wire import Mode
 from tests.bundles import make_tiny_bundle
 from tests.ota_harness import LiveNode, live_node
 

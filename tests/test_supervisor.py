@@ -6,10 +6,10 @@ from dataclasses import replace
 
 from edge_node.capture.grabber import CameraSnapshot
 from edge_node.config import SupervisorConfig
-from edge_node.domain import Mode
 from edge_node.supervisor import Health
 from edge_node.vision.model import ModelInfo
 from edge_node.vision.pipeline import PipelineSnapshot
+from edge_node.wire import Mode
 
 CFG = SupervisorConfig(stall_timeout=5.0, max_restarts=2, restart_window=100.0)
 CAM = CameraSnapshot("ok", captured=0, dropped=0, failures=0, last_error=None, ends=0, restarts=0, frame_age=0.0)

@@ -17,17 +17,20 @@ from typing import Literal
 
 from edge_node.capture.base import EndOfStream, Frame, FrameSource
 from edge_node.errors import EdgeError
-from edge_node.messages import Camera
 from edge_node.slot import LatestSlot
 
-__all__ = ["CameraSnapshot", "Grabber", "LatestSlot"]
+__all__ = ["CameraSnapshot", "CameraState", "Grabber", "LatestSlot"]
 
 log = logging.getLogger(__name__)
+
+# The capture layer's own words; the heartbeat's ``camera`` field carries them (tests/test_capture.py keeps the
+# two lists equal), but capture does not depend on the wire contract.
+CameraState = Literal["starting", "ok", "stalled", "error", "ended", "stopped"]
 
 
 @dataclass(frozen=True, slots=True)
 class CameraSnapshot:
-    state: Camera
+    state: CameraState
     captured: int
     dropped: int
     failures: int  # times the source failed to open or stopped delivering
@@ -93,7 +96,7 @@ class Grabber:
         self._thread = self._new_thread(self._run)
         self._thread.start()
 
-    def state(self, now: float | None = None) -> Camera:
+    def state(self, now: float | None = None) -> CameraState:
         now = time.monotonic() if now is None else now
         if self._stopped:
             return "stopped"

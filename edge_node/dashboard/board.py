@@ -21,8 +21,7 @@ from edge_node.config import DashboardConfig
 from edge_node.dashboard import decode
 from edge_node.dashboard.decode import JsonDict
 from edge_node.dashboard.inbox import Message, Refused
-from edge_node.messages import OFFLINE, ONLINE
-from edge_node.topics import Topics
+from edge_node.wire import OFFLINE, ONLINE, Topics
 
 __all__ = ["STREAMED", "Board"]
 

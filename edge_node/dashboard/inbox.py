@@ -15,7 +15,7 @@ import time
 from collections import deque
 
 from edge_node.fleet.view import FleetView
-from edge_node.topics import Topics
+from edge_node.wire import Topics
 
 __all__ = ["MAX_PAYLOAD", "MAX_SNAPSHOT", "MAX_STREAMED", "NODE_ID", "Inbox", "Message", "Refused"]
 

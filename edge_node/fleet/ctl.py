@@ -22,10 +22,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_node.config import MqttConfig, load_settings
-from edge_node.domain import Mode
 from edge_node.errors import CommandError
-from edge_node.messages import ONLINE, Event, OtaStatus, Ping, Rollback, SetMode, Snapshot, UpdateModel
-from edge_node.topics import FLEET, Topics
+from edge_node.wire import FLEET, ONLINE, Event, Mode, OtaStatus, Ping, Rollback, SetMode, Snapshot, Topics, UpdateModel
 
 __all__ = ["Answer", "Tracker", "build_command", "register", "run_ctl", "save_snapshots"]
 

@@ -14,9 +14,7 @@ import json
 import random
 import re
 
-from edge_node.domain import Mode
-from edge_node.messages import OFFLINE, ONLINE
-from edge_node.topics import Topics
+from edge_node.wire import OFFLINE, ONLINE, Mode, Topics
 
 __all__ = [
     "HA_ONLINE",

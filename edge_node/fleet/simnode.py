@@ -14,24 +14,25 @@ from typing import NamedTuple
 import numpy as np
 
 from edge_node import __version__
-from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import CommandError
-from edge_node.messages import (
+from edge_node.snapshot import DISABLED, encode_snapshot
+from edge_node.vision.modes import MODE_RESOLUTION
+from edge_node.wire import (
     ClassScore,
     Event,
     Heartbeat,
     LatencyMs,
+    Mode,
     ModelRef,
     NodeState,
     Ping,
     Prediction,
+    PublishPolicy,
     SetMode,
     Snapshot,
     command_id,
     parse_command,
 )
-from edge_node.snapshot import DISABLED, encode_snapshot
-from edge_node.vision.modes import MODE_RESOLUTION
 
 __all__ = ["Reply", "SimNode"]
 

@@ -13,8 +13,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from edge_node.messages import OFFLINE, ONLINE, Event, Heartbeat, NodeState, Prediction
-from edge_node.topics import Topics
+from edge_node.wire import OFFLINE, ONLINE, Event, Heartbeat, NodeState, Prediction, Topics
 
 __all__ = ["LEAVES", "FleetView", "NodeRow", "Status"]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_node.errors import CommandError
-from edge_node.messages import Command, Event, command_id, parse_command
+from edge_node.wire import Command, Event, command_id, parse_command
 
 __all__ = ["ControlRouter", "Parser", "TokenBucket"]
 

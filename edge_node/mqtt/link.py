@@ -25,9 +25,8 @@ from aiomqtt.exceptions import MqttConnectError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from edge_node.config import MqttConfig
-from edge_node.messages import OFFLINE, ONLINE
 from edge_node.mqtt.connect import aiomqtt_client, broker_host
-from edge_node.topics import Topics
+from edge_node.wire import OFFLINE, ONLINE, Topics
 
 __all__ = ["Link", "Outgoing"]
 

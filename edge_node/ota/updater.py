@@ -30,9 +30,9 @@ from edge_node.bundle import Bundle, Manifest, extract_bundle
 from edge_node.bundle.archive import MAX_TOTAL, Admit
 from edge_node.config import ModelConfig, OtaConfig
 from edge_node.errors import AccuracyError, EdgeError, UpdateError
-from edge_node.messages import Event, OtaPhase, OtaStatus, Rollback, UpdateModel
 from edge_node.ota.download import Interrupter, Progress, download, partial_path
 from edge_node.ota.store import BundleStore, Slot, slot_name
+from edge_node.wire import Event, OtaPhase, OtaStatus, Rollback, UpdateModel
 
 if TYPE_CHECKING:
     from edge_node.vision.pipeline import Loaded, Output, Pipeline

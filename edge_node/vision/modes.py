@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from edge_node.config import AutoModeConfig
-from edge_node.domain import Mode
+from edge_node.wire import Mode
 
 __all__ = ["MODE_RESOLUTION", "ModeController"]
 

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from edge_node import memory
 from edge_node.capture.base import Frame
-from edge_node.domain import Mode
 from edge_node.runtimes import Tensor
 from edge_node.slot import LatestSlot
 from edge_node.vision.meters import Ewma, RateMeter
 from edge_node.vision.model import Classification, Model, ModelInfo, Variant
 from edge_node.vision.modes import ModeController
+from edge_node.wire import Mode
 
 if TYPE_CHECKING:
     from edge_node.vision.selection import Choice

@@ -13,8 +13,8 @@ from typing import Annotated, Literal, get_args
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import CommandError
+from edge_node.wire.domain import Mode, PublishPolicy
 
 __all__ = [
     "OFFLINE",

@@ -8,7 +8,7 @@ one of these. A node named ``operator`` would get the operator's key from the An
 
 from __future__ import annotations
 
-from edge_node.topics import FLEET
+from edge_node.wire.topics import FLEET
 
 __all__ = ["HOME_ASSISTANT", "OPERATORS", "RESERVED_NODE_IDS", "VIEWERS", "reserved_reason"]
 
