@@ -23,9 +23,7 @@ from edge_node.commands import CommandHandler
 from edge_node.config import Settings
 from edge_node.discovery import HaDiscovery
 from edge_node.handoff import LoopHandoff
-from edge_node.mqtt.connect import halt
-from edge_node.mqtt.control import ControlRouter
-from edge_node.mqtt.link import Link
+from edge_node.mqtt import ControlRouter, Link, halt
 from edge_node.ota.store import BundleStore
 from edge_node.ota.updater import Updater
 from edge_node.publish import PublishGate

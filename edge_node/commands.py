@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edge_node.errors import SnapshotError
-from edge_node.mqtt.control import ControlRouter
+from edge_node.mqtt import ControlRouter
 from edge_node.publish import PublishGate
 from edge_node.snapshot import Jpeg
 from edge_node.wire import (

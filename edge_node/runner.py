@@ -18,7 +18,7 @@ from pathlib import Path
 from edge_node.bundle import Bundle
 from edge_node.config import Settings, load_settings
 from edge_node.errors import EdgeError
-from edge_node.mqtt.connect import halt
+from edge_node.mqtt import halt
 from edge_node.ota.store import BundleStore
 
 __all__ = ["register", "resolve_bundle", "run"]
@@ -71,7 +71,7 @@ async def run(settings: Settings, *, echo: bool | None = None, duration: float |
 
     broker = None
     if settings.mqtt.host is None:
-        from edge_node.broker import EmbeddedBroker
+        from edge_node.mqtt import EmbeddedBroker
 
         broker = EmbeddedBroker("127.0.0.1", settings.mqtt.port)
         port = await broker.start()
@@ -114,7 +114,7 @@ async def _echo(settings: Settings) -> None:
     """Subscribe like a dashboard would: print each label change at once, and the current label once a second."""
     from rich.console import Console
 
-    from edge_node.mqtt.connect import connected
+    from edge_node.mqtt import connected
     from edge_node.wire import Topics
 
     console = Console(highlight=False, soft_wrap=True)

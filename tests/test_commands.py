@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from edge_node.commands import CommandHandler
 from edge_node.errors import SnapshotError
-from edge_node.mqtt.control import ControlRouter
+from edge_node.mqtt import ControlRouter
 from edge_node.publish import PublishGate
 from edge_node.snapshot import Jpeg
 from edge_node.wire import Event, Mode, PublishPolicy, Rollback, UpdateModel, parse_mode_select

@@ -12,7 +12,7 @@ from edge_node.cli import _parser
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
 from edge_node.fleet.simulate import SimOptions, SimulatedFleet, node_ids
-from edge_node.mqtt.connect import connected
+from edge_node.mqtt import connected
 from edge_node.wire import Event, NodeState, Prediction
 from tests.brokers import Mosquitto, free_port
 

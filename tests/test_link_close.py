@@ -11,7 +11,7 @@ import asyncio
 import json
 
 from edge_node.config import MqttConfig
-from edge_node.mqtt.link import Link
+from edge_node.mqtt import Link
 from edge_node.wire import OFFLINE, Topics
 from tests.brokers import Mosquitto
 from tests.nodeproc import Collector

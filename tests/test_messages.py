@@ -5,7 +5,7 @@ import json
 import pytest
 
 from edge_node.errors import CommandError
-from edge_node.mqtt.control import ControlRouter, TokenBucket
+from edge_node.mqtt import ControlRouter, TokenBucket
 from edge_node.publish import PublishGate
 from edge_node.wire import Event, Mode, Ping, PublishPolicy, SetMode, SetPublish, Topics, UpdateModel, parse_command
 

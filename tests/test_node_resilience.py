@@ -137,7 +137,7 @@ def _amqtt(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
     pytest.importorskip("amqtt")
     code = (
         "import asyncio\n"
-        "from edge_node.broker import EmbeddedBroker\n"
+        "from edge_node.mqtt import EmbeddedBroker\n"
         "async def main():\n"
         "    b = EmbeddedBroker('127.0.0.1', 0)\n"
         "    print(await b.start(), flush=True)\n"

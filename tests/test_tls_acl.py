@@ -16,7 +16,7 @@ import pytest
 from edge_node.config import MqttConfig
 from edge_node.errors import ConfigError
 from edge_node.fleet.hass import discovery_message
-from edge_node.tls import ssl_context
+from edge_node.mqtt import ssl_context
 from tests.brokers import Mosquitto, tls_broker
 from tests.conftest import REPO
 from tests.homeassistant import select_command
@@ -225,7 +225,7 @@ def test_ctl_explains_a_session_takeover(broker: Mosquitto, pki: Authority) -> N
     import asyncio
 
     from edge_node.errors import MqttError
-    from edge_node.mqtt.connect import connected
+    from edge_node.mqtt import connected
 
     cert, key = pki.issue("rollout")
     cfg = MqttConfig(host="localhost", port=broker.port, ca_file=pki.ca_file, cert_file=cert, key_file=key)

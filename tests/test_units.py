@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from edge_node.config import DashboardConfig, MqttConfig
-from edge_node.tls import ssl_context
+from edge_node.mqtt import ssl_context
 from tests.pki import Authority
 
 REPO = Path(__file__).resolve().parents[1]

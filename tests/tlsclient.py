@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_node.config import MqttConfig
-from edge_node.tls import ssl_context
+from edge_node.mqtt import ssl_context
 
 __all__ = ["DENIED", "OK", "Client"]
 
@@ -20,7 +20,7 @@ OK, DENIED = "ok", "Not authorized"
 
 
 class Client:
-    """A paho client (MQTT 5) using the node's own TLS context (edge_node.tls.ssl_context).
+    """A paho client (MQTT 5) using the node's own TLS context (edge_node.mqtt.tls.ssl_context).
 
     It records messages, PUBACK reason codes and every disconnect, so tests can assert on what the broker did
     rather than on time passing.

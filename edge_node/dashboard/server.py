@@ -39,7 +39,7 @@ from edge_node.dashboard.limits import RateLimit, client_key
 from edge_node.dashboard.security import SECURITY_HEADERS, TokenGate, Verdict, cross_site_reason
 from edge_node.errors import CommandError
 from edge_node.fleet.monitor import MonitorClient
-from edge_node.mqtt.connect import broker_host
+from edge_node.mqtt import broker_host
 from edge_node.wire import FLEET, Topics, parse_command
 
 __all__ = ["ASSETS", "Dashboard", "run_dashboard"]

@@ -183,7 +183,7 @@ async def run_ctl(
 
     For ``all`` an empty list means no node was online and nothing was sent.
     """
-    from edge_node.mqtt.connect import connected, tool_client_id
+    from edge_node.mqtt import connected, tool_client_id
 
     assert command.id is not None
     tracker = Tracker(prefix, command.id)

@@ -21,7 +21,7 @@ from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
 from edge_node.fleet.dashboard import render, summarize
 from edge_node.fleet.view import LEAVES, FleetView, NodeRow
-from edge_node.mqtt.connect import broker_host, paho_client, tool_client_id
+from edge_node.mqtt import broker_host, paho_client, tool_client_id
 from edge_node.wire import Topics
 
 __all__ = ["Handler", "MonitorClient", "MonitorOptions", "collect", "run_live", "snapshot_json"]

@@ -28,7 +28,7 @@ import aiomqtt
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
 from edge_node.fleet.simnode import SimNode
-from edge_node.mqtt.connect import aiomqtt_client, broker_host, halt
+from edge_node.mqtt import aiomqtt_client, broker_host, halt
 from edge_node.wire import OFFLINE, ONLINE, Topics
 
 __all__ = ["SimOptions", "SimStats", "SimulatedFleet", "node_ids"]

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
-from edge_node.tls import ssl_context
+from edge_node.mqtt.tls import ssl_context
 
 __all__ = [
     "DEFAULT_HOST",
@@ -55,7 +55,7 @@ def tool_client_id(tool: str) -> str:
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
-    """The project's one TLS client context (:func:`edge_node.tls.ssl_context`), kept here for callers."""
+    """The project's one TLS client context (:func:`edge_node.mqtt.tls.ssl_context`), kept here for callers."""
     return ssl_context(cfg)
 
 
