@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_node import memory
 from edge_node.bundle import open_bundle
-from edge_node.telemetry import rss_mb
+from edge_node.node import rss_mb
 from edge_node.vision.model import Model, Variant
 
 FRAME = np.full((480, 640, 3), 100, np.uint8)

@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    from edge_node import benchmark, runner
+    from edge_node import benchmark
     from edge_node.dashboard import cli as dashboard_cli
     from edge_node.fleet import cli as fleet_cli
     from edge_node.modelzoo import cli as model_cli
+    from edge_node.node import runner
 
     parser = argparse.ArgumentParser(prog="edge-node", description="GhostPi edge node and fleet tools")
     parser.add_argument("--version", action="version", version=f"edge-node {__version__}")

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_node.commands import CommandHandler
 from edge_node.errors import SnapshotError
 from edge_node.mqtt import ControlRouter
-from edge_node.publish import PublishGate
-from edge_node.snapshot import Jpeg
+from edge_node.node.commands import CommandHandler
+from edge_node.node.jpeg import Jpeg
+from edge_node.node.publish_policy import PublishGate
 from edge_node.wire import Event, Mode, PublishPolicy, Rollback, UpdateModel, parse_mode_select
 
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from edge_node.fleet.hass import (
+from edge_node.node.hass import (
     HA_STATUS_TOPIC,
     discovery_message,
     discovery_topic,

@@ -6,7 +6,7 @@ import pytest
 
 from edge_node.errors import CommandError
 from edge_node.mqtt import ControlRouter, TokenBucket
-from edge_node.publish import PublishGate
+from edge_node.node.publish_policy import PublishGate
 from edge_node.wire import Event, Mode, Ping, PublishPolicy, SetMode, SetPublish, Topics, UpdateModel, parse_command
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.sdnotify import Notifier, WatchdogGate, run_watchdog
+from edge_node.node.sdnotify import Notifier, WatchdogGate, run_watchdog
 
 
 class FakeSystemd:

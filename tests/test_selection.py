@@ -9,7 +9,7 @@ import pytest
 from edge_node.bundle import open_bundle
 from edge_node.config import ModelConfig
 from edge_node.errors import InferenceError
-from edge_node.reports import device_choice
+from edge_node.node.mapping import device_choice
 from edge_node.vision.selection import choose, worker_splits
 
 

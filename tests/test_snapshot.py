@@ -12,7 +12,7 @@ from edge_node.config import SnapshotConfig
 from edge_node.errors import SnapshotError
 from edge_node.fleet.ctl import Answer, Tracker, save_snapshots
 from edge_node.fleet.simnode import SimNode
-from edge_node.snapshot import DISABLED, caption_for, encode_snapshot, take_snapshot
+from edge_node.node.jpeg import DISABLED, caption_for, encode_snapshot, take_snapshot
 from edge_node.wire import Event, Snapshot, Topics, parse_command
 from tests.brokers import Mosquitto
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from edge_node.capture.grabber import CameraSnapshot
 from edge_node.config import SupervisorConfig
-from edge_node.supervisor import Health
+from edge_node.node.supervisor import Health
 from edge_node.vision.model import ModelInfo
 from edge_node.vision.pipeline import PipelineSnapshot
 from edge_node.wire import Mode

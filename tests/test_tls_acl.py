@@ -15,8 +15,8 @@ import pytest
 
 from edge_node.config import MqttConfig
 from edge_node.errors import ConfigError
-from edge_node.fleet.hass import discovery_message
 from edge_node.mqtt import ssl_context
+from edge_node.node.hass import discovery_message
 from tests.brokers import Mosquitto, tls_broker
 from tests.conftest import REPO
 from tests.homeassistant import select_command

@@ -1,5 +1,5 @@
 """Lenient payload reading for the dashboard: known fields are picked and type-checked, the rest is kept
-generically. A newer node that adds fields must never blank a card (the wire models in messages.py refuse
+generically. A newer node that adds fields must never blank a card (the wire models in wire/messages.py refuse
 unknown fields on purpose; a viewer must not).
 
 Lenient about fields, strict about numbers and bounded in size. ``NaN``, ``Infinity`` and ``1e999`` are not

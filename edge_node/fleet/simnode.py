@@ -15,7 +15,7 @@ import numpy as np
 
 from edge_node import __version__
 from edge_node.errors import CommandError
-from edge_node.snapshot import DISABLED, encode_snapshot
+from edge_node.node import DISABLED, encode_snapshot
 from edge_node.vision.modes import MODE_RESOLUTION
 from edge_node.wire import (
     ClassScore,

@@ -16,8 +16,8 @@ from typing import Protocol
 
 from edge_node.errors import SnapshotError
 from edge_node.mqtt import ControlRouter
-from edge_node.publish import PublishGate
-from edge_node.snapshot import Jpeg
+from edge_node.node.jpeg import Jpeg
+from edge_node.node.publish_policy import PublishGate
 from edge_node.wire import (
     Command,
     Event,

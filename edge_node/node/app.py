@@ -19,18 +19,18 @@ from edge_node import memory
 from edge_node.bundle import Bundle
 from edge_node.capture.factory import make_source
 from edge_node.capture.grabber import Grabber
-from edge_node.commands import CommandHandler
 from edge_node.config import Settings
-from edge_node.discovery import HaDiscovery
-from edge_node.handoff import LoopHandoff
 from edge_node.mqtt import ControlRouter, Link, halt
+from edge_node.node.commands import CommandHandler
+from edge_node.node.discovery import HaDiscovery
+from edge_node.node.handoff import LoopHandoff
+from edge_node.node.jpeg import Jpeg, take_snapshot
+from edge_node.node.mapping import HeartbeatBuilder, LinkFigures, node_state, prediction
+from edge_node.node.publish_policy import PublishGate
+from edge_node.node.sdnotify import Notifier, WatchdogGate, run_watchdog
+from edge_node.node.supervisor import Health, supervise
 from edge_node.ota.store import BundleStore
 from edge_node.ota.updater import Updater
-from edge_node.publish import PublishGate
-from edge_node.reports import HeartbeatBuilder, LinkFigures, node_state, prediction
-from edge_node.sdnotify import Notifier, WatchdogGate, run_watchdog
-from edge_node.snapshot import Jpeg, take_snapshot
-from edge_node.supervisor import Health, supervise
 from edge_node.vision.loading import load, select_model
 from edge_node.vision.modes import MODE_RESOLUTION, ModeController
 from edge_node.vision.pipeline import Failure, Output, Pipeline, Result
@@ -311,7 +311,7 @@ class Node:
         )
 
     async def snapshot(self) -> Jpeg:
-        """The latest frame as a small captioned JPEG (edge_node/snapshot.py); refused unless enabled."""
+        """The latest frame as a small captioned JPEG (edge_node/node/jpeg.py); refused unless enabled."""
         cfg, last = self.settings.snapshot, self._last
         frame = self.pipeline.latest_frame() if cfg.enabled else None
         best = last.classification.best if last is not None else None

@@ -25,7 +25,7 @@ class HaDiscovery:
         model_name: Callable[[], str],
         publish: Callable[[str, bytes], None],
     ) -> None:
-        from edge_node.fleet.hass import ha_status_topic
+        from edge_node.node.hass import ha_status_topic
 
         self.cfg = cfg
         self.prefix = prefix
@@ -36,7 +36,7 @@ class HaDiscovery:
 
     def announce(self) -> None:
         """Publish the (retained) discovery message."""
-        from edge_node.fleet.hass import discovery_message
+        from edge_node.node.hass import discovery_message
 
         topic, payload = discovery_message(
             self.prefix,
@@ -49,7 +49,7 @@ class HaDiscovery:
 
     def on_status(self, payload: bytes) -> None:
         """Home Assistant's birth message: announce again, spread over a few seconds across the fleet."""
-        from edge_node.fleet.hass import rediscovery_delay
+        from edge_node.node.hass import rediscovery_delay
 
         delay = rediscovery_delay(payload)
         if delay is None:

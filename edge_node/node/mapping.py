@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from edge_node import __version__
 from edge_node.capture.grabber import CameraSnapshot
-from edge_node.telemetry import CpuMeter, cpu_temperature, rss_mb
+from edge_node.node.telemetry import CpuMeter, cpu_temperature, rss_mb
 from edge_node.vision.model import ModelInfo
 from edge_node.vision.pipeline import PipelineSnapshot, Result
 from edge_node.vision.selection import Choice
