@@ -22,6 +22,7 @@ from edge_node.mqtt.control import (
     TokenBucket,
 )
 from edge_node.mqtt.link import (
+    Inbound,
     Link,
     Outgoing,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_HOST",
     "ControlRouter",
     "EmbeddedBroker",
+    "Inbound",
     "Link",
     "Outgoing",
     "Parser",

@@ -8,6 +8,11 @@ prediction is worth nothing, but the operator learns how much was lost, and for 
 It also says what a broker refuses: with MQTT 5, a PUBACK or SUBACK reason code of "not authorized" is
 logged and counted (MQTT 3.1.1 has no such codes: a broker drops a denied publish without a word). A broker
 that speaks only MQTT 3.1.1 (amqtt, NATS) makes the link fall back to 3.1.1 with one warning.
+
+Like aiomqtt's ``Client``, the link is an async context manager: ``async with link.serve(inbound):`` keeps the
+connection up in a task of its own while the body runs, and on the way out sends what is queued and then
+``offline``. ``inbound`` (subscriptions and handlers) is given when serving starts, so the parts that publish
+through the link can be built before the part that answers what arrives.
 """
 
 from __future__ import annotations
@@ -16,19 +21,20 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from edge_node.config import MqttConfig
-from edge_node.mqtt.connect import aiomqtt_client, broker_host
+from edge_node.mqtt.connect import aiomqtt_client, broker_host, halt
 from edge_node.wire import OFFLINE, ONLINE, Topics
 
-__all__ = ["Link", "Outgoing"]
+__all__ = ["Inbound", "Link", "Outgoing"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,26 @@ class Outgoing:
     retain: bool = False
 
 
+class Inbound(Protocol):
+    """Who takes what arrives: the topics to subscribe to, each message, and each (re)connect (awaited before
+    anything queued is sent, so what it queues follows the ``online`` status)."""
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]: ...
+
+    async def on_message(self, topic: str, payload: bytes, retained: bool) -> None: ...
+
+    async def on_connect(self) -> None: ...
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _ignore(topic: str, payload: bytes, retained: bool) -> None:
+    return None
+
+
 class Link:
     """Owns the connection. ``run`` never returns until cancelled; broker outages are retried forever."""
 
@@ -55,9 +81,9 @@ class Link:
         topics: Topics,
         *,
         client_id: str,
-        subscriptions: tuple[str, ...],
-        on_message: Callable[[str, bytes, bool], Awaitable[None]],
-        on_connect: Callable[[], Awaitable[None]],
+        subscriptions: tuple[str, ...] = (),
+        on_message: Callable[[str, bytes, bool], Awaitable[None]] = _ignore,
+        on_connect: Callable[[], Awaitable[None]] = _nothing,
         max_reliable: int = 1000,
         max_fast: int = 256,
     ) -> None:
@@ -83,6 +109,7 @@ class Link:
         self.denied = 0
         self._offline_total = 0.0  # seconds without the broker in the gaps that have ended
         self._lost_at: float | None = None  # when the current gap began (monotonic); None while connected
+        self._task: asyncio.Task[None] | None = None  # the connection loop while serving
 
     @property
     def reconnects(self) -> int:
@@ -115,6 +142,44 @@ class Link:
         """Queued until sent; survives broker outages (the oldest is dropped past ``max_reliable``)."""
         self._reliable.append(Outgoing(topic, payload, qos, retain))
         self._wake.set()
+
+    # --- serving (an async context manager, as aiomqtt's Client is) -------------------------------------------
+
+    async def __aenter__(self) -> Link:
+        """Start the connection loop in a task of its own; connecting (and reconnecting) happens there."""
+        if self._task is not None:
+            raise RuntimeError("the link is already serving")
+        self._task = asyncio.create_task(self.run(), name="mqtt")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Send what is queued, then ``offline`` (``close``), and stop the connection loop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            if not task.done():
+                await self.close()
+        finally:
+            await halt(task)
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None and exc_info[0] is None:  # not already on its way out through ``running``
+            raise failure
+
+    @asynccontextmanager
+    async def serve(self, inbound: Inbound) -> AsyncIterator[Link]:
+        """``async with link.serve(inbound):`` subscribes to ``inbound.subscriptions`` and hands it what arrives."""
+        self.subscriptions = inbound.subscriptions
+        self._on_message = inbound.on_message
+        self._on_connect = inbound.on_connect
+        async with self:
+            yield self
+
+    async def running(self) -> None:
+        """Wait while serving; raises what ended the connection loop (a bug or a setting no retry can fix).
+        Cancelling the wait leaves the loop running."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
     # --- connection loop -------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edge_node.node.app import Node
+    from edge_node.node.builder import build
     from edge_node.node.jpeg import DISABLED, Jpeg, encode_snapshot
     from edge_node.node.runner import register, resolve_bundle, run
     from edge_node.node.telemetry import peak_rss_mb, rss_mb
@@ -21,6 +22,7 @@ __all__ = [
     "DISABLED",
     "Jpeg",
     "Node",
+    "build",
     "encode_snapshot",
     "peak_rss_mb",
     "register",
@@ -31,6 +33,7 @@ __all__ = [
 
 _HOME = {
     "Node": "app",
+    "build": "builder",
     "DISABLED": "jpeg",
     "Jpeg": "jpeg",
     "encode_snapshot": "jpeg",

@@ -1,9 +1,11 @@
-"""The composition root: builds the parts, runs them in one TaskGroup, and shuts them down cleanly.
+"""The composition root: builds the parts, connects them, runs them in one TaskGroup and stops them cleanly.
 
 Data paths (see docs/architecture.md):
-  capture thread → frame slot → preprocess thread → inference workers → handoff → event loop → MQTT
-  MQTT control → router → command handler → events/ and retained state/
+  capture thread → frame slot → preprocess thread → inference workers → publisher (handoff) → outbox → link
+  link → inbound → command handler → outbox (events/, retained state/)
   snapshots of camera and pipeline → supervisor → events, restarts, systemd watchdog
+
+Nothing here publishes, assembles a payload or blocks: ``builder.build`` loads the model off the loop first.
 """
 
 from __future__ import annotations
@@ -14,153 +16,156 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Protocol
 
-from edge_node import memory
-from edge_node.bundle import Bundle
 from edge_node.capture.factory import make_source
 from edge_node.capture.grabber import Grabber
 from edge_node.config import Settings
-from edge_node.mqtt import ControlRouter, Link, halt
-from edge_node.node.commands import CommandHandler
+from edge_node.mqtt import Inbound, Link, halt
+from edge_node.node.commands import CommandHandler, Snapshots, command_routes
 from edge_node.node.discovery import HaDiscovery
-from edge_node.node.handoff import LoopHandoff
-from edge_node.node.jpeg import Jpeg, take_snapshot
-from edge_node.node.mapping import HeartbeatBuilder, LinkFigures, node_state, prediction
+from edge_node.node.inbound import NodeInbound
+from edge_node.node.outbox import Outbox, Sender
 from edge_node.node.publish_policy import PublishGate
+from edge_node.node.publisher import PredictionPublisher
 from edge_node.node.sdnotify import Notifier, WatchdogGate, run_watchdog
+from edge_node.node.status import LinkCounters, NodeStatus
 from edge_node.node.supervisor import Health, supervise
 from edge_node.ota.store import BundleStore
 from edge_node.ota.updater import Updater
-from edge_node.vision.loading import load, select_model
-from edge_node.vision.modes import MODE_RESOLUTION, ModeController
-from edge_node.vision.pipeline import Failure, Output, Pipeline, Result
-from edge_node.wire import Event, Heartbeat, OtaStatus, Prediction, Topics, parse_mode_select
+from edge_node.vision.modes import ModeController
+from edge_node.vision.pipeline import Loaded, Pipeline
+from edge_node.wire import Event, Prediction, Topics
 
-__all__ = ["Node"]
+__all__ = ["Node", "NodeLink"]
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_OTA_GRACE = 4.0  # seconds a running update gets to end cleanly when the node stops
 
 
+class NodeLink(Sender, LinkCounters, Protocol):
+    """What the node needs of its MQTT link: ``edge_node.mqtt.Link``, or the in-process fake of the tests."""
+
+    def serve(self, inbound: Inbound) -> AbstractAsyncContextManager[object]: ...
+
+    async def running(self) -> None: ...
+
+
 class Node:
-    """One running edge node. ``await Node(settings, bundle).run()`` until SIGTERM/SIGINT."""
+    """One running edge node: ``await (await builder.build(settings, bundle)).run()`` until SIGTERM/SIGINT."""
 
     def __init__(
         self,
         settings: Settings,
-        bundle: Bundle,
+        loaded: Loaded,
+        controller: ModeController,
         *,
         model_source: str = "active",
-        on_prediction: Callable[[Prediction], None] | None = None,
         store: BundleStore | None = None,
+        on_prediction: Callable[[Prediction], None] | None = None,
+        link: NodeLink | None = None,  # tests pass a FakeLink (tests/fakelink.py)
     ) -> None:
-        memory.limit_arenas(2)  # before any worker thread exists: see edge_node/memory.py
-        memory.fix_mmap_threshold()
         self.settings = settings
-        self.model_source = model_source
-        self.topics = Topics(settings.topic_prefix, settings.node_id)
-        self._on_prediction = on_prediction
-        self.gate = PublishGate(settings.publish.policy, settings.publish.max_hz)
+        node_id, cam = settings.node_id, settings.camera
+        topics = Topics(settings.topic_prefix, node_id)
+        self.link: NodeLink = link or Link(
+            settings.mqtt, topics, client_id=settings.mqtt.client_id or f"ghostpi-{node_id}"
+        )
+        self.outbox = Outbox(self.link, topics)
         self.notifier = Notifier.from_env()
-        self.watchdog = WatchdogGate(timeout_s=max(5.0, settings.camera.stall_timeout))
-        cam = settings.camera
+        self.watchdog = WatchdogGate(timeout_s=max(5.0, cam.stall_timeout))
         self.grabber = Grabber(
             lambda: make_source(cam), stall_timeout=cam.stall_timeout, reopen_delay=cam.reopen_delay, at_end=cam.at_end
         )
-        cfg = settings.model
-        self.device_cache = settings.state_dir / "device-choice.json"
-        model, choice = select_model(
-            bundle, cfg, resolution=MODE_RESOLUTION.get(settings.mode, 224), cache=self.device_cache
+        self.gate = PublishGate(settings.publish.policy, settings.publish.max_hz)
+        self.publisher = PredictionPublisher(
+            node_id, self.gate, self.outbox, ready=self.notifier.ready, on_prediction=on_prediction
         )
-        controller = ModeController(settings.auto, model.resolutions, mode=settings.mode, workers=model.workers)
-        # Only the resolution the mode asks for is built now; others are built when a mode needs them.
-        loaded = load(model, check=[model.nearest(controller.resolution)], keep=cfg.sessions, choice=choice)
         self.pipeline = Pipeline(
-            self.grabber.slot, loaded, controller, self, keep=cfg.sessions, fps_window=settings.auto.window
+            self.grabber.slot,
+            loaded,
+            controller,
+            self.publisher,
+            keep=settings.model.sessions,
+            fps_window=settings.auto.window,
         )
         self.health = Health(settings.supervisor, camera_stall=cam.stall_timeout, at_end=cam.at_end)
-        self.beats = HeartbeatBuilder(settings.node_id)
-        self.updater = (
-            None
-            if store is None
-            else Updater(
+        self.updater: Updater | None = None
+        if store is not None:
+            self.updater = Updater(
                 settings.ota,
                 store,
                 self.pipeline,
-                node_id=settings.node_id,
-                model_cfg=cfg,
-                sink=self,
-                device_cache=self.device_cache,
+                node_id=node_id,
+                model_cfg=settings.model,
+                sink=self.outbox,
+                device_cache=self.device_cache(settings),
             )
+        updater = self.updater
+        self.status = NodeStatus(
+            node_id,
+            self.outbox,
+            self.gate,
+            self.health,
+            self.link,
+            pipeline=self.pipeline.snapshot,
+            camera=self.grabber.snapshot,
+            model_source=(lambda: updater.model_source) if updater is not None else (lambda: model_source),
         )
-        self.commands = CommandHandler(
-            self._command_routes(),
+        snapshots = Snapshots(
+            settings.snapshot,
+            frame=self.pipeline.latest_frame,
+            caption=self.publisher.caption,
+            camera=self.grabber.state,
+        )
+        commands = CommandHandler(
+            command_routes(settings.mqtt, topics, ha=settings.ha.enabled),
             self.gate,
             set_mode=self.pipeline.set_mode,
-            emit=self.event,
-            publish_state=self.publish_state,
-            publish_heartbeat=self.publish_heartbeat,
-            updates=self.updater,
-            take_snapshot=self.snapshot,
-            publish_snapshot=lambda jpeg: self.link.publish(self.topics.snapshot, jpeg, qos=1),
+            emit=self.outbox.event,
+            publish_state=self.status.state,
+            publish_heartbeat=self.status.publish_heartbeat,
+            updates=updater,
+            take_snapshot=snapshots.take,
+            publish_snapshot=self.outbox.snapshot,
         )
-        self.discovery = (
-            HaDiscovery(
+        discovery = None
+        if settings.ha.enabled:
+            discovery = HaDiscovery(
                 settings.ha,
                 prefix=settings.topic_prefix,
-                node_id=settings.node_id,
+                node_id=node_id,
                 model_name=lambda: self.pipeline.model.info.name,
-                publish=lambda topic, payload: self.link.publish(topic, payload, qos=1, retain=True),
+                publish=self.outbox.discovery,
             )
-            if settings.ha.enabled
-            else None
-        )
-        subscriptions = tuple(self.commands.routes)
-        if self.discovery is not None:
-            subscriptions = (*subscriptions, self.discovery.status_topic)
-        self.link = Link(
-            settings.mqtt,
-            self.topics,
-            client_id=settings.mqtt.client_id or f"ghostpi-{settings.node_id}",
-            subscriptions=subscriptions,
-            on_message=self._on_message,
-            on_connect=self._on_connect,
-        )
-        self._handoff: LoopHandoff[Output | None] | None = None
-        self._ready = False
-        self._last: Result | None = None  # what a snapshot is captioned with
-        self._choice_announced = False
+        say_on_connect = [self.status.announce_choice, self.status.state]
+        say_on_connect += [discovery.announce] if discovery is not None else []
+        say_on_connect += [updater.republish] if updater is not None else []
+        self.inbound = NodeInbound(commands, discovery, on_connect=say_on_connect)
         self._stop = asyncio.Event()
-        self.published = 0
 
-    def _command_routes(self) -> dict[str, ControlRouter]:
-        """The topics the node takes commands on, each with its router. Home Assistant gets a topic of its own
-        that carries only a mode (never ``all``), so its identity cannot send any other command (docs/security.md)."""
-        mqtt, topics = self.settings.mqtt, self.topics
-        control = ControlRouter(max_bytes=mqtt.max_control_bytes, rate=mqtt.control_rate)
-        routes = dict.fromkeys(topics.subscriptions, control)  # the node's own control topic and the fleet's
-        if self.settings.ha.enabled:
-            routes[topics.ha_mode] = ControlRouter(
-                max_bytes=mqtt.max_control_bytes, rate=mqtt.control_rate, parse=parse_mode_select
-            )
-        return routes
-
-    # --- lifecycle -------------------------------------------------------------------------------------
+    @staticmethod
+    def device_cache(settings: Settings) -> Path:
+        """Where the node remembers what serves best on this device."""
+        return settings.state_dir / "device-choice.json"
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._handoff = LoopHandoff(loop, self._deliver)
+        observe = self.updater.observe if self.updater is not None else None
+        self.publisher.start(loop, changed=self.status.state, observe=observe)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         self.grabber.start()
         self.pipeline.start()
-        info = self.pipeline.model.info
+        info, s = self.pipeline.model.info, self.settings
         log.info(
             "node %s running: camera=%s model=%s %s (%s %s) mode=%s %dpx",
-            self.settings.node_id,
-            self.settings.camera.source,
+            s.node_id,
+            s.camera.source,
             info.name,
             info.version,
             info.runtime,
@@ -169,10 +174,11 @@ class Node:
             self.pipeline.resolution,
         )
         try:
-            async with asyncio.TaskGroup() as tg:
+            # Leaving the link last sends what is queued, then `offline`: after the producers have stopped.
+            async with self.link.serve(self.inbound), asyncio.TaskGroup() as tg:
                 tasks = [
-                    tg.create_task(self.link.run(), name="mqtt"),
-                    tg.create_task(self._heartbeats(), name="heartbeat"),
+                    tg.create_task(self.link.running(), name="mqtt"),
+                    tg.create_task(self.status.heartbeats(s.heartbeat.interval), name="heartbeat"),
                     tg.create_task(run_watchdog(self.notifier, self.watchdog), name="watchdog"),
                     tg.create_task(self._supervise(), name="supervisor"),
                 ]
@@ -182,15 +188,13 @@ class Node:
                 self.notifier.stopping()
                 if self.updater is not None:  # an update in progress ends cleanly and says so
                     await self.updater.aclose(SHUTDOWN_OTA_GRACE)
-                # Stop producing first, so the link has nothing left to send but the offline status.
                 await asyncio.to_thread(self._stop_workers)
-                await self.link.close()
                 for task in reversed(tasks):
                     await halt(task)
         finally:
             self._stop_workers()
             self.notifier.close()
-            log.info("node %s stopped", self.settings.node_id)
+            log.info("node %s stopped", s.node_id)
 
     def stop(self) -> None:
         if not self._stop.is_set():
@@ -214,115 +218,6 @@ class Node:
         )
 
     def _supervised(self, ev: Event) -> None:
-        self.event(ev)
+        self.outbox.event(ev)
         if ev.cmd == "camera_end" and self.settings.camera.at_end == "exit":
             self.stop()
-
-    # --- pipeline → loop (Listener; called on the pipeline's threads) --------------------------------------
-
-    def on_output(self, item: Output) -> None:
-        if self._handoff is not None:
-            self._handoff.put(item)
-
-    def on_change(self) -> None:
-        if self._handoff is not None:
-            self._handoff.put(None)  # None: publish the state again
-
-    def _deliver(self, item: Output | None) -> None:
-        """On the loop: one frame's outcome, or (None) a change of what serves."""
-        if item is None:
-            self.publish_state()
-            return
-        if self.updater is not None:
-            self.updater.observe(item)
-        if isinstance(item, Failure):
-            if item.seq is None:  # a resolution could not be loaded: the mode's switch did not happen
-                self.event(
-                    Event(cmd="model_load_failed", ok=False, error=item.error, detail={"resolution": item.resolution})
-                )
-            return
-        self._publish_prediction(item)
-
-    def _publish_prediction(self, r: Result) -> None:
-        self._last = r
-        if not self._ready:
-            self._ready = True
-            self.notifier.ready()
-            best = r.classification.best
-            log.info(
-                "first inference done: %s (%.2f) at %dpx", best.label, best.confidence, r.classification.resolution
-            )
-        if not self.gate.allow(r.classification.best.label, time.monotonic()):
-            return
-        msg = prediction(self.settings.node_id, r)
-        if self.link.publish_fast(self.topics.predictions, msg.to_bytes()):
-            self.published += 1
-        if self._on_prediction is not None:
-            self._on_prediction(msg)
-
-    # --- MQTT side -----------------------------------------------------------------------------------------
-
-    async def _on_connect(self) -> None:
-        self._announce_choice()
-        self.publish_state()
-        if self.discovery is not None:
-            self.discovery.announce()
-        if self.updater is not None:
-            self.updater.republish()
-
-    async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        if self.commands.accepts(topic):
-            await self.commands.handle(topic, payload, retained=retained, now=time.monotonic())
-        elif self.discovery is not None and topic == self.discovery.status_topic:
-            self.discovery.on_status(payload)
-
-    def _announce_choice(self) -> None:
-        """Once: an INT8 file that failed its on-device accuracy check, and what serves instead."""
-        choice = self.pipeline.snapshot().choice
-        if self._choice_announced or choice is None or choice.note is None:
-            return
-        self._choice_announced = True
-        c = choice.candidate
-        failed = [f"{k.runtime} {k.resolution}px {k.agreement:.1%}" for k in choice.checks if not k.passed]
-        detail: dict[str, object] = {"serving": f"{c.runtime} {c.precision}", "failed": failed}
-        self.event(Event(cmd="model_check_failed", ok=False, error=choice.note, detail=detail))
-
-    # --- publishers (also the OTA updater's sink) --------------------------------------------------------------
-
-    def event(self, ev: Event) -> None:
-        self.link.publish(self.topics.events, ev.to_bytes(), qos=1)
-
-    def ota(self, st: OtaStatus) -> None:
-        self.link.publish(self.topics.ota, st.to_bytes(), qos=1, retain=True)
-
-    def publish_state(self) -> None:
-        state = node_state(self.settings.node_id, self.pipeline.snapshot(), self.gate.policy, self.gate.max_hz)
-        self.link.publish(self.topics.state, state.to_bytes(), qos=1, retain=True)
-
-    def heartbeat(self) -> Heartbeat:
-        link = self.link
-        return self.beats.build(
-            pipe=self.pipeline.snapshot(),
-            cam=self.grabber.snapshot(),
-            link=LinkFigures(link.reconnects, dict(link.dropped_offline), link.denied, link.offline_s),
-            pipeline_state=self.health.pipeline,
-            restarts=self.health.restarts,
-            model_source=self.updater.model_source if self.updater is not None else self.model_source,
-        )
-
-    async def snapshot(self) -> Jpeg:
-        """The latest frame as a small captioned JPEG (edge_node/node/jpeg.py); refused unless enabled."""
-        cfg, last = self.settings.snapshot, self._last
-        frame = self.pipeline.latest_frame() if cfg.enabled else None
-        best = last.classification.best if last is not None else None
-        label, confidence = (best.label, best.confidence) if best is not None else (None, None)
-        camera = self.grabber.state()
-        return await asyncio.to_thread(take_snapshot, cfg, frame, label, confidence, camera)
-
-    def publish_heartbeat(self) -> None:
-        self.link.publish_fast(self.topics.heartbeat, self.heartbeat().to_bytes())
-
-    async def _heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.heartbeat.interval)
-            self.publish_heartbeat()

@@ -9,14 +9,17 @@ updates) are handed to the OTA updater, which answers with its own event when th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from edge_node.capture.base import Frame
+from edge_node.config import MqttConfig, SnapshotConfig
 from edge_node.errors import SnapshotError
 from edge_node.mqtt import ControlRouter
-from edge_node.node.jpeg import Jpeg
+from edge_node.node.jpeg import Jpeg, take_snapshot
 from edge_node.node.publish_policy import PublishGate
 from edge_node.wire import (
     Command,
@@ -27,10 +30,12 @@ from edge_node.wire import (
     SetMode,
     SetPublish,
     Snapshot,
+    Topics,
     UpdateModel,
+    parse_mode_select,
 )
 
-__all__ = ["CommandHandler", "Updates"]
+__all__ = ["CommandHandler", "Snapshots", "Updates", "command_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,34 @@ class Updates(Protocol):
     """What commands need from the OTA updater."""
 
     def submit(self, cmd: UpdateModel | Rollback) -> None: ...
+
+
+def command_routes(cfg: MqttConfig, topics: Topics, *, ha: bool) -> dict[str, ControlRouter]:
+    """The topics the node takes commands on, each with its router. Home Assistant gets a topic of its own
+    that carries only a mode (never ``all``), so its identity cannot send any other command (docs/security.md)."""
+    control = ControlRouter(max_bytes=cfg.max_control_bytes, rate=cfg.control_rate)
+    routes = dict.fromkeys(topics.subscriptions, control)  # the node's own control topic and the fleet's
+    if ha:
+        routes[topics.ha_mode] = ControlRouter(
+            max_bytes=cfg.max_control_bytes, rate=cfg.control_rate, parse=parse_mode_select
+        )
+    return routes
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    """The ``snapshot`` command's JPEG: the latest frame, captioned with the latest result (``jpeg.py``)."""
+
+    cfg: SnapshotConfig
+    frame: Callable[[], Frame | None]
+    caption: Callable[[], tuple[str | None, float | None]]
+    camera: Callable[[], str]
+
+    async def take(self) -> Jpeg:
+        """Encoded off the loop; refused (SnapshotError) unless enabled. No frame is touched when disabled."""
+        frame = self.frame() if self.cfg.enabled else None
+        label, confidence = self.caption()
+        return await asyncio.to_thread(take_snapshot, self.cfg, frame, label, confidence, self.camera())
 
 
 @dataclass

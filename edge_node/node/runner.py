@@ -66,7 +66,7 @@ def resolve_bundle(settings: Settings) -> tuple[Bundle, str, BundleStore]:
 
 
 async def run(settings: Settings, *, echo: bool | None = None, duration: float | None = None) -> int:
-    from edge_node.node.app import Node
+    from edge_node.node.builder import build
 
     broker = None
     if settings.mqtt.host is None:
@@ -86,7 +86,7 @@ async def run(settings: Settings, *, echo: bool | None = None, duration: float |
         )
     try:
         bundle, source, store = await asyncio.to_thread(resolve_bundle, settings)
-        node = Node(settings, bundle, model_source=source, store=store)
+        node = await build(settings, bundle, model_source=source, store=store)
         if duration is not None:
             asyncio.get_running_loop().call_later(duration, node.stop)
         if echo and settings.mqtt.cert_file is not None:

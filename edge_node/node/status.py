@@ -1,0 +1,86 @@
+"""What the node says about itself: the retained state, the heartbeat (on its interval and on ``ping``), and
+once, an INT8 file that failed its on-device accuracy check. Payloads come from ``mapping``; topics from the
+outbox."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge_node.capture.grabber import CameraSnapshot
+from edge_node.node.mapping import HeartbeatBuilder, LinkFigures, node_state
+from edge_node.node.outbox import Outbox
+from edge_node.node.publish_policy import PublishGate
+from edge_node.node.supervisor import Health
+from edge_node.vision.pipeline import PipelineSnapshot
+from edge_node.wire import Event, Heartbeat
+
+__all__ = ["LinkCounters", "NodeStatus"]
+
+
+class LinkCounters(Protocol):
+    """The link's figures a heartbeat reports."""
+
+    @property
+    def reconnects(self) -> int: ...
+
+    @property
+    def dropped_offline(self) -> Mapping[str, int]: ...
+
+    @property
+    def denied(self) -> int: ...
+
+    @property
+    def offline_s(self) -> float: ...
+
+
+@dataclass
+class NodeStatus:
+    node_id: str
+    outbox: Outbox
+    gate: PublishGate
+    health: Health
+    link: LinkCounters
+    pipeline: Callable[[], PipelineSnapshot]
+    camera: Callable[[], CameraSnapshot]
+    model_source: Callable[[], str]  # "active", "previous" or "factory": the OTA updater knows it once it runs
+
+    def __post_init__(self) -> None:
+        self._beats = HeartbeatBuilder(self.node_id)
+        self._choice_announced = False
+
+    def state(self) -> None:
+        """The retained state: mode, resolution, model, publish policy, the device choice."""
+        self.outbox.state(node_state(self.node_id, self.pipeline(), self.gate.policy, self.gate.max_hz))
+
+    def heartbeat(self) -> Heartbeat:
+        link = self.link
+        return self._beats.build(
+            pipe=self.pipeline(),
+            cam=self.camera(),
+            link=LinkFigures(link.reconnects, dict(link.dropped_offline), link.denied, link.offline_s),
+            pipeline_state=self.health.pipeline,
+            restarts=self.health.restarts,
+            model_source=self.model_source(),
+        )
+
+    def publish_heartbeat(self) -> None:
+        self.outbox.heartbeat(self.heartbeat())
+
+    async def heartbeats(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.publish_heartbeat()
+
+    def announce_choice(self) -> None:
+        """Once: an INT8 file that failed its on-device accuracy check, and what serves instead."""
+        choice = self.pipeline().choice
+        if self._choice_announced or choice is None or choice.note is None:
+            return
+        self._choice_announced = True
+        c = choice.candidate
+        failed = [f"{k.runtime} {k.resolution}px {k.agreement:.1%}" for k in choice.checks if not k.passed]
+        detail: dict[str, object] = {"serving": f"{c.runtime} {c.precision}", "failed": failed}
+        self.outbox.event(Event(cmd="model_check_failed", ok=False, error=choice.note, detail=detail))
