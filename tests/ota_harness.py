@@ -1,57 +1,85 @@
-"""A live node without MQTT for OTA tests and benches: real synthetic camera at 30 fps, real Pipeline,
-real ORT sessions, a real BundleStore and Updater, and a sink that records what would be published."""
+"""A live node for OTA tests and benches: the real ``Node`` (node/builder.py builds it, as ``edge-node run``
+does) on a synthetic camera at 30 fps, real ORT sessions, a real BundleStore and Updater, and the in-process
+fake link (tests/fakelink.py) in place of the broker. ``sink`` reads what the updater published through it."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_node.capture.factory import make_source
 from edge_node.capture.grabber import Grabber
-from edge_node.config import AutoModeConfig, CameraConfig, ModelConfig, OtaConfig
+from edge_node.config import CameraConfig, ModelConfig, OtaConfig, Settings
+from edge_node.node import Node, build
 from edge_node.ota.store import BundleStore
 from edge_node.ota.updater import Updater
-from edge_node.vision.loading import load, select_model
-from edge_node.vision.modes import ModeController
-from edge_node.vision.pipeline import Output, Pipeline, Result
-from edge_node.wire import Event, Mode, OtaStatus
+from edge_node.vision.pipeline import Pipeline
+from edge_node.wire import Event, OtaStatus, Prediction, Topics
+from tests.fakelink import FakeLink, Sent
 
 __all__ = ["LiveNode", "RecordingSink", "live_node"]
+
+# What the updater reports on events/ (the node's supervisor and its other parts report there too).
+OTA_EVENTS = frozenset({"update_model", "rollback", "model_fallback"})
 
 
 @dataclass
 class RecordingSink:
+    """The updater's events and retained OTA statuses, as they left through the link."""
+
     events: list[Event] = field(default_factory=list)
     statuses: list[OtaStatus] = field(default_factory=list)
     on_event: Callable[[Event], None] | None = None  # a test's reaction to each event, after it is recorded
 
-    def event(self, ev: Event) -> None:
-        self.events.append(ev)
-        if self.on_event is not None:
-            self.on_event(ev)
-
-    def ota(self, st: OtaStatus) -> None:
-        self.statuses.append(st)
+    def sent(self, topics: Topics, item: Sent) -> None:
+        if item.topic == topics.ota:
+            self.statuses.append(OtaStatus.model_validate_json(item.payload))
+        elif item.topic == topics.events:
+            ev = Event.model_validate_json(item.payload)
+            if ev.cmd in OTA_EVENTS:
+                self.events.append(ev)
+                if self.on_event is not None:
+                    self.on_event(ev)
 
     def phases(self) -> list[str]:
         return [s.phase for s in self.statuses]
 
 
+class _RecordingLink(FakeLink):
+    def __init__(self, topics: Topics, sink: RecordingSink) -> None:
+        super().__init__()
+        self._topics, self._sink = topics, sink
+
+    def _record(self, item: Sent) -> None:
+        super()._record(item)
+        self._sink.sent(self._topics, item)
+
+
 @dataclass
 class LiveNode:
-    pipeline: Pipeline
-    grabber: Grabber
+    node: Node
+    link: FakeLink
     store: BundleStore
-    updater: Updater
     sink: RecordingSink
-    results: list[tuple[float, str]]  # (monotonic time, model version) of every prediction
+    results: list[tuple[float, str]]  # (time the pipeline emitted it, model version) of every prediction
     arrived: asyncio.Event  # set by each prediction
     seqs: list[int] = field(default_factory=list)  # the frame number of every prediction, in arrival order
     resolutions: list[int] = field(default_factory=list)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.node.pipeline
+
+    @property
+    def grabber(self) -> Grabber:
+        return self.node.grabber
+
+    @property
+    def updater(self) -> Updater:
+        assert self.node.updater is not None
+        return self.node.updater
 
     @property
     def serving(self) -> str:
@@ -79,48 +107,41 @@ async def live_node(
     fps: float = 30.0,
     model: ModelConfig | None = None,
 ) -> AsyncIterator[LiveNode]:
-    """Start camera + inference on the store's start-up bundle; stop everything on exit."""
-    model = model or ModelConfig(threads=1)
+    """Start the node on the store's start-up bundle; stop it on exit. ``sink`` starts empty once it serves."""
+    settings = Settings(
+        _env_file=None,
+        node_id="n1",
+        camera=CameraConfig(source="synthetic", width=320, height=240, fps=fps),
+        model=model or ModelConfig(threads=1),
+        ota=cfg,
+        state_dir=state.with_name(f"{state.name}-node"),  # the device choice; the store keeps ``state`` to itself
+    )
+    topics = Topics(settings.topic_prefix, settings.node_id)
     store = BundleStore(state, factory)
-    bundle, _ = store.startup()
-    chosen, _ = select_model(bundle, model, resolution=224)
-    cam = CameraConfig(source="synthetic", width=320, height=240, fps=fps)
-    grabber = Grabber(lambda: make_source(cam), stall_timeout=5.0, reopen_delay=0.5)
-    controller = ModeController(AutoModeConfig(), chosen.resolutions, mode=Mode.HIGH, workers=chosen.workers)
+    bundle, source = store.startup()
+    sink = RecordingSink()
     results: list[tuple[float, str]] = []
     seqs: list[int] = []
     resolutions: list[int] = []
     arrived = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    updater: Updater | None = None
 
-    class Listener:
-        def on_output(self, item: Output) -> None:  # inference thread
-            if isinstance(item, Result):
-                results.append((time.monotonic(), item.model.version))
-                seqs.append(item.seq)
-                resolutions.append(item.classification.resolution)
-            loop.call_soon_threadsafe(delivered, item)
-
-        def on_change(self) -> None:
-            pass
-
-    def delivered(item: Output) -> None:
+    def predicted(p: Prediction) -> None:  # on the loop, for every result (the policy is "every")
+        results.append((p.ts, p.model.version))
+        seqs.append(p.seq)
+        resolutions.append(p.resolution)
         arrived.set()
-        if updater is not None:
-            updater.observe(item)
 
-    loaded = load(chosen, check=chosen.resolutions, keep=model.sessions)
-    pipeline = Pipeline(grabber.slot, loaded, controller, Listener(), keep=model.sessions)
-    sink = RecordingSink()
-    updater = Updater(cfg, store, pipeline, node_id="n1", model_cfg=model, sink=sink, backoff=0.01)
-    grabber.start()
-    pipeline.start()
-    node = LiveNode(pipeline, grabber, store, updater, sink, results, arrived, seqs, resolutions)
+    link = _RecordingLink(topics, sink)
+    node = await build(settings, bundle, model_source=source, store=store, on_prediction=predicted, link=link)
+    assert node.updater is not None
+    node.updater.backoff = 0.01  # retries at once: the tests' faults are deterministic
+    running = asyncio.create_task(node.run())
+    live = LiveNode(node, link, store, sink, results, arrived, seqs, resolutions)
     try:
-        await node.predictions_on(bundle.manifest.version, 2)
-        yield node
+        await live.predictions_on(bundle.manifest.version, 2)
+        sink.events.clear()  # what start-up said (the retained status on connect) is not the tests' business
+        sink.statuses.clear()
+        yield live
     finally:
-        await updater.aclose()
-        pipeline.stop()
-        grabber.stop()
+        node.stop()
+        await running
