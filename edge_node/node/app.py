@@ -66,7 +66,7 @@ class Node:
         model_source: str = "active",
         store: BundleStore | None = None,
         on_prediction: Callable[[Prediction], None] | None = None,
-        link: NodeLink | None = None,  # tests pass a FakeLink (tests/fakelink.py)
+        link: NodeLink | None = None,  # tests pass a FakeLink (tests/support/fakelink.py)
     ) -> None:
         self.settings = settings
         node_id, cam = settings.node_id, settings.camera

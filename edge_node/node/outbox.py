@@ -16,7 +16,7 @@ __all__ = ["Outbox", "Sender"]
 
 
 class Sender(Protocol):
-    """The two ways a link sends (``edge_node.mqtt.Link``; ``tests/fakelink.py`` in tests)."""
+    """The two ways a link sends (``edge_node.mqtt.Link``; ``tests/support/fakelink.py`` in tests)."""
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None: ...
 
