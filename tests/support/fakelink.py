@@ -73,12 +73,13 @@ class FakeLink:
     def on(self, topic: str) -> list[Sent]:
         return [s for s in self.sent if s.topic == topic]
 
-    async def wait(self, topic: str, match: Callable[[Sent], bool] = lambda s: True) -> Sent:
-        """The first message on ``topic`` that matches (already sent or still to come), within 20 s."""
+    async def wait(self, topic: str, match: Callable[[Sent], bool] = lambda s: True, *, since: int = 0) -> Sent:
+        """The first message on ``topic`` that matches among those sent from ``since`` (an index into ``sent``)
+        on, already or still to come; within 20 s."""
         async with asyncio.timeout(20.0):
             while True:
-                for s in self.on(topic):
-                    if match(s):
+                for s in self.sent[since:]:
+                    if s.topic == topic and match(s):
                         return s
                 self._arrived.clear()
                 await self._arrived.wait()
