@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from edge_node.errors import BundleError, BundleIntegrityError
-from edge_node.runtimes.base import Runtime
+from edge_node.runtimes import Runtime
 
 __all__ = [
     "MANIFEST",

@@ -25,7 +25,6 @@ import os
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from edge_node.bundle import Bundle
 from edge_node.bundle.reference import ReferenceSet, check_session, load_reference
 from edge_node.config import ModelConfig
 from edge_node.errors import AccuracyError, EdgeError, InferenceError
-from edge_node.runtimes import RUNTIMES, Runtime, installed
+from edge_node.runtimes import RUNTIMES, Runtime, info, installed, versions
 from edge_node.vision.model import Model
 from edge_node.vision.timing import TEXTURED, time_variant
 
@@ -59,8 +58,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TIE = 0.03  # candidates within 3 % of the fastest count as equal: then fewer workers (less memory) win
-_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}
-_INSTALL = {"onnxruntime": "pip install onnxruntime", "litert": "pip install 'ghostpi-edge-node[litert]'"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +173,12 @@ def _runtimes(bundle: Bundle, cfg: ModelConfig) -> list[Runtime]:
                 f"has files only for {', '.join(offered)}"
             )
         if not installed(cfg.runtime):
-            raise InferenceError(f"EDGE_MODEL__RUNTIME={cfg.runtime}, but it is not installed: {_INSTALL[cfg.runtime]}")
+            hint = info(cfg.runtime).install
+            raise InferenceError(f"EDGE_MODEL__RUNTIME={cfg.runtime}, but it is not installed: {hint}")
         return [cfg.runtime]
     have = [r for r in offered if installed(r)]
     if not have:
-        hint = "; ".join(_INSTALL[r] for r in offered)
+        hint = "; ".join(info(r).install for r in offered)
         raise InferenceError(
             f"bundle {bundle.manifest.name} has files for {', '.join(offered)}, none installed: {hint}"
         )
@@ -351,18 +349,12 @@ def _key(bundle: Bundle, cfg: ModelConfig, threads: int) -> str:
         cpu = sorted({line for line in info.splitlines() if line.startswith(("model name", "Model", "flags"))})
     except OSError:
         pass
-    versions: dict[str, str | None] = {}
-    for runtime, package in _PACKAGES.items():
-        try:
-            versions[runtime] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[runtime] = None
     parts = {
         "manifest": hashlib.sha256((bundle.path / "manifest.json").read_bytes()).hexdigest(),
         "machine": platform.machine(),
         "cpu": cpu,
         "cores": usable_cores(),
-        "runtimes": versions,
+        "runtimes": versions(),
         "settings": [cfg.runtime, cfg.precision, cfg.workers, threads],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
