@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from edge_node.fleet.dashboard import render, summarize
 from edge_node.fleet.simnode import SimNode
+from edge_node.fleet.table import render, summarize
 from edge_node.fleet.view import FleetView
 
 

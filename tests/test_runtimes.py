@@ -43,13 +43,13 @@ def test_manifest_without_runtime_field_is_an_onnx_bundle(tiny_bundle: Path, tmp
 
 
 def test_onnx_variants_are_written_as_older_nodes_read_them() -> None:
-    from edge_node.bundle.manifest import Variant
+    from edge_node.bundle.manifest import VariantFile
 
-    onnx = Variant(resolution=224, precision="int8", file="a.onnx")
+    onnx = VariantFile(resolution=224, precision="int8", file="a.onnx")
     assert "runtime" not in onnx.model_dump(mode="json")
-    tflite = Variant(resolution=224, precision="int8", file="a.tflite", runtime="litert")
+    tflite = VariantFile(resolution=224, precision="int8", file="a.tflite", runtime="litert")
     assert tflite.model_dump(mode="json")["runtime"] == "litert"
-    assert Variant.model_validate(onnx.model_dump(mode="json")) == onnx
+    assert VariantFile.model_validate(onnx.model_dump(mode="json")) == onnx
 
 
 def test_onnxruntime_is_installed() -> None:

@@ -32,7 +32,7 @@ from edge_node.bundle.manifest import (
     Manifest,
     Preprocess,
     ReferenceInfo,
-    Variant,
+    VariantFile,
     file_digest,
 )
 from edge_node.bundle.reference import read_reference
@@ -250,7 +250,7 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
         input_name=INPUT_NAME,
         preprocess=spec,
         variants=[
-            Variant(
+            VariantFile(
                 resolution=f.resolution, precision=f.precision, file=f.path.name, runtime=f.runtime, layout=f.layout
             )
             for f in shipped
