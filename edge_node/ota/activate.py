@@ -18,8 +18,7 @@ from edge_node.config import ModelConfig
 from edge_node.ota.store import BundleStore, Slot
 
 if TYPE_CHECKING:
-    from edge_node.vision.pipeline import Pipeline
-    from edge_node.vision.variants import Loaded
+    from edge_node.vision import Loaded, Pipeline
 
 __all__ = ["Activator"]
 
@@ -38,7 +37,7 @@ class Activator:
     def build(self, bundle: Bundle) -> Loaded:
         """Load and check every resolution on a real frame (blocking: call it in a worker thread); keep what
         will serve. Raises EdgeError (AccuracyError when no file is accurate enough on this device)."""
-        from edge_node.vision.loading import load, select_model
+        from edge_node.vision import load, select_model
 
         frame = self.pipeline.latest_frame()
         serving = self.pipeline.model

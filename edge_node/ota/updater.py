@@ -39,7 +39,7 @@ from edge_node.ota.fetch import Fetcher, StepFailed
 from edge_node.ota.store import BundleStore, Slot, slot_name
 
 if TYPE_CHECKING:
-    from edge_node.vision.pipeline import Output, Pipeline
+    from edge_node.vision import Output, Pipeline
 
 __all__ = ["OtaSink", "Updater"]
 
@@ -316,7 +316,7 @@ class Updater:
         latencies: list[float] = []
 
         def watch(item: Output) -> None:
-            from edge_node.vision.pipeline import Failure
+            from edge_node.vision import Failure
 
             if verdict.done() or item.model.version != version:
                 return

@@ -35,7 +35,7 @@ from edge_node.vision.variants import Loaded, VariantCache
 if TYPE_CHECKING:
     from edge_node.vision.choice import Choice
 
-__all__ = ["Failure", "Listener", "Loaded", "Pipeline", "PipelineSnapshot", "Result", "WorkerLoad"]
+__all__ = ["Failure", "Listener", "Loaded", "Output", "Pipeline", "PipelineSnapshot", "Result", "WorkerLoad"]
 
 log = logging.getLogger(__name__)
 
