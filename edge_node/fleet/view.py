@@ -72,7 +72,8 @@ class FleetView:
         self.stale_after = stale_after
         self.messages = 0
         self._latest: dict[str, tuple[bytes | bytearray, float]] = {}
-        self._decoded: dict[int, tuple[bytes | bytearray, JsonDict | None]] = {}  # id(raw) -> decoded
+        # (leaf, id(raw)) -> (raw, decoded): one payload object may sit under two leaves, decoded each its way
+        self._decoded: dict[tuple[str, int], tuple[bytes | bytearray, JsonDict | None]] = {}
 
     def ingest(self, topic: str, payload: bytes | bytearray, now: float | None = None) -> None:
         """The hot path: one dict store and a counter."""
@@ -100,7 +101,7 @@ class FleetView:
             if parsed is not None and parsed[1] in LEAVES:
                 per_node.setdefault(parsed[0], {})[parsed[1]] = entry
         live = {id(raw) for raw, _ in self._latest.values()}
-        self._decoded = {key: hit for key, hit in self._decoded.items() if key in live}  # forget replaced payloads
+        self._decoded = {key: hit for key, hit in self._decoded.items() if key[1] in live}  # forget replaced payloads
         rows = [self._row(node, leaves, current) for node, leaves in per_node.items()]
         rows.sort(key=lambda r: (r.online, not r.stale, not r.troubled, r.node))
         return rows
@@ -109,12 +110,12 @@ class FleetView:
         """Decode once per payload object: heartbeats, states and events mostly repeat between snapshots."""
         if raw is None:
             return None
-        hit = self._decoded.get(id(raw))
+        hit = self._decoded.get((leaf, id(raw)))
         if hit is not None and hit[0] is raw:
             return hit[1]
         data = decode.load(raw)
         decoded = None if data is None else _LEAF_DECODERS[leaf](data)
-        self._decoded[id(raw)] = (raw, decoded)
+        self._decoded[(leaf, id(raw))] = (raw, decoded)
         return decoded
 
     def _row(self, node: str, leaves: dict[str, tuple[bytes | bytearray, float]], now: float) -> NodeRow:

@@ -98,3 +98,13 @@ def test_payloads_a_browser_could_not_read_still_count_bad() -> None:
     view.ingest("ghostpi/n/state", b'{"mode": "balanced", "resolution": 1e999}', 1.0)
     [row] = view.snapshot(now=1.5)
     assert row.bad_payloads == 3 and row.label is None and row.resolution is None
+
+
+def test_one_payload_object_under_two_leaves_is_decoded_for_each() -> None:
+    """The decode cache is per leaf: the same bytes object as a state and as an event is read both ways."""
+    view = FleetView("ghostpi")
+    shared = b'{"cmd": "ping", "ok": true, "mode": "high", "resolution": 224}'
+    view.ingest("ghostpi/x/state", shared, 1.0)
+    view.ingest("ghostpi/x/events", shared, 1.0)
+    [row] = view.snapshot(now=1.5)
+    assert row.last_event == "ping: ok" and (row.mode, row.resolution) == ("high", 224) and row.bad_payloads == 0
