@@ -54,7 +54,7 @@ def resolve_bundle(settings: Settings) -> tuple[Bundle, str, BundleStore]:
     The configured bundle (or the demo bundle, built on first use) is the factory bundle: the node runs
     it until an over-the-air update is committed, and falls back to it if the installed ones are unusable.
     """
-    from edge_node.ota.node import open_store
+    from edge_node.ota import open_store
 
     path = settings.model.bundle
     if path is None:
