@@ -54,14 +54,13 @@ def resolve_bundle(settings: Settings) -> tuple[Bundle, str, BundleStore]:
     The configured bundle (or the demo bundle, built on first use) is the factory bundle: the node runs
     it until an over-the-air update is committed, and falls back to it if the installed ones are unusable.
     """
-    from edge_node.ota import open_store
-
     path = settings.model.bundle
     if path is None:
         from edge_node.modelzoo.demo import ensure_demo_bundle
 
         path = ensure_demo_bundle()
-    store = open_store(settings, Path(path))
+    # The store under <state_dir>/ota, with the factory bundle as the bundle of last resort.
+    store = BundleStore(settings.state_dir / "ota", Path(path))
     bundle, source = store.startup()
     return bundle, source, store
 

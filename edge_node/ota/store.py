@@ -33,10 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_node.bundle import Bundle, open_bundle
 from edge_node.bundle.fsutil import atomic_write_bytes, fsync_dir
-from edge_node.config import Settings
 from edge_node.errors import BundleError, UpdateError
 
-__all__ = ["FACTORY", "MAX_IDS", "BundleStore", "Running", "Slot", "Source", "open_store", "slot_name"]
+__all__ = ["FACTORY", "MAX_IDS", "BundleStore", "Running", "Slot", "Source", "slot_name"]
 
 log = logging.getLogger(__name__)
 
@@ -302,9 +301,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def open_store(settings: Settings, factory: Path) -> BundleStore:
-    """The node's store, under ``<state_dir>/ota``, with ``factory`` (EDGE_MODEL__BUNDLE or the demo bundle) as
-    the bundle of last resort; call ``startup()`` on it to get the bundle to run."""
-    return BundleStore(settings.state_dir / "ota", factory)

@@ -111,6 +111,15 @@ class Updater:
     def status(self) -> OtaStatus:
         return self._status
 
+    @property
+    def backoff(self) -> float:
+        """Seconds before the first download retry (tests set it near 0: their faults are deterministic)."""
+        return self.fetcher.backoff
+
+    @backoff.setter
+    def backoff(self, seconds: float) -> None:
+        self.fetcher.backoff = seconds
+
     def republish(self) -> None:
         """Re-send the retained OTA status (call on every MQTT connect); the first call also reports a
         start-up fallback or an update that a restart interrupted."""
