@@ -24,9 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
 from edge_node.config import MqttConfig
-from edge_node.fleet.dashboard import render
 from edge_node.fleet.monitor import MonitorClient
 from edge_node.fleet.simnode import SimNode
+from edge_node.fleet.table import render
 from edge_node.fleet.view import FleetView
 from tests.support.brokers import Mosquitto
 from tests.support.fleet_procs import Simulator, proc_cpu_seconds

@@ -20,8 +20,8 @@ import torch
 
 from edge_node.modelzoo.archs import create_model, get_arch
 from edge_node.modelzoo.export import INPUT_NAME, OUTPUT_NAME, export_onnx, torch_logits
-from edge_node.modelzoo.runtime import run_logits, session
 from edge_node.modelzoo.weights import PYPI_LITE0, load_weights
+from edge_node.runtimes import open_session
 
 
 def _export_dynamic(model: torch.nn.Module, out: Path) -> None:
@@ -54,20 +54,20 @@ def main() -> None:
         t0 = time.perf_counter()
         _export_dynamic(model, dynamic)
         print(f"dynamic export {time.perf_counter() - t0:.1f}s, {dynamic.stat().st_size / 1e6:.2f} MB")
-        dyn = session(dynamic, threads=args.threads)
+        dyn = open_session(dynamic, "onnxruntime", threads=args.threads)
         for r in (224, 192, 160):
             static = export_onnx(model, r, Path(tmp) / f"static_{r}.onnx")
-            sta = session(static, threads=args.threads)
+            sta = open_session(static, "onnxruntime", threads=args.threads)
             x = rng.standard_normal((1, 3, r, r)).astype(np.float32)
             ref = torch_logits(model, [x])
-            diffs = [float(np.abs(run_logits(s, x) - ref).max()) for s in (sta, dyn)]
+            diffs = [float(np.abs(s.run(x) - ref).max()) for s in (sta, dyn)]
             times: dict[str, list[float]] = {"static": [], "dynamic": []}
             for _ in range(5):
-                run_logits(sta, x), run_logits(dyn, x)
+                sta.run(x), dyn.run(x)
             for _ in range(args.runs):
                 for name, s in (("static", sta), ("dynamic", dyn)):
                     start = time.perf_counter()
-                    run_logits(s, x)
+                    s.run(x)
                     times[name].append((time.perf_counter() - start) * 1000)
             med = {k: statistics.median(v) for k, v in times.items()}
             print(

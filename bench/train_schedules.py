@@ -25,12 +25,12 @@ from edge_node.modelzoo.archs import create_model, get_arch, preprocess_spec
 from edge_node.modelzoo.backbone import Split, split_model
 from edge_node.modelzoo.classmetrics import balanced_accuracy, class_stats, confusion_matrix
 from edge_node.modelzoo.dataset import Dataset, load_dataset
-from edge_node.modelzoo.features import FeatureCache, export_feature_net, extract
+from edge_node.modelzoo.features import FEATURES, STAGE, FeatureCache, export_feature_net, extract
 from edge_node.modelzoo.fit import Balance, FitOptions, fit, predict
 from edge_node.modelzoo.images import load_bgr
-from edge_node.modelzoo.runtime import session
 from edge_node.modelzoo.train import TrainOptions, photo_views, preprocessed
 from edge_node.modelzoo.weights import PYPI_LITE0, load_weights
+from edge_node.runtimes import open_session
 from edge_node.vision.preprocess import Preprocessor
 from tests.support.coarse import make_coarse_dataset
 
@@ -49,8 +49,7 @@ class Run(TypedDict):
 
 def _trunk_speed(split: Split, net: Path, x: np.ndarray, seconds: float = 5.0) -> tuple[float, float]:
     """(ORT ms per image at batch 1, eager PyTorch ms per image at batch 16), interleaved."""
-    sess = session(net, threads=2)
-    feed = {sess.get_inputs()[0].name: x}
+    sess = open_session(net, "onnxruntime", threads=2)
     batch = torch.from_numpy(np.repeat(x, 16, axis=0))
     ort_ms, torch_ms = [], []
     deadline = time.monotonic() + seconds
@@ -59,7 +58,7 @@ def _trunk_speed(split: Split, net: Path, x: np.ndarray, seconds: float = 5.0) -
         while time.monotonic() < deadline:
             start = time.perf_counter()
             for _ in range(16):
-                sess.run(None, feed)
+                sess.run_outputs(x, (STAGE, FEATURES))
             ort_ms.append((time.perf_counter() - start) * 1000 / 16)
             start = time.perf_counter()
             split.features(split.trunk(batch))

@@ -15,10 +15,10 @@ import logging
 import platform
 import time
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 
 from edge_node.errors import ConfigError
+from edge_node.runtimes.registry import REGISTRY, versions
 
 __all__ = ["register"]
 
@@ -167,9 +167,6 @@ def _device(threads: int) -> dict[str, object]:
         if key.strip() in ("flags", "Features") and "flags" not in info:
             wanted = {"avx2", "avx512_vnni", "avx_vnni", "asimddp", "neon", "asimd", "i8mm"}
             info["flags"] = sorted(wanted & set(value.split()))
-    for package in ("onnxruntime", "ai-edge-litert"):
-        try:
-            info[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            info[package] = None
+    for runtime, version in versions().items():
+        info[REGISTRY[runtime].package] = version
     return info

@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edge_node.errors import ConfigError
+from edge_node.runtimes import Runtime
 from edge_node.wire import Mode, PublishPolicy, reserved_reason
 
 __all__ = [
@@ -168,7 +169,7 @@ class ModelConfig(_Section):
     """Which bundle to run and how. ``auto`` settings are decided on the device by measurement (docs/benchmarks.md)."""
 
     bundle: Path | None = None  # default: the cached demo bundle, built on first use
-    runtime: Literal["auto", "onnxruntime", "litert"] = Field(
+    runtime: Literal["auto"] | Runtime = Field(
         "auto", description="auto: every runtime the bundle has files for and this node has installed, measured"
     )
     precision: Literal["auto", "int8", "fp32"] = Field(

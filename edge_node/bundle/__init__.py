@@ -13,7 +13,7 @@ from edge_node.bundle.archive import MAX_TOTAL, Admit, extract
 from edge_node.bundle.manifest import MANIFEST, MAX_SIGNATURE_BYTES, SIGNATURE, Manifest, read_manifest, verify_files
 from edge_node.bundle.trust import check_signature
 from edge_node.errors import BundleError
-from edge_node.runtimes.base import Runtime
+from edge_node.runtimes import Runtime
 
 __all__ = ["MANIFEST", "SIGNATURE", "Bundle", "Manifest", "extract_bundle", "open_bundle"]
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_node.bundle.fsutil import fsync_dir
 from edge_node.bundle.manifest import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
@@ -43,7 +44,6 @@ from edge_node.bundle.manifest import (
 from edge_node.bundle.tarstream import Member, members
 from edge_node.bundle.trust import check_signature
 from edge_node.errors import BundleError, BundleIntegrityError
-from edge_node.ota.fsutil import fsync_dir
 
 __all__ = ["HEAD_BYTES", "MAX_MEMBERS", "MAX_TOTAL", "Admit", "Extracted", "extract", "pack"]
 

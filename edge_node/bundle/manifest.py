@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from edge_node.errors import BundleError, BundleIntegrityError
-from edge_node.runtimes.base import Runtime
+from edge_node.runtimes import Runtime
 
 __all__ = [
     "MANIFEST",
@@ -37,7 +37,7 @@ __all__ = [
     "Preprocess",
     "ReferenceImage",
     "ReferenceInfo",
-    "Variant",
+    "VariantFile",
     "file_digest",
     "parse_manifest",
     "read_manifest",
@@ -91,8 +91,11 @@ class Preprocess(_Model):
         return value
 
 
-class Variant(_Model):
-    """One model file serving one input resolution at one precision on one runtime."""
+class VariantFile(_Model):
+    """The manifest's entry for one model file: one input resolution at one precision on one runtime.
+
+    (What :mod:`edge_node.vision.model` calls a ``Variant`` is such a file loaded: its sessions and buffers.)
+    """
 
     resolution: int = Field(ge=32, le=1024)
     precision: Precision
@@ -160,7 +163,7 @@ class Manifest(_Model):
     labels: str = "labels.txt"
     input_name: str = "input"
     preprocess: Preprocess
-    variants: list[Variant] = Field(min_length=1)
+    variants: list[VariantFile] = Field(min_length=1)
     files: dict[str, FileEntry]
     metrics: list[dict[str, object]] = Field(default_factory=list)
     build: BuildInfo
@@ -223,7 +226,7 @@ class Manifest(_Model):
         """The runtimes this bundle has files for."""
         return sorted({v.runtime for v in self.variants})
 
-    def variant(self, resolution: int, precision: str, runtime: Runtime = "onnxruntime") -> Variant:
+    def variant(self, resolution: int, precision: str, runtime: Runtime = "onnxruntime") -> VariantFile:
         for v in self.variants:
             if v.resolution == resolution and v.precision == precision and v.runtime == runtime:
                 return v
@@ -232,7 +235,7 @@ class Manifest(_Model):
             f"it has {[(v.runtime, v.precision, v.resolution) for v in self.variants]}"
         )
 
-    def layout(self, variant: Variant) -> Layout:
+    def layout(self, variant: VariantFile) -> Layout:
         """The tensor layout ``variant``'s file takes: its own, else the bundle's."""
         return variant.layout or self.preprocess.layout
 

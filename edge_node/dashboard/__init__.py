@@ -2,7 +2,7 @@
 
 Apart from the node's runtime: a Pi that only runs the node never imports this package. ``inbox`` keeps what
 the MQTT thread receives, bounded; ``board`` holds the fleet state and computes batched changes (pure),
-``decode`` reads payloads leniently (but refuses numbers a browser cannot read), ``security`` checks tokens
+``fleet.decode`` reads payloads leniently (but refuses numbers a browser cannot read), ``security`` checks tokens
 and origins and ``limits`` rates per address (pure), ``exposure`` decides what a bind requires (TLS, Host
 names, the token to watch), ``server`` is the aiohttp edge and ``cli`` registers the command.
 """

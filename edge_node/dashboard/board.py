@@ -18,19 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_node.config import DashboardConfig
-from edge_node.dashboard import decode
-from edge_node.dashboard.decode import JsonDict
 from edge_node.dashboard.inbox import Message, Refused
+from edge_node.fleet import decode
+from edge_node.fleet.decode import JsonDict
 from edge_node.wire import OFFLINE, ONLINE, Topics
 
 __all__ = ["STREAMED", "Board"]
 
 STREAMED = ("events", "ota")  # leaves whose every message matters, not just the newest
-_DECODERS = {
-    "predictions": decode.prediction,
-    "heartbeat": decode.heartbeat,
-    "state": decode.state,
-}
 
 
 @dataclass
@@ -93,7 +88,7 @@ class Board:
             node = self.nodes.get(name)
             if node is not None and node.raw.get(leaf) is raw:
                 continue  # the same payload object as last time: nothing new
-            if leaf not in _DECODERS and leaf not in ("status", "snapshot"):
+            if leaf not in decode.SECTIONS and leaf not in ("status", "snapshot"):
                 continue
             node = node or self._node(name, now)
             node.raw[leaf] = raw
@@ -112,7 +107,7 @@ class Board:
                 if data is None:
                     self._bad(node, delta(node))
                     continue
-                node.sections[leaf] = section = _DECODERS[leaf](data)
+                node.sections[leaf] = section = decode.SECTIONS[leaf](data)
                 delta(node)[leaf] = section
                 delta(node).setdefault("seen", {})[leaf] = _wall(at, now, wall)
 
@@ -218,7 +213,7 @@ class Board:
             for leaf in ("predictions", "heartbeat", "state", "ota"):
                 if leaf in node.sections:
                     card[leaf] = node.sections[leaf]
-            card["seen"] = {leaf: _wall(node.at[leaf], now, wall) for leaf in _DECODERS if leaf in node.at}
+            card["seen"] = {leaf: _wall(node.at[leaf], now, wall) for leaf in decode.SECTIONS if leaf in node.at}
             card["events"] = list(node.events)
             card["history"] = list(node.history)
             card["snapshot"] = self._snapshot_info(node)

@@ -14,7 +14,7 @@ import re
 import time
 from collections import deque
 
-from edge_node.fleet.view import FleetView
+from edge_node.fleet import FleetView
 from edge_node.wire import Topics
 
 __all__ = ["MAX_PAYLOAD", "MAX_SNAPSHOT", "MAX_STREAMED", "NODE_ID", "Inbox", "Message", "Refused"]

@@ -19,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
-from edge_node.fleet.dashboard import render, summarize
+from edge_node.fleet.table import render, summarize
 from edge_node.fleet.view import LEAVES, FleetView, NodeRow
 from edge_node.mqtt import broker_host, paho_client, tool_client_id
 from edge_node.wire import Topics

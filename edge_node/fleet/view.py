@@ -2,18 +2,20 @@
 
 ``ingest`` is called for every MQTT message, so it only stores the newest raw payload per topic with its
 arrival time. ``snapshot`` (a few times per second at most) groups topics by node and decodes one payload
-per node and leaf with the wire models. A fleet of hundreds of nodes at 10 Hz costs a dict store each.
+per node and leaf with the viewers' lenient decoder (:mod:`edge_node.fleet.decode`, the web dashboard's too):
+a newer node's extra fields are read past, and only what is no JSON object with finite numbers counts as a
+bad payload. A fleet of hundreds of nodes at 10 Hz costs a dict store each.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ValidationError
-
-from edge_node.wire import OFFLINE, ONLINE, Event, Heartbeat, NodeState, Prediction, Topics
+from edge_node.fleet import decode
+from edge_node.fleet.decode import JsonDict
+from edge_node.wire import OFFLINE, ONLINE, Topics
 
 __all__ = ["LEAVES", "FleetView", "NodeRow", "Status"]
 
@@ -58,16 +60,7 @@ class NodeRow:
         return asdict(self)
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def _decode(model: type[M], raw: bytes | bytearray | None) -> M | None:
-    if raw is None:
-        return None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError:
-        return None
+_LEAF_DECODERS = {**decode.SECTIONS, "events": decode.event}
 
 
 class FleetView:
@@ -78,7 +71,8 @@ class FleetView:
         self.stale_after = stale_after
         self.messages = 0
         self._latest: dict[str, tuple[bytes | bytearray, float]] = {}
-        self._decoded: dict[int, tuple[bytes | bytearray, BaseModel | None]] = {}  # id(raw) -> decoded
+        # (leaf, id(raw)) -> (raw, decoded): one payload object may sit under two leaves, decoded each its way
+        self._decoded: dict[tuple[str, int], tuple[bytes | bytearray, JsonDict | None]] = {}
 
     def ingest(self, topic: str, payload: bytes | bytearray, now: float | None = None) -> None:
         """The hot path: one dict store and a counter."""
@@ -106,20 +100,21 @@ class FleetView:
             if parsed is not None and parsed[1] in LEAVES:
                 per_node.setdefault(parsed[0], {})[parsed[1]] = entry
         live = {id(raw) for raw, _ in self._latest.values()}
-        self._decoded = {key: hit for key, hit in self._decoded.items() if key in live}  # forget replaced payloads
+        self._decoded = {key: hit for key, hit in self._decoded.items() if key[1] in live}  # forget replaced payloads
         rows = [self._row(node, leaves, current) for node, leaves in per_node.items()]
         rows.sort(key=lambda r: (r.online, not r.stale, not r.troubled, r.node))
         return rows
 
-    def _cached(self, model: type[M], raw: bytes | bytearray | None) -> M | None:
+    def _cached(self, leaf: str, raw: bytes | bytearray | None) -> JsonDict | None:
         """Decode once per payload object: heartbeats, states and events mostly repeat between snapshots."""
         if raw is None:
             return None
-        hit = self._decoded.get(id(raw))
+        hit = self._decoded.get((leaf, id(raw)))
         if hit is not None and hit[0] is raw:
-            return hit[1] if isinstance(hit[1], model) else None
-        decoded = _decode(model, raw)
-        self._decoded[id(raw)] = (raw, decoded)
+            return hit[1]
+        data = decode.load(raw)
+        decoded = None if data is None else _LEAF_DECODERS[leaf](data)
+        self._decoded[(leaf, id(raw))] = (raw, decoded)
         return decoded
 
     def _row(self, node: str, leaves: dict[str, tuple[bytes | bytearray, float]], now: float) -> NodeRow:
@@ -133,10 +128,10 @@ class FleetView:
 
         status_raw = (raw("status") or b"").strip().lower()
         status: Status = _STATUS.get(bytes(status_raw), "unknown")
-        pred = self._cached(Prediction, raw("predictions"))
-        beat = self._cached(Heartbeat, raw("heartbeat"))
-        state = self._cached(NodeState, raw("state"))
-        event = self._cached(Event, raw("events"))
+        pred = self._cached("predictions", raw("predictions"))
+        beat = self._cached("heartbeat", raw("heartbeat"))
+        state = self._cached("state", raw("state"))
+        event = self._cached("events", raw("events"))
         bad = sum(
             1
             for leaf, decoded in (
@@ -147,6 +142,7 @@ class FleetView:
             )
             if leaf in leaves and decoded is None
         )
+        pred, beat, state = pred or {}, beat or {}, state or {}
         beat_age, pred_age = age("heartbeat"), age("predictions")
         last_seen = min((max(0.0, now - t) for leaf, (_, t) in leaves.items() if leaf != "status"), default=None)
         # retained status says online, but nothing fresh arrived: the node may be hung without dropping MQTT
@@ -154,28 +150,30 @@ class FleetView:
         stale = status == "online" and (not fresh or min(fresh) > self.stale_after)
         # mode and resolution from whichever message carrying them arrived last
         candidates = [
-            (leaves[leaf][1], (msg.mode.value, msg.resolution))
+            (leaves[leaf][1], (mode, int(resolution)))
             for leaf, msg in (("predictions", pred), ("state", state), ("heartbeat", beat))
-            if msg is not None
+            if (mode := decode.text(msg, "mode")) is not None and (resolution := decode.number(msg, "resolution"))
         ]
         settings = max(candidates)[1] if candidates else None
+        model = decode.text(pred.get("model", {}), "version") or decode.text(state.get("model", {}), "version")
+        latency = pred.get("latency", {})
         return NodeRow(
             node=node,
             status=status,
             online=status == "online",
             stale=stale,
-            label=pred.label if pred else None,
-            confidence=pred.confidence if pred else None,
-            fps=pred.fps if pred else beat.fps if beat else None,
-            inference_ms=pred.latency_ms.inference if pred else beat.inference_ms_avg if beat else None,
+            label=decode.text(pred, "label"),
+            confidence=decode.number(pred, "confidence"),
+            fps=_first(decode.number(pred, "fps"), decode.number(beat, "fps")),
+            inference_ms=_first(decode.number(latency, "inference"), decode.number(beat, "inference_ms_avg")),
             mode=settings[0] if settings else None,
             resolution=settings[1] if settings else None,
-            model_version=pred.model.version if pred else state.model.version if state else None,
-            camera=beat.camera if beat else None,
-            pipeline=beat.pipeline if beat else None,
-            denied=beat.publish_denied if beat else 0,
-            dropped_offline=sum(beat.dropped_offline.values()) if beat else 0,
-            cpu_temp_c=beat.cpu_temp_c if beat else None,
+            model_version=model,
+            camera=decode.text(beat, "camera"),
+            pipeline=decode.text(beat, "pipeline"),
+            denied=int(decode.number(beat, "publish_denied") or 0),
+            dropped_offline=sum(v for k, v in beat.items() if k.startswith("dropped_offline_")),  # the counters
+            cpu_temp_c=decode.number(beat, "cpu_temp_c"),
             heartbeat_age_s=beat_age,
             prediction_age_s=pred_age,
             last_seen_age_s=round(last_seen, 3) if last_seen is not None else None,
@@ -184,5 +182,9 @@ class FleetView:
         )
 
 
-def _describe(event: Event) -> str:
-    return f"{event.cmd}: ok" if event.ok else f"{event.cmd}: {event.error or 'failed'}"
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _describe(event: JsonDict) -> str:
+    return f"{event['cmd']}: ok" if event["ok"] else f"{event['cmd']}: {event['error'] or 'failed'}"

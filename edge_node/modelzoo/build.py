@@ -32,7 +32,7 @@ from edge_node.bundle.manifest import (
     Manifest,
     Preprocess,
     ReferenceInfo,
-    Variant,
+    VariantFile,
     file_digest,
 )
 from edge_node.bundle.reference import read_reference
@@ -46,7 +46,8 @@ from edge_node.modelzoo.labels import IMAGENET_LABELS, imagenet_labels
 from edge_node.modelzoo.progress import stderr, step_progress
 from edge_node.modelzoo.reference import make_reference
 from edge_node.modelzoo.weights import load_weights
-from edge_node.runtimes import Runtime
+from edge_node.runtimes import RUNTIMES, Runtime
+from edge_node.runtimes import info as runtime_info
 from edge_node.vision.preprocess import Preprocessor
 
 if TYPE_CHECKING:
@@ -78,7 +79,6 @@ TOOLCHAIN = (
     "ai-edge-litert",
     "numpy",
 )
-_SUFFIX: dict[Runtime, str] = {"onnxruntime": "onnx", "litert": "tflite"}
 
 
 @dataclass(frozen=True)
@@ -111,18 +111,18 @@ class BuildOptions:
     frame_side: int | None = None  # shrink larger held-out photos like a camera frame (images.shrink_to_frame)
     int8_max_drop: float | None = None  # fail when INT8 top-1 is more than this below FP32 (see check_int8_gate)
     trained: TrainedFrom | None = None
-    runtime: Literal["onnxruntime", "litert", "both"] = "onnxruntime"
+    runtime: Runtime | Literal["both"] = "onnxruntime"
     reference_images: int = 40  # 0: no reference set
     reference_gate: float = 0.9  # minimum INT8/FP32 top-1 agreement on the reference set, checked by the node
 
 
 def model_file_name(resolution: int, precision: str, runtime: Runtime = "onnxruntime") -> str:
-    return f"model_{resolution}_{precision}.{_SUFFIX[runtime]}"
+    return f"model_{resolution}_{precision}.{runtime_info(runtime).suffix}"
 
 
 def runtimes_for(choice: str) -> tuple[Runtime, ...]:
     """``--runtime onnxruntime|litert|both`` as the runtimes to build files for."""
-    return ("onnxruntime", "litert") if choice == "both" else (choice,)  # type: ignore[return-value]
+    return RUNTIMES if choice == "both" else (runtime_info(choice).name,)
 
 
 def build_bundle(options: BuildOptions, calibration: CalibrationSet, out: Path) -> Path:
@@ -190,7 +190,7 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
         task = bar.add_task("exporting", total=steps)
         for r in options.resolutions:
             for runtime in runtimes:
-                layout: Layout = "NHWC" if runtime == "litert" else spec.layout
+                layout: Layout = _variant_layout(runtime) or spec.layout
                 tensors = _tensors(calibration.frames, spec, r, layout)
                 check = tensors[:CHECK_IMAGES]
                 reference = torch_logits(model, check)
@@ -250,7 +250,7 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
         input_name=INPUT_NAME,
         preprocess=spec,
         variants=[
-            Variant(
+            VariantFile(
                 resolution=f.resolution, precision=f.precision, file=f.path.name, runtime=f.runtime, layout=f.layout
             )
             for f in shipped
@@ -325,8 +325,8 @@ def _tensors(
 
 
 def _variant_layout(runtime: Runtime) -> Layout | None:
-    """TFLite files take NHWC (no transposes in the graph); ONNX files the bundle's NCHW."""
-    return "NHWC" if runtime == "litert" else None
+    """The layout the runtime's files take (TFLite: NHWC, no transposes in the graph); None: the bundle's."""
+    return runtime_info(runtime).layout
 
 
 def _export(model: torch.nn.Module, resolution: int, out: Path, runtime: Runtime) -> None:

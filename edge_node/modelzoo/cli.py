@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 from edge_node.errors import BundleError
+from edge_node.runtimes import RUNTIMES
 
 if TYPE_CHECKING:
     from edge_node.modelzoo.build import BuildOptions
@@ -66,7 +67,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "int8", "both"], default="both")
     p.add_argument(
         "--runtime",
-        choices=["onnxruntime", "litert", "both"],
+        choices=[*RUNTIMES, "both"],
         default="onnxruntime",
         help="files for ONNX Runtime (.onnx), LiteRT with XNNPACK (.tflite) or both, so nodes can choose "
         "(default: onnxruntime)",

@@ -22,7 +22,7 @@ from edge_node.errors import BundleError
 from edge_node.modelzoo.backbone import Split
 from edge_node.modelzoo.export import export_onnx
 from edge_node.modelzoo.progress import step_progress
-from edge_node.modelzoo.runtime import session
+from edge_node.runtimes import open_session
 
 __all__ = ["FeatureCache", "View", "export_feature_net", "extract"]
 
@@ -67,12 +67,12 @@ def export_feature_net(
     """Export trunk + pooling to ``out`` and refuse it if ONNX Runtime disagrees with PyTorch on ``check``."""
     net = _FeatureNet(split).eval()
     export_onnx(net, resolution, out, output_names=(STAGE, FEATURES))
-    sess = session(out, threads=2)
+    sess = open_session(out, "onnxruntime", threads=2)
     worst = 0.0
     with torch.no_grad():
         for x in check:
             want = [t.numpy() for t in net(torch.from_numpy(x))]
-            got = sess.run([STAGE, FEATURES], {sess.get_inputs()[0].name: x})
+            got = sess.run_outputs(x, (STAGE, FEATURES))
             worst = max(worst, *(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True)))
     if not np.isfinite(worst) or worst > tolerance:
         raise BundleError(f"the exported trunk differs from PyTorch by {worst:.3g} (tolerance {tolerance:.3g})")
@@ -83,8 +83,7 @@ def extract(
     net: Path, views: Iterable[View], *, total: int, keep_stage: bool, threads: int, progress: bool, what: str
 ) -> FeatureCache:
     """Run every view through the exported trunk; one ORT session, batch 1 as on the node."""
-    sess = session(net, threads=threads)
-    feed = sess.get_inputs()[0].name
+    sess = open_session(net, "onnxruntime", threads=threads)
     features: list[npt.NDArray[np.float32]] = []
     stages: list[npt.NDArray[np.float16]] = []
     labels: list[int] = []
@@ -92,7 +91,7 @@ def extract(
     with step_progress(progress) as bar:
         task = bar.add_task(what, total=total)
         for view in views:
-            stage, pooled = sess.run([STAGE, FEATURES], {feed: view.tensor})
+            stage, pooled = sess.run_outputs(view.tensor, (STAGE, FEATURES))
             features.append(np.asarray(pooled[0], np.float32))
             if keep_stage:
                 stages.append(np.asarray(stage[0], np.float16))

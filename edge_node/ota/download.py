@@ -35,10 +35,10 @@ from tenacity import (
 )
 
 from edge_node import __version__
+from edge_node.bundle.fsutil import fsync_dir
 from edge_node.bundle.manifest import file_digest
 from edge_node.config import OtaConfig
 from edge_node.errors import DownloadError
-from edge_node.ota.fsutil import fsync_dir
 
 __all__ = ["CHUNK", "Interrupter", "Progress", "check_url", "download", "partial_path", "sha256_file"]
 

@@ -32,8 +32,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_node.bundle import Bundle, open_bundle
+from edge_node.bundle.fsutil import atomic_write_bytes, fsync_dir
 from edge_node.errors import BundleError, UpdateError
-from edge_node.ota.fsutil import atomic_write_bytes, fsync_dir
 
 __all__ = ["FACTORY", "MAX_IDS", "BundleStore", "Running", "Slot", "Source", "slot_name"]
 

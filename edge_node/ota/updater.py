@@ -8,6 +8,10 @@ old model back automatically.
 The old model serves until the swap, and the state file names the new bundle only after the health
 check, so a crash or kill at any point restarts on the last good bundle.
 
+This module is the intake (one update at a time, duplicate ids, shutdown), the health watch and the
+reporting; fetching and verifying is :mod:`edge_node.ota.fetch`'s job, building, swapping and committing
+:mod:`edge_node.ota.activate`'s.
+
 One update runs at a time; a command id that already ran is answered, not run again (ids survive
 restarts). Results go to the sink: one final :class:`Event` per command, progress on the retained
 :class:`OtaStatus`. Commands run as tasks of :meth:`Updater.run`, which lives in the node's TaskGroup;
@@ -17,7 +21,6 @@ restarts). Results go to the sink: one final :class:`Event` per command, progres
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import statistics
 import threading
@@ -26,16 +29,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
-from edge_node.bundle import Bundle, Manifest, extract_bundle
-from edge_node.bundle.archive import MAX_TOTAL, Admit
+from edge_node.bundle import Bundle
 from edge_node.config import ModelConfig, OtaConfig
 from edge_node.errors import AccuracyError, EdgeError, UpdateError
-from edge_node.ota.download import Interrupter, Progress, download, partial_path
+from edge_node.ota.activate import Activator
+from edge_node.ota.download import Interrupter, Progress
+from edge_node.ota.fetch import Fetcher, StepFailed
 from edge_node.ota.store import BundleStore, Slot, slot_name
 from edge_node.wire import Event, OtaPhase, OtaStatus, Rollback, UpdateModel
 
 if TYPE_CHECKING:
-    from edge_node.vision.pipeline import Loaded, Output, Pipeline
+    from edge_node.vision import Output, Pipeline
 
 __all__ = ["OtaSink", "Updater"]
 
@@ -51,14 +55,6 @@ class OtaSink(Protocol):
     def event(self, ev: Event) -> None: ...
 
     def ota(self, st: OtaStatus) -> None: ...
-
-
-class _Failed(UpdateError):
-    """An update step failed; ``stage`` says which (download, verify, warmup, health)."""
-
-    def __init__(self, stage: str, message: str) -> None:
-        super().__init__(message)
-        self.stage = stage
 
 
 class Updater:
@@ -82,13 +78,13 @@ class Updater:
         self.node_id = node_id
         self.model_cfg = model_cfg
         self.sink = sink
-        self.backoff = backoff
-        self.device_cache = device_cache  # where the node remembers what serves best on this device
         self._busy: str | None = None  # "<cmd> <version>, id <id>" while a command runs
         self._busy_id: str | None = None
         self._cancel = threading.Event()  # for threads: the download stops
         self._closing = asyncio.Event()  # for the loop: a health watch ends
         self._interrupter = Interrupter()
+        self.fetcher = Fetcher(cfg, store, cancel=self._cancel, interrupter=self._interrupter, backoff=backoff)
+        self.activator = Activator(pipeline, store, model_cfg, device_cache=device_cache)
         self._running: asyncio.Task[None] | None = None
         self._group: asyncio.TaskGroup | None = None
         self._watch: Callable[[Output], None] | None = None  # the health check's eye on the output stream
@@ -114,6 +110,15 @@ class Updater:
     @property
     def status(self) -> OtaStatus:
         return self._status
+
+    @property
+    def backoff(self) -> float:
+        """Seconds before the first download retry (tests set it near 0: their faults are deterministic)."""
+        return self.fetcher.backoff
+
+    @backoff.setter
+    def backoff(self, seconds: float) -> None:
+        self.fetcher.backoff = seconds
 
     def republish(self) -> None:
         """Re-send the retained OTA status (call on every MQTT connect); the first call also reports a
@@ -259,8 +264,11 @@ class Updater:
         await asyncio.to_thread(self.store.mark_pending, cmd.id, cmd.cmd, cmd.version)
         try:
             try:
-                bundle = await self._fetch_and_verify(cmd, slot)
-            except _Failed as exc:
+                progress = self._progress_reporter(cmd)
+                bundle = await self.fetcher.fetch(
+                    cmd, slot, phase=lambda step: self._step(cmd, step), progress=progress
+                )
+            except StepFailed as exc:
                 if self._cancel.is_set():
                     return self._fail(cmd, exc.stage, f"interrupted by the node shutting down ({exc})")
                 return self._fail(cmd, exc.stage, str(exc))
@@ -269,108 +277,28 @@ class Updater:
             # Synchronous on purpose: it must happen even while the task is being cancelled (a small file write).
             self.store.mark_pending(None)
 
-    async def _fetch_and_verify(self, cmd: UpdateModel, slot: Slot) -> Bundle:
-        """Download, verify and extract into ``bundles/<slot>``; reuse it if it is installed (and no downgrade)."""
-        if self.store.has(slot):
-            try:
-                installed = await asyncio.to_thread(self.store.open_slot, slot)
-            except EdgeError as exc:
-                log.warning("installed copy of %s is unusable (%s); downloading it again", slot, exc)
-            else:
-                try:
-                    self._check_serial(installed.manifest)
-                except UpdateError as exc:
-                    raise _Failed("verify", str(exc)) from exc
-                return installed
-        archive = self.store.staging / f"{cmd.sha256}.tar.gz"
-        await asyncio.to_thread(self.store.keep_one_partial, partial_path(archive))
-        self._report(cmd, "downloading", cmd.version, progress=0.0)
-        try:
-            await asyncio.to_thread(
-                download,
-                cmd.url,
-                archive,
-                sha256=cmd.sha256,
-                size=cmd.size,
-                cfg=self.cfg,
-                progress=self._progress_reporter(cmd),
-                cancel=self._cancel,
-                interrupter=self._interrupter,
-                backoff=self.backoff,
-            )
-        except EdgeError as exc:
-            raise _Failed("download", str(exc)) from exc
-        self._report(cmd, "verifying", cmd.version)
-        staged = self.store.staging / f"unpack-{slot}"
-        try:
-            bundle = await asyncio.to_thread(self._verify, archive, staged, cmd.version)
-            final = await asyncio.to_thread(self.store.install, staged, slot)
-        except EdgeError as exc:
-            raise _Failed("verify", str(exc)) from exc
-        finally:
-            await asyncio.to_thread(self.store.clear_staging, archive, staged)
-        return dataclasses.replace(bundle, path=final)
-
-    def _verify(self, archive: Path, staged: Path, version: str) -> Bundle:
-        """Check the manifest's signature, version and serial, then extract the files it lists (verified as they
-        stream); nothing is written before the manifest passed (``bundle.archive.extract``)."""
-        self.store.clear_staging(staged)
-        bundle = extract_bundle(
-            archive,
-            staged,
-            trusted_keys=self.cfg.trusted_keys,  # with keys, a signature is always required (bundle/trust.py)
-            require_signature=not self.cfg.allow_unsigned_models,
-            admit=self._admit(version),
-            max_total=min(MAX_TOTAL, 4 * self.cfg.max_bundle_bytes),
-        )
-        log.info("bundle %s %s verified (signed by %s)", bundle.manifest.name, version, bundle.signed_by)
-        return bundle
-
-    def _admit(self, version: str) -> Admit:
-        """What a trusted manifest must also be before any of its files is written: ``version``, not a downgrade."""
-
-        def admit(manifest: Manifest) -> None:
-            if manifest.version != version:
-                raise UpdateError(f"the bundle's manifest says version {manifest.version}, the command said {version}")
-            self._check_serial(manifest)
-
-        return admit
-
-    def _check_serial(self, manifest: Manifest) -> None:
-        floor = self.store.min_serial
-        if manifest.serial >= floor:
-            return
-        has = f"serial {manifest.serial}" if manifest.serial else "no serial (0)"
-        raise UpdateError(
-            f"bundle {manifest.version} has {has}, below {floor}, the newest serial this node has committed: "
-            "older bundles are refused, so that a replaced model cannot be brought back by an update. To go back "
-            "one step send 'rollback'; to install this model again, sign it with a higher serial "
-            "('edge-node model sign BUNDLE --key KEY --serial N') and publish the new archive"
-        )
-
     async def _activate(self, cmd: UpdateModel, slot: Slot, bundle: Bundle, started: float) -> Event:
         self._report(cmd, "activating", cmd.version)
         try:
-            new = await asyncio.to_thread(self._build, bundle)
+            new = await asyncio.to_thread(self.activator.build, bundle)
         except EdgeError as exc:
             await asyncio.to_thread(self.store.discard, slot)
             return self._fail(cmd, "check" if isinstance(exc, AccuracyError) else "warmup", str(exc))
         version = new.model.info.version
-        old = self.pipeline.swap(new)
+        old = self.activator.swap_in(new)
         try:
             verdict, stats = await self._watch_health(version)
         except BaseException:  # cancelled (shutdown): never leave an unconfirmed model serving
-            self.pipeline.retire(self.pipeline.swap(old))
+            self.activator.revert(old)
             raise
         if verdict is not None:
-            self.pipeline.retire(self.pipeline.swap(old))
+            self.activator.revert(old)
             await asyncio.to_thread(self.store.discard, slot)
             serving = self._serving_version()
             error = f"{cmd.version} failed its health check ({verdict}); rolled back to {serving}"
             return self._fail(cmd, "health", error, phase="rolled_back", status_version=serving, health=stats)
         previous = self.store.running.bundle.manifest.version
-        await asyncio.to_thread(self.store.commit, slot, bundle)
-        self.pipeline.retire(old)
+        await self.activator.commit(slot, bundle, old)
         self._report(cmd, "active", cmd.version)
         return Event(
             id=cmd.id,
@@ -388,24 +316,6 @@ class Updater:
             },
         )
 
-    def _build(self, bundle: Bundle) -> Loaded:
-        """Load and check every resolution on a real frame (in a worker thread); keep what will serve."""
-        from edge_node.vision.loading import load, select_model
-
-        frame = self.pipeline.latest_frame()
-        # The pipeline's workers stay as they are (a swap happens between two frames, not between two thread
-        # sets); runtime and precision are chosen for the new bundle on this device.
-        serving = self.pipeline.model
-        cfg = self.model_cfg.model_copy(
-            update={"workers": serving.workers, "threads": serving.workers * serving.threads}
-        )
-        model, choice = select_model(
-            bundle, cfg, resolution=self.pipeline.resolution, frame=frame, cache=self.device_cache, strict=True
-        )
-        wanted = model.nearest(self.pipeline.resolution)
-        order = [wanted, *(r for r in model.resolutions if r != wanted)]
-        return load(model, check=order, keep=self.model_cfg.sessions, frame=frame, choice=choice)
-
     async def _watch_health(self, version: str) -> tuple[str | None, dict[str, object]]:
         """Watch the first inferences of ``version`` (now serving). Returns (None, stats) when healthy, else
         (reason, stats). Cancelled (shutdown), it swaps nothing itself: the caller's ``finally`` does."""
@@ -415,7 +325,7 @@ class Updater:
         latencies: list[float] = []
 
         def watch(item: Output) -> None:
-            from edge_node.vision.pipeline import Failure
+            from edge_node.vision import Failure
 
             if verdict.done() or item.model.version != version:
                 return
@@ -463,11 +373,10 @@ class Updater:
         current = self._serving_version()
         try:
             bundle = await asyncio.to_thread(self.store.open_slot, target)
-            new = await asyncio.to_thread(self._build, bundle)
+            new = await asyncio.to_thread(self.activator.build, bundle)
         except EdgeError as exc:
             return self._fail(cmd, "rollback", f"the previous bundle {target} is unusable: {exc}", report_status=False)
-        self.pipeline.retire(self.pipeline.swap(new))
-        await asyncio.to_thread(self.store.commit, target, bundle)
+        await self.activator.switch(target, bundle, new)
         version = bundle.manifest.version
         log.info("rolled back from %s to %s on request", current, version)
         self._report(cmd, "rolled_back", version)
@@ -540,6 +449,10 @@ class Updater:
             loop.call_soon_threadsafe(self._progress, cmd, round(pct, 1))
 
         return report
+
+    def _step(self, cmd: UpdateModel, phase: OtaPhase) -> None:
+        """A fetch step began: "downloading" reports 0 % progress, "verifying" none."""
+        self._report(cmd, phase, cmd.version, progress=0.0 if phase == "downloading" else None)
 
     def _progress(self, cmd: UpdateModel, pct: float) -> None:
         if self._status.phase == "downloading":

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RUNTIMES", "Runtime", "Session", "Tensor"]
+from edge_node.runtimes.registry import Runtime
 
-Runtime = Literal["onnxruntime", "litert"]
-RUNTIMES: tuple[Runtime, ...] = ("onnxruntime", "litert")
+__all__ = ["Session", "Tensor"]
 
 Tensor = npt.NDArray[np.float32] | npt.NDArray[np.uint8]
 

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from edge_node.errors import InferenceError, MissingExtraError
 from edge_node.runtimes.base import Tensor
+from edge_node.runtimes.registry import info
 
 __all__ = ["LiteRTSession"]
 
@@ -33,7 +34,8 @@ class LiteRTSession:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as exc:
-            raise MissingExtraError("the LiteRT runtime", "litert") from exc
+            entry = info("litert")
+            raise MissingExtraError(entry.title, entry.extra or entry.package) from exc
         if not path.is_file():
             raise InferenceError(f"LiteRT cannot load {path.name}: no such file ({path})")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +44,7 @@ class OrtSession:
         except Exception as exc:  # ORT raises its own types (Fail, InvalidProtobuf, NoSuchFile, ...)
             raise InferenceError(f"ONNX Runtime cannot load {path.name}: {str(exc).strip()[:300]}") from exc
         self.input_name: str = self._session.get_inputs()[0].name
+        self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
 
     def run(self, tensor: Tensor) -> npt.NDArray[np.float32]:
         try:
@@ -50,3 +52,11 @@ class OrtSession:
         except Exception as exc:
             raise InferenceError(f"ONNX Runtime inference failed: {str(exc).strip()[:300]}") from exc
         return np.asarray(out, dtype=np.float32)
+
+    def run_outputs(self, tensor: Tensor, names: Sequence[str]) -> list[npt.NDArray[np.float32]]:
+        """The named outputs for one input, in the order asked (the toolchain's trunk has two)."""
+        try:
+            outs = self._session.run(list(names), {self.input_name: tensor})
+        except Exception as exc:
+            raise InferenceError(f"ONNX Runtime inference failed: {str(exc).strip()[:300]}") from exc
+        return [np.asarray(out, dtype=np.float32) for out in outs]

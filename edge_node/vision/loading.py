@@ -12,8 +12,8 @@ from edge_node.capture.base import Frame
 from edge_node.config import ModelConfig
 from edge_node.vision.isolated import choose_isolated
 from edge_node.vision.model import Model
-from edge_node.vision.pipeline import Loaded
 from edge_node.vision.selection import Choice, settled
+from edge_node.vision.variants import Loaded
 
 __all__ = ["load", "select_model"]
 

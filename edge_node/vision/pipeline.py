@@ -8,19 +8,18 @@ mode switch or a model swap can never pull a session from under a running frame.
 :class:`Result` or a :class:`Failure` per frame) leave in frame order, whichever worker finished first.
 
 Sessions for another resolution are built by one long-lived builder thread while frames keep flowing at the
-old resolution. What the pipeline lets go of is returned to the OS once its last frame is done
-(:mod:`edge_node.memory`). Every loop survives any exception: it is counted, reported and the loop goes on.
+old resolution; which variants stay loaded, what to build and what to let go is decided by
+:mod:`edge_node.vision.variants`. What the pipeline lets go of is returned to the OS once its last frame is
+done (:mod:`edge_node.memory`). Every loop survives any exception: it is counted, reported and the loop goes on.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from edge_node import memory
@@ -30,12 +29,13 @@ from edge_node.slot import LatestSlot
 from edge_node.vision.meters import Ewma, RateMeter
 from edge_node.vision.model import Classification, Model, ModelInfo, Variant
 from edge_node.vision.modes import ModeController
+from edge_node.vision.variants import Loaded, VariantCache
 from edge_node.wire import Mode
 
 if TYPE_CHECKING:
-    from edge_node.vision.selection import Choice
+    from edge_node.vision.choice import Choice
 
-__all__ = ["Failure", "Listener", "Loaded", "Pipeline", "PipelineSnapshot", "Result", "WorkerLoad"]
+__all__ = ["Failure", "Listener", "Loaded", "Output", "Pipeline", "PipelineSnapshot", "Result", "WorkerLoad"]
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,6 @@ class Listener(Protocol):
 
     def on_change(self) -> None:
         """The serving model or the resolution the mode asks for changed (a swap, an auto-mode step)."""
-
-
-@dataclass
-class Loaded:
-    """A model and the variants built for it. A swap hands one in and hands the previous one back.
-
-    ``choice`` is why this model's runtime, precision and workers were chosen, carried along for the node's
-    state; the pipeline does not look at it."""
-
-    model: Model
-    variants: dict[int, Variant] = field(default_factory=dict)
-    choice: Choice | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,19 +163,14 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._frames = frames
-        self._loaded = loaded
+        self._variants = VariantCache(loaded, keep=keep)
         self.controller = controller
         self._listener = listener
-        self._keep = max(1, keep)
         self._clock = clock
         self._workers = loaded.model.workers
-        self._lock = threading.Lock()  # the serving model, its variants, the mode, the build bookkeeping
+        self._lock = threading.Lock()  # the variant cache (the serving model, its variants, builds) and the mode
         self._emit_lock = threading.Lock()  # frame numbering, reordering and the figures derived from outputs
         self._jobs: LatestSlot[_Job] = LatestSlot(keep_last=False)
-        self._builds: queue.SimpleQueue[tuple[Model, int] | None] = queue.SimpleQueue()
-        self._building: set[tuple[int, int]] = set()  # (id(model), resolution) queued or being built
-        self._failed: dict[tuple[int, int], str] = {}
-        self._retired: list[weakref.ref[Variant]] = []
         self._gen = _Generation(self._workers)
         # Guarded by _emit_lock:
         self._seq = 0
@@ -206,7 +189,7 @@ class Pipeline:
 
     @property
     def model(self) -> Model:
-        return self._loaded.model
+        return self._variants.loaded.model
 
     @property
     def resolution(self) -> int:
@@ -219,7 +202,7 @@ class Pipeline:
 
     def set_mode(self, mode: Mode) -> int:
         with self._lock:
-            self._failed.clear()  # an operator's switch retries a resolution that failed to load before
+            self._variants.forget_failures()  # an operator's switch retries a resolution that failed to load before
             resolution = self.controller.set_mode(mode, self._clock())
         return resolution
 
@@ -231,10 +214,9 @@ class Pipeline:
                 f"the new model has {loaded.model.workers} workers' sessions, the pipeline runs {self._workers}"
             )
         with self._lock:
-            old, self._loaded = self._loaded, loaded
+            old = self._variants.swap(loaded)
             self.controller.set_ladder(loaded.model.resolutions, self._clock())
-            self._failed.clear()
-            self._evict()
+            self._variants.evict(self.controller.resolution, self._serving)
         log.info(
             "model %s %s (%s) is now serving",
             loaded.model.info.name,
@@ -247,9 +229,7 @@ class Pipeline:
     def retire(self, loaded: Loaded) -> None:
         """Let go of a model that no longer serves; its memory goes back to the OS after its last frame."""
         with self._lock:
-            for variant in loaded.variants.values():
-                self._retire(variant)
-            loaded.variants.clear()
+            self._variants.retire_all(loaded)
 
     def latest_frame(self) -> Frame | None:
         """A copy of the newest camera frame, for warm-ups and checks."""
@@ -260,7 +240,7 @@ class Pipeline:
         now = self._clock()
         gen = self._gen
         with self._lock:
-            loaded, resolution, mode = self._loaded, self.controller.resolution, self.controller.mode
+            loaded, resolution, mode = self._variants.loaded, self.controller.resolution, self.controller.mode
         with self._emit_lock:
             fps = self.fps.rate(now)
             processed, failed = self._processed, self._failed_frames
@@ -291,9 +271,7 @@ class Pipeline:
     def stop(self, timeout: float = 5.0) -> None:
         self._end(self._gen, timeout)
         with self._lock:
-            for variant in self._loaded.variants.values():
-                self._retire(variant)
-            self._loaded.variants.clear()
+            self._variants.retire_all(self._variants.loaded)
 
     def restart(self, join_timeout: float = 2.0) -> None:
         """Stop the worker threads (leaving a stuck one behind), drop every loaded variant, and start afresh:
@@ -301,11 +279,8 @@ class Pipeline:
         old = self._gen
         self._end(old, join_timeout)
         with self._lock:
-            for variant in self._loaded.variants.values():
-                self._retire(variant)
-            self._loaded.variants.clear()
-            self._building.clear()
-            self._failed.clear()
+            self._variants.retire_all(self._variants.loaded)
+            self._variants.reset_builds()
         new = _Generation(self._workers)
         with self._emit_lock:
             self._gen = new
@@ -328,7 +303,7 @@ class Pipeline:
 
     def _end(self, gen: _Generation, timeout: float) -> None:
         gen.stop.set()
-        self._builds.put(None)  # wake the builder
+        self._variants.wake()  # the builder sees its stop flag
         deadline = time.monotonic() + timeout
         for thread in gen.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -360,7 +335,7 @@ class Pipeline:
         t0 = time.perf_counter()
         with self._lock:
             mode = self.controller.mode
-            variant = self._pick(self._loaded.model, self.controller.resolution)
+            variant = self._variants.pick(self.controller.resolution, self._serving)
         if variant is None:
             return  # nothing is loaded (after a restart, or every build failed): the frame is dropped
         tensor = variant.buffers.acquire(POLL)
@@ -404,12 +379,9 @@ class Pipeline:
 
     def _build_loop(self, gen: _Generation) -> None:
         while not gen.stop.is_set():
-            try:
-                request = self._builds.get(timeout=0.5)
-            except queue.Empty:
+            request = self._variants.next_build(timeout=0.5)
+            if request is None:  # idle (or woken to stop): a good moment to hand retired memory back
                 self._trim_retired()
-                continue
-            if request is None:
                 continue
             model, resolution = request
             try:
@@ -419,58 +391,24 @@ class Pipeline:
                 error = _describe(exc)
                 log.error("cannot serve %dpx with %r: %s; staying at the current resolution", resolution, model, error)
                 with self._lock:
-                    self._building.discard((id(model), resolution))
-                    self._failed[(id(model), resolution)] = error
+                    self._variants.build_failed(model, resolution, error)
                 with self._emit_lock:
                     self._last_error = error
                 self._safe_call(self._listener.on_output, Failure("load", error, model.info, resolution))
                 continue
             with self._lock:
-                self._building.discard((id(model), resolution))
-                if model is self._loaded.model and not gen.stop.is_set():
-                    self._loaded.variants[resolution] = variant
-                    self._evict()
-                else:
-                    self._retire(variant)  # the model was swapped out while this was being built
+                stopping = gen.stop.is_set()
+                wanted, serving = self.controller.resolution, self._serving
+                self._variants.built(model, resolution, variant, wanted=wanted, serving=serving, stopping=stopping)
             del variant
 
     # --- helpers (callers hold the locks named) --------------------------------------------------------------
 
-    def _pick(self, model: Model, wanted: int) -> Variant | None:
-        """The variant to prepare this frame on (with ``_lock``): the wanted resolution's if it is loaded;
-        otherwise ask the builder for it and keep serving what is loaded, so a switch never stalls the stream."""
-        resolution = wanted if wanted in model.resolutions else model.nearest(wanted)
-        variants = self._loaded.variants
-        if resolution in variants:
-            return variants[resolution]
-        key = (id(model), resolution)
-        if key not in self._building and key not in self._failed:
-            self._building.add(key)
-            self._builds.put((model, resolution))
-        if self._serving in variants:
-            return variants[self._serving]
-        return next(iter(variants.values()), None)
-
-    def _evict(self) -> None:
-        """Keep at most ``keep`` variants (with ``_lock``): the wanted one first, then the one serving."""
-        variants = self._loaded.variants
-        if len(variants) <= self._keep:
-            return
-        model = self._loaded.model
-        wanted = model.nearest(self.controller.resolution)
-        order = sorted(variants, key=lambda r: (r != wanted, r != self._serving))
-        for resolution in order[self._keep :]:
-            self._retire(variants.pop(resolution))
-
-    def _retire(self, variant: Variant) -> None:
-        self._retired.append(weakref.ref(variant))
-
     def _trim_retired(self) -> None:
         """Once no frame holds a retired variant any more, give its memory back (builder thread)."""
         with self._lock:
-            if not self._retired or any(ref() is not None for ref in self._retired):
+            if not self._variants.release_retired():
                 return
-            self._retired.clear()
         memory.trim()
 
     def _complete(self, gen: _Generation, seq: int, done: _Done | Failure) -> None:
@@ -485,7 +423,7 @@ class Pipeline:
                 self._pending[lost] = Failure(
                     "infer",
                     "no result: the worker running this frame is stuck",
-                    self._loaded.model.info,
+                    self._variants.loaded.model.info,
                     self.controller.resolution,
                     lost,
                 )

@@ -11,21 +11,17 @@ node decides here, for every setting left ``auto``:
 2. **Speed.** The candidates that passed are timed, every runtime and precision with every way to share the
    threads among workers (each worker running its own session, all at once); the fastest wins.
 
-The decision is remembered per device, bundle and software versions (``<state_dir>/device-choice.json``), so a
-restart does not measure again; a new bundle or a changed setting does. The node measures in a child process
+The decision is remembered per device, bundle and software versions (``<state_dir>/device-choice.json``, kept
+by :mod:`edge_node.vision.choice`, which also holds the decision's value types), so a restart does not measure
+again; a new bundle or a changed setting does. The node measures in a child process
 (:mod:`edge_node.vision.isolated`); ``edge-node bench`` calls :func:`choose` directly.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import platform
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +31,8 @@ from edge_node.bundle import Bundle
 from edge_node.bundle.reference import ReferenceSet, check_session, load_reference
 from edge_node.config import ModelConfig
 from edge_node.errors import AccuracyError, EdgeError, InferenceError
-from edge_node.runtimes import RUNTIMES, Runtime, installed
+from edge_node.runtimes import RUNTIMES, Runtime, info, installed
+from edge_node.vision.choice import Candidate, Check, Choice, Trial, choice_key, recall, remember
 from edge_node.vision.model import Model
 from edge_node.vision.timing import TEXTURED, time_variant
 
@@ -59,86 +56,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TIE = 0.03  # candidates within 3 % of the fastest count as equal: then fewer workers (less memory) win
-_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}
-_INSTALL = {"onnxruntime": "pip install onnxruntime", "litert": "pip install 'ghostpi-edge-node[litert]'"}
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    runtime: Runtime
-    precision: str
-    workers: int
-    threads: int  # per worker
-
-    def describe(self) -> str:
-        return f"{self.runtime} {self.precision} {self.workers}x{self.threads}"
-
-
-@dataclass(frozen=True, slots=True)
-class Trial:
-    candidate: Candidate
-    resolution: int
-    fps: float
-    latency_ms: float
-    cpu_ms: float
-
-    def as_dict(self) -> dict[str, object]:
-        figures = {"fps": round(self.fps, 1), "latency_ms": round(self.latency_ms, 2), "cpu_ms": round(self.cpu_ms, 2)}
-        return {**asdict(self.candidate), "resolution": self.resolution, **figures}
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One INT8 file run on the bundle's reference set on this device."""
-
-    runtime: str
-    resolution: int
-    agreement: float
-    gate: float
-    error: str | None = None  # the file did not even run
-
-    @property
-    def passed(self) -> bool:
-        return self.error is None and self.agreement >= self.gate
-
-    def describe(self) -> str:
-        if self.error is not None:
-            return f"{self.runtime} int8 at {self.resolution}px failed to run on the reference set: {self.error}"
-        verdict = "passes" if self.passed else "fails"
-        return (
-            f"{self.runtime} int8 at {self.resolution}px {verdict} its reference check on this device: "
-            f"{self.agreement:.1%} top-1 agreement with FP32 (gate {self.gate:.0%})"
-        )
-
-
-@dataclass
-class Choice:
-    """What serves, and the checks and measurements behind it (reported in the node's state)."""
-
-    candidate: Candidate
-    trials: list[Trial] = field(default_factory=list)
-    checks: list[Check] = field(default_factory=list)
-    measured: bool = False  # False: nothing was left to measure, or the remembered decision was used
-    cached: bool = False
-
-    @property
-    def note(self) -> str | None:
-        """Why the node serves something other than what it would prefer: an INT8 file failed its check."""
-        failed = [c for c in self.checks if not c.passed]
-        if not failed:
-            return None
-        worst = min(failed, key=lambda c: (c.error is None, c.agreement))
-        c = self.candidate
-        below = "" if c.precision == "fp32" or all(x.runtime != c.runtime for x in failed) else " (below its gate)"
-        return f"{worst.describe()}; serving {c.runtime} {c.precision}{below}"
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            **asdict(self.candidate),
-            "cached": self.cached,
-            "trials": [t.as_dict() for t in self.trials],
-            "checks": [{**asdict(c), "passed": c.passed} for c in self.checks],
-        }
 
 
 def usable_cores() -> int:
@@ -176,11 +93,12 @@ def _runtimes(bundle: Bundle, cfg: ModelConfig) -> list[Runtime]:
                 f"has files only for {', '.join(offered)}"
             )
         if not installed(cfg.runtime):
-            raise InferenceError(f"EDGE_MODEL__RUNTIME={cfg.runtime}, but it is not installed: {_INSTALL[cfg.runtime]}")
+            hint = info(cfg.runtime).install
+            raise InferenceError(f"EDGE_MODEL__RUNTIME={cfg.runtime}, but it is not installed: {hint}")
         return [cfg.runtime]
     have = [r for r in offered if installed(r)]
     if not have:
-        hint = "; ".join(_INSTALL[r] for r in offered)
+        hint = "; ".join(info(r).install for r in offered)
         raise InferenceError(
             f"bundle {bundle.manifest.name} has files for {', '.join(offered)}, none installed: {hint}"
         )
@@ -240,7 +158,7 @@ def choose(
     threads, splits = threads_and_splits(cfg)
     pairs = candidate_pairs(bundle, cfg)
     reference = load_reference(bundle) if any(p == "int8" for _, p in pairs) else None
-    key = _key(bundle, cfg, threads)
+    key = choice_key(bundle, cfg, threads, cores=usable_cores())
     checks: list[Check] = []
     if reference is not None:
         for runtime in sorted({r for r, p in pairs if p == "int8"}, key=RUNTIMES.index):
@@ -286,7 +204,7 @@ def choose(
             raise InferenceError(f"no runtime and precision of bundle {bundle.manifest.name} could run here")
         best_candidate = best.candidate
     choice = Choice(best_candidate, trials, checks, measured=bool(trials or checks))
-    _to_cache(cache, key, choice)
+    remember(cache, key, choice)
     log.info("chosen on this device: %s%s", best_candidate.describe(), f" ({choice.note})" if choice.note else "")
     return choice
 
@@ -298,7 +216,7 @@ def settled(bundle: Bundle, cfg: ModelConfig, *, cache: Path | None = None, stri
     pairs = candidate_pairs(bundle, cfg)
     if len(pairs) == 1 and len(splits) == 1 and (pairs[0][1] != "int8" or bundle.manifest.reference is None):
         return Choice(Candidate(*pairs[0], *splits[0]))
-    remembered = _from_cache(cache, _key(bundle, cfg, threads))
+    remembered = recall(cache, choice_key(bundle, cfg, threads, cores=usable_cores()))
     if remembered is not None and (not strict or remembered.note is None or remembered.candidate.precision == "fp32"):
         log.info("using the device choice made before: %s", remembered.candidate.describe())
         return remembered
@@ -341,65 +259,3 @@ def _fastest(trials: Sequence[Trial]) -> Trial | None:
     top = max(t.fps for t in trials)
     near = [t for t in trials if t.fps >= top * (1 - TIE)]
     return min(near, key=lambda t: (t.candidate.workers, -t.fps))
-
-
-def _key(bundle: Bundle, cfg: ModelConfig, threads: int) -> str:
-    """What the decision depends on: the bundle's exact files, this CPU and these runtime versions, the settings."""
-    cpu: list[str] = []
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = sorted({line for line in info.splitlines() if line.startswith(("model name", "Model", "flags"))})
-    except OSError:
-        pass
-    versions: dict[str, str | None] = {}
-    for runtime, package in _PACKAGES.items():
-        try:
-            versions[runtime] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[runtime] = None
-    parts = {
-        "manifest": hashlib.sha256((bundle.path / "manifest.json").read_bytes()).hexdigest(),
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "cores": usable_cores(),
-        "runtimes": versions,
-        "settings": [cfg.runtime, cfg.precision, cfg.workers, threads],
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _from_cache(path: Path | None, key: str) -> Choice | None:
-    if path is None:
-        return None
-    try:
-        entry = json.loads(path.read_text())[key]
-        checks = [Check(**{k: v for k, v in c.items() if k != "passed"}) for c in entry.get("checks", [])]
-        trials = [Trial(**{**t, "candidate": Candidate(**t["candidate"])}) for t in entry.get("trials", [])]
-        return Choice(Candidate(**entry["candidate"]), trials=trials, checks=checks, cached=True)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
-def _to_cache(path: Path | None, key: str, choice: Choice) -> None:
-    if path is None:
-        return
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {}
-        if not isinstance(data, dict):
-            data = {}
-    except (OSError, ValueError):
-        data = {}
-    data[key] = {
-        "candidate": asdict(choice.candidate),
-        "trials": [asdict(t) for t in choice.trials],  # so the state still shows why after a restart
-        "checks": [asdict(c) for c in choice.checks],
-    }
-    while len(data) > 16:
-        data.pop(next(iter(data)))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
-    except OSError as exc:
-        log.warning("cannot remember the device choice in %s: %s", path, exc)

@@ -18,7 +18,7 @@ from edge_node.bundle.manifest import (
     BuildInfo,
     Manifest,
     Preprocess,
-    Variant,
+    VariantFile,
     file_digest,
     read_manifest,
 )
@@ -50,7 +50,7 @@ def _bundle(
         precision="int8",
         num_classes=3,
         preprocess=Preprocess(),
-        variants=[Variant(resolution=64, precision="int8", file="model_64_int8.onnx")],
+        variants=[VariantFile(resolution=64, precision="int8", file="model_64_int8.onnx")],
         files={n: file_digest(directory / n) for n in ("model_64_int8.onnx", "labels.txt", *(extra or {}))},
         build=BuildInfo(created="2026-01-01T00:00:00+00:00"),
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from edge_node.fleet.dashboard import render, summarize
 from edge_node.fleet.simnode import SimNode
+from edge_node.fleet.table import render, summarize
 from edge_node.fleet.view import FleetView
 
 
@@ -64,3 +64,47 @@ def test_unknown_status_without_retained_status() -> None:
     view.ingest("ghostpi/x/predictions", SimNode("x").prediction(), 1.0)
     [row] = view.snapshot(now=1.5)
     assert row.status == "unknown" and not row.online and not row.stale
+
+
+def _newer(payload: bytes, **extra: object) -> bytes:
+    return json.dumps(json.loads(payload) | extra).encode()
+
+
+def test_a_newer_nodes_extra_fields_are_read_past_not_counted_bad() -> None:
+    """``monitor`` reads payloads as the web dashboard does: fields it does not know are no reason to refuse."""
+    view = FleetView("ghostpi")
+    sim = SimNode("new")
+    view.ingest("ghostpi/new/status", b"online", 1.0)
+    view.ingest("ghostpi/new/predictions", _newer(sim.prediction(), detections=[{"box": [1, 2, 3, 4]}]), 1.0)
+    beat = json.loads(sim.heartbeat()) | {"gpu_temp_c": 41.0, "publish_denied": 3}
+    beat["dropped_offline"] = {"predictions": 5, "heartbeat": 2, "newer_kind": 1}
+    view.ingest("ghostpi/new/heartbeat", json.dumps(beat).encode(), 1.0)
+    view.ingest("ghostpi/new/state", _newer(sim.state(), history={"minutes": 10}), 1.0)
+    view.ingest("ghostpi/new/events", b'{"cmd": "set_mode", "ok": false, "error": "busy", "trace": "x"}', 1.0)
+    [row] = view.snapshot(now=2.0)
+    assert row.bad_payloads == 0
+    assert row.label == json.loads(sim.prediction())["label"] and row.confidence is not None
+    assert (row.mode, row.resolution) == ("high", 224) and row.model_version == "1.0.0"
+    assert row.camera == "ok" and row.denied == 3 and row.dropped_offline == 8
+    assert row.last_event == "set_mode: busy"
+
+
+def test_payloads_a_browser_could_not_read_still_count_bad() -> None:
+    """Lenient about fields, strict about numbers: the dashboard's rule, now the monitor's too."""
+    view = FleetView("ghostpi")
+    sim = SimNode("n")
+    view.ingest("ghostpi/n/predictions", sim.prediction().replace(b'"fps":', b'"fps":NaN,"x":', 1), 1.0)
+    view.ingest("ghostpi/n/heartbeat", b"[1, 2]", 1.0)  # JSON, but not an object
+    view.ingest("ghostpi/n/state", b'{"mode": "balanced", "resolution": 1e999}', 1.0)
+    [row] = view.snapshot(now=1.5)
+    assert row.bad_payloads == 3 and row.label is None and row.resolution is None
+
+
+def test_one_payload_object_under_two_leaves_is_decoded_for_each() -> None:
+    """The decode cache is per leaf: the same bytes object as a state and as an event is read both ways."""
+    view = FleetView("ghostpi")
+    shared = b'{"cmd": "ping", "ok": true, "mode": "high", "resolution": 224}'
+    view.ingest("ghostpi/x/state", shared, 1.0)
+    view.ingest("ghostpi/x/events", shared, 1.0)
+    [row] = view.snapshot(now=1.5)
+    assert row.last_event == "ping: ok" and (row.mode, row.resolution) == ("high", 224) and row.bad_payloads == 0

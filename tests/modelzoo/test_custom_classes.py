@@ -21,7 +21,7 @@ from rich.console import Console
 from edge_node.bundle import open_bundle
 from edge_node.bundle.archive import pack
 from edge_node.cli import main
-from edge_node.fleet.dashboard import render
+from edge_node.fleet.table import render
 from edge_node.fleet.view import FleetView
 from edge_node.modelzoo.labels import imagenet_labels
 from edge_node.ota.download import sha256_file

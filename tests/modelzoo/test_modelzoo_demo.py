@@ -14,7 +14,6 @@ from edge_node.bundle.reference import check_session, load_reference
 from edge_node.capture.stills import demo_photos
 from edge_node.errors import MissingExtraError
 from edge_node.modelzoo.demo import demo_bundle_path, ensure_demo_bundle
-from edge_node.modelzoo.runtime import run_logits, session
 from edge_node.runtimes import open_session
 from edge_node.vision.preprocess import Preprocessor
 
@@ -54,8 +53,8 @@ def test_demo_bundle_sees_a_cat(demo_bundle: Bundle) -> None:
     assert {(r["precision"], r["in_bundle"]) for r in m.metrics} == {("fp32", False), ("int8", True)}
     frame = dict(demo_photos())["chelsea"]
     for resolution in m.resolutions("int8"):
-        sess = session(demo_bundle.model_file(resolution, "int8"), threads=2)
-        logits = run_logits(sess, np.array(Preprocessor(m.preprocess, resolution)(frame)))
+        sess = open_session(demo_bundle.model_file(resolution, "int8"), "onnxruntime", threads=2)
+        logits = sess.run(Preprocessor(m.preprocess, resolution)(frame))
         assert int(logits.argmax()) in CATS, (resolution, demo_bundle.labels[int(logits.argmax())])
         variant = m.variant(resolution, "int8", "litert")
         tflite = open_session(demo_bundle.path / variant.file, "litert", threads=2)

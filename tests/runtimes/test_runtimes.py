@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from edge_node.bundle import open_bundle
 from edge_node.bundle.manifest import read_manifest
 from edge_node.errors import InferenceError
-from edge_node.runtimes import installed, open_session
+from edge_node.runtimes import REGISTRY, RUNTIMES, info, installed, open_session, versions
 
 
 def test_onnx_session_runs_a_bundle_file(tiny_bundle: Path) -> None:
@@ -42,14 +43,46 @@ def test_manifest_without_runtime_field_is_an_onnx_bundle(tiny_bundle: Path, tmp
 
 
 def test_onnx_variants_are_written_as_older_nodes_read_them() -> None:
-    from edge_node.bundle.manifest import Variant
+    from edge_node.bundle.manifest import VariantFile
 
-    onnx = Variant(resolution=224, precision="int8", file="a.onnx")
+    onnx = VariantFile(resolution=224, precision="int8", file="a.onnx")
     assert "runtime" not in onnx.model_dump(mode="json")
-    tflite = Variant(resolution=224, precision="int8", file="a.tflite", runtime="litert")
+    tflite = VariantFile(resolution=224, precision="int8", file="a.tflite", runtime="litert")
     assert tflite.model_dump(mode="json")["runtime"] == "litert"
-    assert Variant.model_validate(onnx.model_dump(mode="json")) == onnx
+    assert VariantFile.model_validate(onnx.model_dump(mode="json")) == onnx
 
 
 def test_onnxruntime_is_installed() -> None:
     assert installed("onnxruntime")
+
+
+def test_the_registry_is_the_one_list_of_runtimes() -> None:
+    """Settings, the toolchain's file names and layouts and the CLI read the registry, not a list of their own."""
+    from pydantic import ValidationError
+
+    from edge_node.config import ModelConfig
+    from edge_node.modelzoo.build import model_file_name, runtimes_for
+
+    assert RUNTIMES == tuple(REGISTRY) == ("onnxruntime", "litert")
+    assert [ModelConfig(runtime=r).runtime for r in ("auto", *RUNTIMES)] == ["auto", *RUNTIMES]
+    with pytest.raises(ValidationError):
+        ModelConfig(runtime="tvm")
+    assert runtimes_for("both") == RUNTIMES and runtimes_for("litert") == ("litert",)
+    assert [model_file_name(224, "int8", r) for r in RUNTIMES] == ["model_224_int8.onnx", "model_224_int8.tflite"]
+    assert info("litert").install == "pip install 'ghostpi-edge-node[litert]'"
+    assert info("onnxruntime").install == "pip install onnxruntime"
+    with pytest.raises(ValueError, match="unknown runtime 'tvm'; expected one of onnxruntime, litert"):
+        info("tvm")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        runtimes_for("tvm")
+    assert versions()["onnxruntime"] == metadata.version("onnxruntime")
+
+
+def test_onnx_session_runs_named_outputs(tiny_bundle: Path) -> None:
+    """The toolchain's feature export reads two named outputs through the same session class as the node."""
+    session = open_session(open_bundle(tiny_bundle).model_file(160, "int8"), "onnxruntime", threads=1)
+    x = np.random.default_rng(0).standard_normal((1, 3, 160, 160)).astype(np.float32)
+    [named] = session.run_outputs(x, [session.output_names[0]])
+    np.testing.assert_array_equal(named, session.run(x))
+    with pytest.raises(InferenceError, match="inference failed"):
+        session.run_outputs(x, ["no_such_output"])

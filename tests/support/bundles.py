@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_node.bundle import open_bundle
-from edge_node.bundle.manifest import MANIFEST, SIGNATURE, BuildInfo, Manifest, Preprocess, Variant, file_digest
+from edge_node.bundle.manifest import MANIFEST, SIGNATURE, BuildInfo, Manifest, Preprocess, VariantFile, file_digest
 from edge_node.bundle.signing import generate_keypair, load_private_key, sign_bundle
 
 __all__ = ["BROKEN", "make_key", "make_keys", "make_tiny_bundle", "resigned", "tiny_model"]
@@ -162,7 +162,7 @@ def make_tiny_bundle(
             else:
                 model = tiny_model(res, num_classes, precision=prec, seed=_seed(version, res), broken=broken)
                 path.write_bytes(model.SerializeToString())
-            variants.append(Variant(resolution=res, precision=prec, file=name))
+            variants.append(VariantFile(resolution=res, precision=prec, file=name))
     count = num_classes - 1 if broken == "labels" else num_classes
     (dir / "labels.txt").write_text("".join(f"class_{i:03d}\n" for i in range(count)))
     for name, data in (extra or {}).items():

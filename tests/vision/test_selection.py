@@ -98,3 +98,22 @@ def test_with_nothing_accurate_an_update_is_refused_and_a_start_serves_the_close
         choose(bundle, ModelConfig(threads=1, workers=1), resolution=224, strict=True)
     choice = choose(bundle, ModelConfig(threads=1, workers=1), resolution=224)
     assert choice.candidate.precision == "int8" and choice.note is not None and "below its gate" in choice.note
+
+
+def test_the_remembered_choices_survive_junk_and_keep_the_newest_16(tmp_path: Path) -> None:
+    """The choice file is the node's own cache: a damaged one is measured over, never an error."""
+    from edge_node.vision.choice import Candidate, Choice, Trial, recall, remember
+
+    path = tmp_path / "state" / "device-choice.json"
+    assert recall(path, "k0") is None  # no file yet
+    path.parent.mkdir()
+    path.write_text("{not json")
+    assert recall(path, "k0") is None
+    fast = Candidate("onnxruntime", "int8", 2, 1)
+    for i in range(20):
+        remember(path, f"k{i}", Choice(fast, trials=[Trial(fast, 224, 100.0 + i, 9.5, 19.0)]))
+    assert recall(path, "k3") is None and recall(path, "k4") is not None
+    back = recall(path, "k19")
+    assert back is not None and back.cached and back.candidate == fast and back.trials[0].fps == 119.0
+    path.write_text('{"k19": {"candidate": {"runtime": "onnxruntime"}}}')  # an older or damaged entry
+    assert recall(path, "k19") is None

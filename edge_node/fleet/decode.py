@@ -1,6 +1,7 @@
-"""Lenient payload reading for the dashboard: known fields are picked and type-checked, the rest is kept
-generically. A newer node that adds fields must never blank a card (the wire models in wire/messages.py refuse
-unknown fields on purpose; a viewer must not).
+"""Lenient payload reading for every viewer of the fleet (``monitor`` and the web dashboard): known fields are
+picked and type-checked, the rest is kept generically. A newer node that adds fields must never blank a card
+or count as a bad payload (the wire models in wire/messages.py refuse unknown fields on purpose; a viewer must
+not).
 
 Lenient about fields, strict about numbers and bounded in size. ``NaN``, ``Infinity`` and ``1e999`` are not
 JSON numbers a browser can read back: one of them on the page's stream made ``JSON.parse`` throw for every
@@ -17,7 +18,21 @@ from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
-__all__ = ["MAX_FIELDS", "MAX_KEY", "MAX_TEXT", "JsonDict", "event", "heartbeat", "load", "ota", "prediction", "state"]
+__all__ = [
+    "MAX_FIELDS",
+    "MAX_KEY",
+    "MAX_TEXT",
+    "SECTIONS",
+    "JsonDict",
+    "event",
+    "heartbeat",
+    "load",
+    "number",
+    "ota",
+    "prediction",
+    "state",
+    "text",
+]
 
 JsonDict = dict[str, Any]
 
@@ -62,12 +77,14 @@ def load(raw: bytes | bytearray) -> JsonDict | None:
     return data if isinstance(data, dict) else None
 
 
-def _num(data: JsonDict, key: str) -> float | None:
+def number(data: JsonDict, key: str) -> float | None:
+    """``data[key]`` if it is a number (not a boolean), else None."""
     value = data.get(key)
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _str(data: JsonDict, key: str) -> str | None:
+def text(data: JsonDict, key: str) -> str | None:
+    """``data[key]`` cut to MAX_TEXT if it is a string, else None."""
     value = data.get(key)
     return value[:MAX_TEXT] if isinstance(value, str) else None
 
@@ -84,7 +101,7 @@ def _first(items: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 def _model(data: JsonDict) -> JsonDict:
     m = _obj(data, "model")
-    return {k: _str(m, k) for k in ("name", "version", "precision", "runtime") if _str(m, k) is not None}
+    return {k: text(m, k) for k in ("name", "version", "precision", "runtime") if text(m, k) is not None}
 
 
 def _generic(value: object) -> object:
@@ -100,20 +117,20 @@ def prediction(data: JsonDict) -> JsonDict:
     latency = _obj(data, "latency_ms")
     top = data.get("top_k")
     top_k = [
-        [_str(item, "label"), item.get("confidence")]
+        [text(item, "label"), item.get("confidence")]
         for item in (top if isinstance(top, list) else [])[:5]
-        if isinstance(item, dict) and isinstance(item.get("label"), str) and _num(item, "confidence") is not None
+        if isinstance(item, dict) and isinstance(item.get("label"), str) and number(item, "confidence") is not None
     ]
     return {
-        "seq": _num(data, "seq"),
-        "ts": _num(data, "ts"),
-        "label": _str(data, "label"),
-        "confidence": _num(data, "confidence"),
+        "seq": number(data, "seq"),
+        "ts": number(data, "ts"),
+        "label": text(data, "label"),
+        "confidence": number(data, "confidence"),
         "top_k": top_k,
-        "fps": _num(data, "fps"),
-        "latency": {k: _num(latency, k) for k in ("preprocess", "inference", "total")},
-        "resolution": _num(data, "resolution"),
-        "mode": _str(data, "mode"),
+        "fps": number(data, "fps"),
+        "latency": {k: number(latency, k) for k in ("preprocess", "inference", "total")},
+        "resolution": number(data, "resolution"),
+        "mode": text(data, "mode"),
         "model": _model(data),
     }
 
@@ -128,7 +145,9 @@ def heartbeat(data: JsonDict) -> JsonDict:
                 if isinstance(count, int) and not isinstance(count, bool):
                     out[f"{key}_{what}"] = count
     workers = data.get("workers")
-    if isinstance(workers, list) and all(isinstance(w, dict) and _num(w, "busy_percent") is not None for w in workers):
+    if isinstance(workers, list) and all(
+        isinstance(w, dict) and number(w, "busy_percent") is not None for w in workers
+    ):
         consumed.add("workers")
         out["workers_busy"] = " ".join(f"{w['busy_percent']:.0f}%" for w in workers[:_MAX_WORKERS])
     rest = {k: v for k, v in data.items() if k not in consumed}
@@ -140,28 +159,31 @@ def heartbeat(data: JsonDict) -> JsonDict:
 
 def state(data: JsonDict) -> JsonDict:
     return {
-        "mode": _str(data, "mode"),
-        "resolution": _num(data, "resolution"),
+        "mode": text(data, "mode"),
+        "resolution": number(data, "resolution"),
         "model": _model(data),
-        "publish": _str(data, "publish"),
-        "publish_max_hz": _num(data, "publish_max_hz"),
-        "version": _str(data, "version"),
+        "publish": text(data, "publish"),
+        "publish_max_hz": number(data, "publish_max_hz"),
+        "version": text(data, "version"),
     }
 
 
 def ota(data: JsonDict) -> JsonDict:
-    return {k: v for k in ("phase", "version", "error", "id") if (v := _str(data, k)) is not None} | {
-        "progress": _num(data, "progress"),
-        "ts": _num(data, "ts"),
+    return {k: v for k in ("phase", "version", "error", "id") if (v := text(data, k)) is not None} | {
+        "progress": number(data, "progress"),
+        "ts": number(data, "ts"),
     }
 
 
 def event(data: JsonDict) -> JsonDict:
     return {
-        "id": _str(data, "id"),
-        "cmd": _str(data, "cmd") or "?",
+        "id": text(data, "id"),
+        "cmd": text(data, "cmd") or "?",
         "ok": data.get("ok") is True,
-        "error": _str(data, "error"),
+        "error": text(data, "error"),
         "detail": {k: _generic(v) for k, v in _first(_obj(data, "detail").items())},
-        "ts": _num(data, "ts"),
+        "ts": number(data, "ts"),
     }
+
+
+SECTIONS = {"predictions": prediction, "heartbeat": heartbeat, "state": state}  # the leaves kept newest-only
