@@ -30,7 +30,7 @@ from edge_node.mqtt.link import Link
 from edge_node.ota.store import BundleStore
 from edge_node.ota.updater import Updater
 from edge_node.publish import PublishGate
-from edge_node.reports import HeartbeatBuilder, LinkFigures, node_state, prediction
+from edge_node.reports import HeartbeatBuilder, LinkFigures, PredictionEncoder, node_state, prediction
 from edge_node.sdnotify import Notifier, WatchdogGate, run_watchdog
 from edge_node.snapshot import Jpeg, take_snapshot
 from edge_node.supervisor import Health, supervise
@@ -84,6 +84,7 @@ class Node:
         )
         self.health = Health(settings.supervisor, camera_stall=cam.stall_timeout, at_end=cam.at_end)
         self.beats = HeartbeatBuilder(settings.node_id)
+        self.encode = PredictionEncoder(settings.node_id)
         self.updater = (
             None
             if store is None
@@ -257,11 +258,10 @@ class Node:
             )
         if not self.gate.allow(r.classification.best.label, time.monotonic()):
             return
-        msg = prediction(self.settings.node_id, r)
-        if self.link.publish_fast(self.topics.predictions, msg.to_bytes()):
+        if self.link.publish_fast(self.topics.predictions, self.encode(r)):
             self.published += 1
         if self._on_prediction is not None:
-            self._on_prediction(msg)
+            self._on_prediction(prediction(self.settings.node_id, r))
 
     # --- MQTT side -----------------------------------------------------------------------------------------
 
