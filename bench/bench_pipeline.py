@@ -85,7 +85,18 @@ def session_cpu_ms(bundle: Bundle, serving: dict[str, Any], frame: np.ndarray, s
     return timing.fps, timing.cpu_ms
 
 
-def node_run(root: Path, bundle: Path, port: int, args: argparse.Namespace, workdir: Path, broker_pid: int) -> NodeRun:
+def node_run(
+    root: Path,
+    bundle: Path,
+    port: int,
+    workdir: Path,
+    broker_pid: int,
+    *,
+    threads: int,
+    workers: str,
+    seconds: float,
+    runtime: str = "auto",
+) -> NodeRun:
     """Predictions per second as received by a subscriber (mosquitto_sub: a C client, so the measuring
     costs the 2-core machine as little as possible), over ``seconds`` after a warm-up, and CPU per frame."""
     received = workdir / "received.txt"
@@ -102,9 +113,9 @@ def node_run(root: Path, bundle: Path, port: int, args: argparse.Namespace, work
         EDGE_CAMERA__SOURCE="synthetic:on_demand",  # a camera that is never the bottleneck
         EDGE_MODE="high",
         EDGE_MODEL__BUNDLE=str(bundle),
-        EDGE_MODEL__RUNTIME=args.runtime,
-        EDGE_MODEL__THREADS=str(args.threads),
-        EDGE_MODEL__WORKERS=args.workers,
+        EDGE_MODEL__RUNTIME=runtime,
+        EDGE_MODEL__THREADS=str(threads),
+        EDGE_MODEL__WORKERS=workers,
         EDGE_PUBLISH__POLICY="every",
         EDGE_STATE_DIR=str(workdir / "state"),
         PYTHONPATH=str(root),
@@ -120,7 +131,7 @@ def node_run(root: Path, bundle: Path, port: int, args: argparse.Namespace, work
             time.sleep(0.1)
         time.sleep(2.0)
         cpu0, t0 = [_cpu_s(pid) for pid in watched], time.time()
-        time.sleep(args.seconds)
+        time.sleep(seconds)
         cpu1, t1 = [_cpu_s(pid) for pid in watched], time.time()
         hwm = _vmhwm_mb(proc.pid)
     finally:
@@ -197,7 +208,17 @@ def main() -> int:
                 bares.append(bare_fps(model, tensor, args.threads, args.seconds))
                 print(f"round {i + 1}: bare ORT {bares[-1]:7.1f} fps")
                 for name, root in roots.items():
-                    run = node_run(root, args.bundle, broker.port, args, Path(tmp), broker.proc.pid)
+                    run = node_run(
+                        root,
+                        args.bundle,
+                        broker.port,
+                        Path(tmp),
+                        broker.proc.pid,
+                        threads=args.threads,
+                        workers=args.workers,
+                        seconds=args.seconds,
+                        runtime=args.runtime,
+                    )
                     s_fps, s_cpu = session_cpu_ms(bundle, run.serving, frame, min(args.seconds, 5.0))
                     runs[name].append(run)
                     beyond[name].append(run.cpu_ms - s_cpu)

@@ -17,21 +17,37 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+LINGER = 0.01  # seconds the loop goes on draining on a timer after a batch, before it waits to be woken again
+
+
 class LoopHandoff(Generic[T]):
     """``put`` from any thread; ``deliver`` runs on the loop for each item, in order.
 
-    Each wake-up costs a syscall and a GIL hand-over, so the loop is woken only when it is not already due to
-    drain. The queue is bounded: a loop that stalls drops the oldest items (counted) instead of hoarding them.
+    Each wake-up costs syscalls and a GIL hand-over, so the loop is woken only when it is not already due to
+    drain. After a drain that found items it drains again ``linger`` seconds later on a timer, and so on while
+    items keep coming: a steady stream costs one timed drain per ``linger`` (and arrives in batches, which the
+    MQTT link sends at once), while an item after a quiet spell wakes the loop at once. So an item waits at most
+    ``linger`` for the loop, and only when it came within ``linger`` of the previous one. The queue is bounded:
+    a loop that stalls drops the oldest items (counted) instead of hoarding them.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[T], None], *, maxlen: int = 256) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[T], None],
+        *,
+        maxlen: int = 256,
+        linger: float = LINGER,
+    ) -> None:
         self._loop = loop
         self._deliver = deliver
         self._items: deque[T] = deque()
         self._maxlen = maxlen
+        self._linger = linger
         self._lock = threading.Lock()
-        self._scheduled = False
+        self._scheduled = False  # a drain is due (woken or timed): put() need not wake the loop
         self.dropped = 0
+        self.wakeups = 0  # drains a put() asked for (the rest ran on the timer)
 
     def put(self, item: T) -> None:
         with self._lock:
@@ -42,13 +58,17 @@ class LoopHandoff(Generic[T]):
             if self._scheduled:
                 return
             self._scheduled = True
+            self.wakeups += 1
         with contextlib.suppress(RuntimeError):  # the loop has closed: the node is shutting down
             self._loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
         with self._lock:
             items, self._items = self._items, deque()
-            self._scheduled = False
+            if not items:  # a quiet spell: the next put() wakes the loop
+                self._scheduled = False
+                return
+        self._loop.call_later(self._linger, self._drain)
         for item in items:
             try:
                 self._deliver(item)
