@@ -21,8 +21,10 @@ commit before a change) in every round too, right after this one's, with the sam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -58,6 +60,7 @@ class NodeRun:
     hwm_mb: float
     last: dict[str, Any]  # the last prediction
     serving: dict[str, Any]  # the retained state's device choice (runtime, precision, workers, threads)
+    threads_ms: dict[str, float]  # node CPU per frame by thread (py-spy names them; unnamed = the runtime's pools)
 
 
 def bare_fps(model: Path, tensor: np.ndarray, threads: int, seconds: float) -> float:
@@ -130,9 +133,10 @@ def node_run(
                 raise RuntimeError(f"node produced no predictions; see {workdir / 'node.log'}")
             time.sleep(0.1)
         time.sleep(2.0)
-        cpu0, t0 = [_cpu_s(pid) for pid in watched], time.time()
+        names = _thread_names(proc.pid)
+        cpu0, by0, t0 = [_cpu_s(pid) for pid in watched], _threads_cpu_s(proc.pid), time.time()
         time.sleep(seconds)
-        cpu1, t1 = [_cpu_s(pid) for pid in watched], time.time()
+        cpu1, by1, t1 = [_cpu_s(pid) for pid in watched], _threads_cpu_s(proc.pid), time.time()
         hwm = _vmhwm_mb(proc.pid)
     finally:
         proc.terminate()
@@ -151,12 +155,36 @@ def node_run(
     n = len(predictions)
     node_cpu = cpu1[0] - cpu0[0]
     others = sum(cpu1[1:]) - sum(cpu0[1:])
-    return NodeRun(n / (t1 - t0), 1000 * node_cpu / n, 1000 * others / n, hwm, json.loads(predictions[-1]), serving)
+    threads_ms: dict[str, float] = {}
+    for tid, cpu in by1.items():
+        name = names.get(tid, "runtime pools") if names else "all threads"
+        name = "inference workers" if name.startswith("inference-") else name
+        threads_ms[name] = threads_ms.get(name, 0.0) + 1000 * (cpu - by0.get(tid, 0.0)) / n
+    fps = n / (t1 - t0)
+    return NodeRun(fps, 1000 * node_cpu / n, 1000 * others / n, hwm, json.loads(predictions[-1]), serving, threads_ms)
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid``, all its threads (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by OS thread id, from ``py-spy dump`` (a dev tool); empty without it."""
+    try:
+        dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {int(m[1]): m[2] for m in re.finditer(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump.stdout)}
+
+
+def _threads_cpu_s(pid: int) -> dict[int, float]:
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            out[int(task.name)] = _cpu_s(pid, task=int(task.name))
+    return out
+
+
+def _cpu_s(pid: int, task: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid``, all its threads (``/proc/<pid>/stat``), or of one thread."""
+    path = Path(f"/proc/{pid}/stat") if task is None else Path(f"/proc/{pid}/task/{task}/stat")
+    fields = path.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -230,6 +258,8 @@ def main() -> int:
                         f"{run.hwm_mb:.0f} MB | {d.get('runtime')} {d.get('precision')} "
                         f"{d.get('workers')}x{d.get('threads')}"
                     )
+                    by_thread = sorted(run.threads_ms.items(), key=lambda kv: -kv[1])
+                    print("           node CPU/frame by thread: " + ", ".join(f"{k} {v:.3f} ms" for k, v in by_thread))
         finally:
             broker.stop()
     bare = statistics.median(bares)

@@ -24,11 +24,12 @@ class LoopHandoff(Generic[T]):
     """``put`` from any thread; ``deliver`` runs on the loop for each item, in order.
 
     Each wake-up costs syscalls and a GIL hand-over, so the loop is woken only when it is not already due to
-    drain. After a drain that found items it drains again ``linger`` seconds later on a timer, and so on while
-    items keep coming: a steady stream costs one timed drain per ``linger`` (and arrives in batches, which the
-    MQTT link sends at once), while an item after a quiet spell wakes the loop at once. So an item waits at most
-    ``linger`` for the loop, and only when it came within ``linger`` of the previous one. The queue is bounded:
-    a loop that stalls drops the oldest items (counted) instead of hoarding them.
+    drain. When items come faster than one per ``linger`` seconds (a drain within ``linger`` of the previous
+    one), the loop stops being woken and drains on a timer every ``linger`` instead, while items keep coming: a
+    fast stream costs one timed drain per ``linger`` and arrives in batches, which the MQTT link sends at once.
+    A slower stream, or an item after a quiet spell, wakes the loop at once. So an item waits at most ``linger``
+    for the loop, and only in a stream faster than 1/``linger`` per second. The queue is bounded: a loop that
+    stalls drops the oldest items (counted) instead of hoarding them.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class LoopHandoff(Generic[T]):
         self._linger = linger
         self._lock = threading.Lock()
         self._scheduled = False  # a drain is due (woken or timed): put() need not wake the loop
+        self._drained_at = float("-inf")  # loop time of the last drain that found items
         self.dropped = 0
         self.wakeups = 0  # drains a put() asked for (the rest ran on the timer)
 
@@ -62,13 +64,19 @@ class LoopHandoff(Generic[T]):
         with contextlib.suppress(RuntimeError):  # the loop has closed: the node is shutting down
             self._loop.call_soon_threadsafe(self._drain)
 
-    def _drain(self) -> None:
+    def _drain(self, on_timer: bool = False) -> None:
         with self._lock:
             items, self._items = self._items, deque()
-            if not items:  # a quiet spell: the next put() wakes the loop
-                self._scheduled = False
-                return
-        self._loop.call_later(self._linger, self._drain)
+            now = self._loop.time()
+            # A fast stream (items on a timed drain, or a drain within linger of the previous one) is drained on
+            # the timer; after a quiet spell or in a slow stream, put() wakes the loop.
+            timed = bool(items) and (on_timer or now - self._drained_at < self._linger)
+            self._scheduled = timed
+        if not items:
+            return
+        if timed:
+            self._loop.call_later(self._linger, self._drain, True)
+        self._drained_at = now
         for item in items:
             try:
                 self._deliver(item)
