@@ -46,7 +46,7 @@ from edge_node.runtimes.onnx import session_options  # noqa: E402
 from edge_node.vision.model import Model  # noqa: E402
 from edge_node.vision.preprocess import Preprocessor  # noqa: E402
 from edge_node.vision.timing import time_variant  # noqa: E402
-from tests.brokers import Mosquitto  # noqa: E402
+from tests.support.brokers import Mosquitto  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 FORMAT = ("-F", "%U %t %p")  # mosquitto_sub: receive time, topic, payload
