@@ -17,7 +17,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-LINGER = 0.01  # seconds the loop goes on draining on a timer after a batch, before it waits to be woken again
+LINGER = 0.02  # seconds: a stream faster than one item per LINGER is drained on a timer of this period
 
 
 class LoopHandoff(Generic[T]):
