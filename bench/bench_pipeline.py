@@ -124,7 +124,9 @@ def node_run(
         PYTHONPATH=str(root),
     )
     log = (workdir / "node.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_node", "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    # cwd=root: ``python -m`` puts the working directory first on sys.path, before PYTHONPATH.
+    cmd = [sys.executable, "-m", "edge_node", "run"]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     watched = (proc.pid, broker_pid, sub.pid)
     try:
         deadline = time.monotonic() + 120
