@@ -10,7 +10,10 @@ Measured in one run, interleaved (bare, session, node, bare, session, node, ...)
   publish every frame) into a private mosquitto; FPS is what a subscriber (mosquitto_sub) receives per second.
   Its CPU per frame is the node process's CPU time (all threads, from /proc) over the frames received in the
   same window; minus the session's CPU per frame, that is what the node costs beyond inference. The broker's
-  and the subscriber's CPU per frame are reported beside it (they run on the same cores).
+  and the subscriber's CPU per frame are reported beside it (they run on the same cores), and the node's CPU per
+  frame by thread (``py-spy dump`` names the Python threads, a dev tool; the unnamed ones are the runtime's pools),
+  with the sum outside the inference threads: a floor of the cost beyond inference that needs no session timed
+  apart, so the load of a shared machine moves it less.
 It also reports the node's peak RSS (VmHWM). ``--compare DIR`` runs the node of another checkout (say the
 commit before a change) in every round too, right after this one's, with the same broker, state and settings.
 
@@ -61,6 +64,15 @@ class NodeRun:
     last: dict[str, Any]  # the last prediction
     serving: dict[str, Any]  # the retained state's device choice (runtime, precision, workers, threads)
     threads_ms: dict[str, float]  # node CPU per frame by thread (py-spy names them; unnamed = the runtime's pools)
+
+    @property
+    def outside_ms(self) -> float | None:
+        """CPU per frame of every thread but the inference workers and the runtime's pools (None without py-spy):
+        a floor of the cost beyond inference that needs no session timed apart (the workers' own post-processing
+        and the pools' extra spinning are not in it)."""
+        if "inference workers" not in self.threads_ms:
+            return None
+        return sum(v for k, v in self.threads_ms.items() if k not in ("inference workers", "runtime pools"))
 
 
 def bare_fps(model: Path, tensor: np.ndarray, threads: int, seconds: float) -> float:
@@ -262,6 +274,8 @@ def main() -> int:
                     )
                     by_thread = sorted(run.threads_ms.items(), key=lambda kv: -kv[1])
                     print("           node CPU/frame by thread: " + ", ".join(f"{k} {v:.3f} ms" for k, v in by_thread))
+                    if run.outside_ms is not None:
+                        print(f"           outside the inference threads: {run.outside_ms:.3f} ms/frame")
         finally:
             broker.stop()
     bare = statistics.median(bares)
@@ -274,6 +288,9 @@ def main() -> int:
             f"CPU beyond inference {statistics.median(beyond[name]):.2f} ms/frame (bar: <= 0.5), "
             f"peak RSS max {max(r.hwm_mb for r in node_runs):.0f} MB (bar: < 200 MB)"
         )
+        outside = [r.outside_ms for r in node_runs if r.outside_ms is not None]
+        if outside:
+            print(f"         outside the inference threads: median {statistics.median(outside):.2f} ms/frame")
         last = node_runs[-1].last
         print(
             f"         last prediction: {last['label']} latency_ms={last['latency_ms']} resolution={last['resolution']}"
