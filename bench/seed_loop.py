@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_pipeline import node_fps  # noqa: E402
+from bench.bench_pipeline import node_run  # noqa: E402
 from tests.support.brokers import Mosquitto  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -82,14 +82,18 @@ def main() -> None:
                 seeds.append(seed_fps(args.arch, args.resolution, args.seconds))
                 line = f"round {i + 1}: seed loop {seeds[-1]:6.1f} fps"
                 if broker is not None:
-                    fps, hwm, _ = node_fps(
+                    assert broker.proc is not None
+                    run = node_run(
+                        ROOT,
                         args.node,
                         broker.port,
-                        args.threads,
-                        args.seconds,
                         Path(tmp),
-                        args.workers,
+                        broker.proc.pid,
+                        threads=args.threads,
+                        workers=args.workers,
+                        seconds=args.seconds,
                     )
+                    fps, hwm = run.fps, run.hwm_mb
                     nodes.append(fps)
                     line += f" | node {fps:6.1f} fps ({fps / seeds[-1]:.1f}x) | node peak RSS {hwm:.0f} MB"
                 print(line, flush=True)

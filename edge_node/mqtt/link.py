@@ -4,6 +4,10 @@ It sets the ``offline`` will, publishes ``online`` and re-subscribes on every co
 exponential backoff and jitter (tenacity), and keeps reliable messages (events, state) queued while the
 broker is away. Predictions and heartbeats (QoS 0) are dropped while disconnected, and counted: a stale
 prediction is worth nothing, but the operator learns how much was lost, and for how long (``offline_s``).
+QoS 0 messages go to paho in batches, everything queued at once, without a wait per message: at hundreds of
+predictions a second, aiomqtt's per-message confirmation cost more CPU than the message itself. A batch goes
+only once the previous one is on the wire, so a slow broker still fills (and overflows) this link's queue
+rather than paho's.
 
 It also says what a broker refuses: with MQTT 5, a PUBACK or SUBACK reason code of "not authorized" is
 logged and counted (MQTT 3.1.1 has no such codes: a broker drops a denied publish without a word). A broker
@@ -27,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
+import paho.mqtt.client as paho_mqtt
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from edge_node.config import MqttConfig
@@ -100,6 +105,8 @@ class Link:
         self._drained = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._inflight: str | None = None  # topic of the reliable publish awaiting its PUBACK
+        self._last_fast: paho_mqtt.MQTTMessageInfo | None = None  # the last QoS 0 message handed to paho
+        self._written = asyncio.Event()  # set on every on_publish: what the sender waits on for back-pressure
         self._denial_logged: dict[str, float] = {}
         self._probe_311 = False  # the next attempt tries MQTT 3.1.1, because MQTT 5 failed as if unsupported
         self.connected = False
@@ -270,6 +277,7 @@ class Link:
             self._lost_at = time.monotonic()
             self._client = None
             self._inflight = None
+            self._last_fast = None
             self._fast.clear()
 
     async def _reader(self, client: aiomqtt.Client) -> None:
@@ -296,8 +304,27 @@ class Link:
                 await self._send(client, self._reliable[0])
                 self._reliable.popleft()  # only once the broker has it (or refused it for good)
             else:
-                item = self._fast.popleft()
-                await client.publish(item.topic, item.payload, qos=0, timeout=PUBLISH_TIMEOUT)
+                await self._send_fast(client)
+
+    async def _send_fast(self, client: aiomqtt.Client) -> None:
+        """Hand every queued QoS 0 message to paho, once the previous batch is written (back-pressure)."""
+        last = self._last_fast
+        if last is not None and not last.is_published():
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT):
+                    while not last.is_published():
+                        self._written.clear()
+                        await self._written.wait()
+            except TimeoutError:
+                raise aiomqtt.MqttError("Operation timed out: the broker takes no messages") from None
+        paho = client._client  # aiomqtt's documented escape hatch to the paho client
+        fast = self._fast
+        while fast:
+            item = fast.popleft()
+            info = paho.publish(item.topic, item.payload, 0)
+            if info.rc != paho_mqtt.MQTT_ERR_SUCCESS:
+                raise MqttCodeError(info.rc, "Could not publish message")
+            self._last_fast = info
 
     async def _send(self, client: aiomqtt.Client, item: Outgoing, wait: float = PUBLISH_TIMEOUT) -> None:
         self._inflight = item.topic
@@ -309,11 +336,13 @@ class Link:
     # --- what the broker refuses ---------------------------------------------------------------------------
 
     def _watch_acks(self, client: aiomqtt.Client) -> None:
-        """See PUBACK reason codes, which aiomqtt does not surface: wrap paho's on_publish callback."""
+        """See PUBACK reason codes, which aiomqtt does not surface, and when QoS 0 batches are written: wrap
+        paho's on_publish callback."""
         paho = client._client  # aiomqtt's documented escape hatch to the paho client
         inner: Any = paho.on_publish
 
         def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+            self._written.set()
             if _is_failure(reason):
                 self._refused(self._inflight or "(unknown topic)", f"publish refused: {reason}")
             if inner is not None:

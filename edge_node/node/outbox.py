@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from edge_node.wire import Event, Heartbeat, NodeState, OtaStatus, Prediction, Topics
+from edge_node.wire import Event, Heartbeat, NodeState, OtaStatus, Topics
 
 __all__ = ["Outbox", "Sender"]
 
@@ -30,9 +30,11 @@ class Outbox:
         self._link = link
         self.topics = topics
 
-    def prediction(self, p: Prediction) -> bool:
-        """False if it was dropped (the broker is away)."""
-        return self._link.publish_fast(self.topics.predictions, p.to_bytes())
+    def prediction(self, payload: bytes) -> bool:
+        """A prediction already encoded (``mapping.PredictionEncoder``: per frame, no model is built).
+
+        False if it was dropped (the broker is away)."""
+        return self._link.publish_fast(self.topics.predictions, payload)
 
     def heartbeat(self, hb: Heartbeat) -> bool:
         return self._link.publish_fast(self.topics.heartbeat, hb.to_bytes())

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from edge_node.node.handoff import LoopHandoff
-from edge_node.node.mapping import prediction
+from edge_node.node.mapping import PredictionEncoder, prediction
 from edge_node.node.outbox import Outbox
 from edge_node.node.publish_policy import PublishGate
 from edge_node.vision.pipeline import Failure, Output, Result
@@ -40,6 +40,7 @@ class PredictionPublisher:
         self._outbox = outbox
         self._ready = ready
         self._on_prediction = on_prediction
+        self._encode = PredictionEncoder(node_id)
         self._clock = clock
         self._handoff: LoopHandoff[Output | None] | None = None
         self._changed: Callable[[], None] = lambda: None
@@ -96,11 +97,10 @@ class PredictionPublisher:
         self.last = r
         if not self.gate.allow(r.classification.best.label, self._clock()):
             return
-        msg = prediction(self.node_id, r)
-        if self._outbox.prediction(msg):
+        if self._outbox.prediction(self._encode(r)):
             self.published += 1
         if self._on_prediction is not None:
-            self._on_prediction(msg)
+            self._on_prediction(prediction(self.node_id, r))
 
     def caption(self) -> tuple[str | None, float | None]:
         """The latest result's label and confidence, for the snapshot's caption."""

@@ -191,4 +191,5 @@ class Model:
         idx, probs = softmax_top_k(logits, self.top_k)
         if not math.isfinite(float(probs[0])):
             raise InferenceError("model returned non-finite scores")
-        return tuple(Score(int(i), self.labels[i], round(float(p), 5)) for i, p in zip(idx, probs, strict=True))
+        labels = self.labels  # plain ints and floats (tolist) are cheaper to handle than numpy scalars, per frame
+        return tuple(Score(i, labels[i], round(p, 5)) for i, p in zip(idx.tolist(), probs.tolist(), strict=True))

@@ -54,8 +54,12 @@ class Preprocessor:
         self._shift = (-mean / std).astype(np.float32)
         if self.layout == "NHWC":  # the per-channel factors laid out as the tensor is: c0 c1 c2 c0 c1 c2 ...
             self._rgb: npt.NDArray[np.uint8] = np.empty((r, r, 3), np.uint8)
-            self._scale_hwc = np.tile(self._scale, r * r)
-            self._shift_hwc = np.tile(self._shift, r * r)
+            self._scale_hwc: np.float32 | npt.NDArray[np.float32] = np.tile(self._scale, r * r)
+            self._shift_hwc: np.float32 | npt.NDArray[np.float32] = np.tile(self._shift, r * r)
+            if np.all(self._scale == self._scale[0]) and np.all(self._shift == self._shift[0]):
+                # The same factors for every channel (mean and std 0.5, say): float32 scalars, the same arithmetic
+                # with a quarter of the memory traffic.
+                self._scale_hwc, self._shift_hwc = self._scale[0], self._shift[0]
 
     def new_output(self) -> Tensor:
         """A fresh input tensor of the model's shape and dtype."""

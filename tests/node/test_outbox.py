@@ -31,7 +31,7 @@ def test_each_kind_leaves_as_the_mqtt_api_documents_it() -> None:
     link = FakeLink()
     outbox = Outbox(link, T)
     msg = cast(Any, _Payload())
-    assert outbox.prediction(msg) and outbox.heartbeat(msg)
+    assert outbox.prediction(b"{}") and outbox.heartbeat(msg)
     outbox.state(msg)
     outbox.event(msg)
     outbox.ota(msg)
@@ -47,5 +47,5 @@ def test_discovery_is_retained_under_home_assistants_prefix_and_qos0_is_dropped_
     outbox = Outbox(link, T)
     outbox.discovery("homeassistant/select/n1/mode/config", b"{}")
     assert [(s.topic, s.qos, s.retain) for s in link.sent] == [("homeassistant/select/n1/mode/config", 1, True)]
-    assert not outbox.prediction(cast(Any, _Payload()))
+    assert not outbox.prediction(b"{}")
     assert link.dropped_offline == {"predictions": 1}

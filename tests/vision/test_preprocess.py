@@ -95,3 +95,18 @@ def test_nhwc_is_exactly_nchw_transposed(color: Literal["RGB", "BGR"], dtype: Li
     nhwc = Preprocessor(spec, 96, layout="NHWC")(frame)
     assert nhwc.shape == (1, 96, 96, 3) and nhwc.dtype == nchw.dtype
     np.testing.assert_allclose(nhwc[0], nchw[0].transpose(1, 2, 0), atol=1e-6)
+
+
+@pytest.mark.parametrize(("mean", "std"), [((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), (IMAGENET.mean, IMAGENET.std)])
+def test_nhwc_float_is_the_per_channel_float32_arithmetic_bit_for_bit(
+    mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> None:
+    """Uniform factors take a scalar path; it must give the very bits of the per-channel computation."""
+    spec = Preprocess(mean=mean, std=std, layout="NHWC", crop_pct=1.0)
+    frame = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = Preprocessor(spec, 64)(frame)
+    rgb = frame[:, :, ::-1].astype(np.float32)
+    scale = (1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)
+    shift = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32)
+    expected = rgb * scale + shift  # float32 throughout, per channel
+    assert out.dtype == np.float32 and out.tobytes() == expected[None].tobytes()
