@@ -116,7 +116,8 @@ def rates(args: argparse.Namespace) -> None:
     work: Path = args.work
     results = json.loads((work / f"eval-{args.tag}.json").read_text())
     base = json.loads((work / f"eval-{args.base or args.tag}.json").read_text())
-    shipped = np.array(base["shipped"]["kl"])
+    n = min(len(r["kl"]) for r in [*results.values(), base["shipped"]])  # an emulated eval may use --limit
+    shipped = np.array(base["shipped"]["kl"][:n])
     rng = np.random.default_rng(0)
     draws = np.array([rng.choice(len(shipped), size=args.frames, replace=False) for _ in range(args.draws)])
     bars = np.array([divergence_gate(float(shipped[d].mean()), (args.relative, args.absolute)) for d in draws])
@@ -127,7 +128,7 @@ def rates(args: argparse.Namespace) -> None:
     )
     rows = []
     for name, r in results.items():
-        kl = np.array(r["kl"])
+        kl = np.array(r["kl"][:n])
         passed = float(np.mean([kl[d].mean() <= bar for d, bar in zip(draws, bars, strict=True)]))
         rows.append((r["agreement"], name, passed, float(kl.mean())))
     for agreement, name, passed, mean in sorted(rows, reverse=True):
