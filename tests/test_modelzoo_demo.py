@@ -58,7 +58,7 @@ def test_shipped_demo_bundle_is_signed_small_and_what_its_recipe_describes(demo_
         DEMO_RECIPE["arch"],
         DEMO_RECIPE["precision"],
     )
-    assert m.runtimes() == [DEMO_RECIPE["runtime"]] and m.resolutions("int8") == list(DEMO_RECIPE["resolutions"])
+    assert m.runtimes() == [DEMO_RECIPE["runtime"]] and tuple(m.resolutions("int8")) == DEMO_RECIPE["resolutions"]
     assert m.resolutions("fp32") == []
     assert (demo_bundle.path / m.labels).read_bytes() == IMAGENET_LABELS.read_bytes()
     size = sum(entry.size for entry in m.files.values())
