@@ -33,7 +33,7 @@ from edge_node.bundle.reference import divergence
 from edge_node.modelzoo.reference import DIVERGENCE_TOLERANCE, divergence_gate, reference_frame
 from edge_node.runtimes import open_session
 from edge_node.vision.preprocess import Preprocessor
-from tests.int8_degrade import degrade_activation_ranges
+from tests.support.int8_degrade import degrade_activation_ranges
 
 RESOLUTION = 224
 SIGMAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)

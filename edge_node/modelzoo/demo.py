@@ -3,7 +3,7 @@ set, prebuilt and shipped in the package (``edge_node/data/demo-bundle``), signe
 
 ``edge-node run`` uses it when no bundle is configured, so a first run needs only the runtime: no PyTorch, no
 build. The toolchain rebuilds it with one command, ``edge-node model demo --rebuild`` (the ``export`` extra),
-from the same recipe (:data:`DEMO_RECIPE`); ``tests/test_demo_shipped.py`` checks that the shipped files are
+from the same recipe (:data:`DEMO_RECIPE`); ``tests/modelzoo/test_modelzoo_demo.py`` checks that the shipped files are
 what that recipe describes. Each rebuild signs with a fresh key and ships only its public half
 (``demo-bundle.pub``): the key proves the files are the ones the build wrote, and is trusted for nothing else.
 This module imports neither torch nor timm at import time.
