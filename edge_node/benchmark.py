@@ -148,8 +148,8 @@ def _bundle_path(given: Path | None, configured: Path | None) -> Path:
     demo = demo_bundle_path()
     if not (demo / "manifest.json").is_file():
         raise ConfigError(
-            "no bundle to measure: pass one (edge-node bench /path/to/bundle), set EDGE_MODEL__BUNDLE, or build the "
-            "demo bundle once (scripts/demo.sh)"
+            "no bundle to measure: pass one (edge-node bench /path/to/bundle) or set EDGE_MODEL__BUNDLE; the demo "
+            "bundle the package ships is missing (reinstall, or rebuild it: edge-node model demo --rebuild)"
         )
     return demo
 

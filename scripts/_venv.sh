@@ -33,7 +33,8 @@ ensure_venv() {
   want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "ghostpi: installing edge-node with extras [$extras] into $VENV (first run takes a while)" >&2
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+    # No `pip install --upgrade pip`: Python 3.11's pip installs this project, and the upgrade cost a minute
+    # of a first run (a network round trip and a reinstall).
     local log="$VENV/pip-install.log"
     if ! "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]" >"$log" 2>&1; then
       tail -n 30 "$log" >&2

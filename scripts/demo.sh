@@ -1,13 +1,8 @@
 #!/usr/bin/env bash
 # Quick start, command 1: run the node on embedded defaults (embedded broker, demo photos, demo model).
-# Extra arguments go to `edge-node run` (e.g. --duration 20).
+# Extra arguments go to `edge-node run` (e.g. --duration 20). The demo model ships prebuilt in the package
+# (edge_node/data/demo-bundle), so this installs only the runtime and the embedded broker: no PyTorch.
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 
 ensure_venv "demo"
-if [ -z "${EDGE_MODEL__BUNDLE:-}" ] && ! "$VENV/bin/python" -c \
-    'import sys; from edge_node.modelzoo.demo import demo_bundle_path; sys.exit(not (demo_bundle_path() / "manifest.json").is_file())'
-then
-  echo "ghostpi: the demo model is not built yet: installing the model toolchain (PyTorch, timm) to build it once" >&2
-  ensure_venv "demo,export"
-fi
 exec "$VENV/bin/edge-node" run "$@"

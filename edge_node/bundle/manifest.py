@@ -115,25 +115,69 @@ class VariantFile(_Model):
 
 
 class ReferenceImage(_Model):
-    """One reference frame and the FP32 model's top-5 class ids for it at every resolution, best first."""
+    """One reference frame and the FP32 model's top-5 class ids for it at every resolution, best first.
+
+    ``logprobs`` (bundles with a divergence gate) holds the FP32 log-probabilities of those five classes, so a
+    node can measure how far an INT8 file's output is from FP32's, not only whether the top-1 matches.
+    """
 
     file: str
     top5: dict[int, list[int]]  # resolution -> class ids
+    logprobs: dict[int, list[float]] = Field(default_factory=dict)  # resolution -> FP32 log p of the top5 ids
     origin: str = ""  # the photo it was cut from
 
     _file = field_validator("file")(classmethod(lambda cls, v: _safe_name(v)))
+
+    @model_validator(mode="after")
+    def _paired(self) -> ReferenceImage:
+        for r, values in self.logprobs.items():
+            if len(values) != len(self.top5.get(r, ())):
+                raise ValueError(f"{self.file}: logprobs at {r}px must pair with its top5 class ids")
+            if any(not v <= 0.0 for v in values):
+                raise ValueError(f"{self.file}: logprobs at {r}px must be finite log-probabilities (<= 0)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """Written without ``logprobs`` when there are none, so older bundles keep their bytes."""
+        data: dict[str, object] = handler(self)
+        if not data.get("logprobs"):
+            data.pop("logprobs", None)
+        return data
 
 
 class ReferenceInfo(_Model):
     """Real images with the FP32 model's answers, so a node can check an INT8 file on its own CPU.
 
-    ``min_agreement`` is the gate: the share of images whose INT8 top-1 must equal the FP32 top-1.
+    Two gates: bundles with ``max_divergence`` (and ``logprobs`` on every image) gate each INT8 file on the
+    mean divergence of its outputs from FP32's over the frames (``edge_node.bundle.reference``), at most the
+    figure the build machine measured for that file plus a tolerance. Older bundles gate on ``min_agreement``,
+    the share of images whose INT8 top-1 must equal the FP32 top-1.
     """
 
     images: list[ReferenceImage] = Field(min_length=1)
     min_agreement: float = Field(gt=0.0, le=1.0)
+    max_divergence: dict[str, float] = Field(default_factory=dict)  # INT8 file -> highest mean divergence passed
     source: str = ""  # where the images came from (the build's image folder and split)
     outputs: str = "torch"  # what computed the FP32 answers: the PyTorch model the files were checked against
+
+    @model_validator(mode="after")
+    def _divergence_needs_logprobs(self) -> ReferenceInfo:
+        for name, bar in self.max_divergence.items():
+            _safe_name(name)
+            if not bar >= 0.0:
+                raise ValueError(f"max_divergence for {name} must be >= 0, got {bar}")
+        if self.max_divergence and any(not image.logprobs for image in self.images):
+            raise ValueError("max_divergence needs the FP32 logprobs of every reference image")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """Written without ``max_divergence`` when there is none, so older bundles keep their bytes."""
+        data: dict[str, object] = handler(self)
+        if not data.get("max_divergence"):
+            data.pop("max_divergence", None)
+        return data
 
 
 class FileEntry(_Model):
@@ -203,6 +247,9 @@ class Manifest(_Model):
                 if not wanted <= set(image.top5):
                     absent = sorted(wanted - set(image.top5))
                     raise ValueError(f"reference image {image.file} has no FP32 answer at {absent}")
+            unknown = set(self.reference.max_divergence) - {v.file for v in self.variants if v.precision == "int8"}
+            if unknown:
+                raise ValueError(f"reference.max_divergence names files that are not INT8 variants: {sorted(unknown)}")
         if not any(v.precision == self.precision for v in self.variants):
             raise ValueError(f"no variant has the default precision {self.precision}")
         return self

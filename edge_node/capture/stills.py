@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -11,20 +10,21 @@ from typing import cast
 import cv2
 
 from edge_node.capture.base import Frame, Pacer
-from edge_node.errors import CameraError, MissingExtraError
+from edge_node.errors import CameraError
 
-__all__ = ["DEMO_FILES", "StillsSource", "demo_photos", "folder_source"]
+__all__ = ["DEMO_FILES", "DEMO_PHOTOS", "StillsSource", "demo_photos", "folder_source"]
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-# scikit-image ships these real photos in its wheel: no download needed.
+# Real photos from scikit-image's data (CC0 or public domain: edge_node/data/demo-photos/SOURCES.md), shipped
+# in the package as JPEGs so that the demo needs neither scikit-image nor a download.
+DEMO_PHOTOS = Path(__file__).resolve().parents[1] / "data" / "demo-photos"
 DEMO_FILES = {
-    "chelsea": "chelsea.png",
-    "coffee": "coffee.png",
+    "chelsea": "chelsea.jpg",
+    "coffee": "coffee.jpg",
     "rocket": "rocket.jpg",
-    "astronaut": "astronaut.png",
-    "motorcycle": "motorcycle_left.png",
+    "astronaut": "astronaut.jpg",
 }
 
 
@@ -77,19 +77,11 @@ def folder_source(folder: Path, fps: float, hold: float = 0.0) -> StillsSource:
 
 
 def demo_photos() -> list[tuple[str, Frame]]:
-    """The demo photos as BGR frames, read straight from scikit-image's data folder.
-
-    Importing scikit-image itself would cost the node ~40 MB of RSS (it pulls in scipy and PIL) for five
-    files that OpenCV reads just as well, so only its package location is looked up.
-    """
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingExtraError("the demo camera source", "demo")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    """The demo photos as BGR frames, from the package's data folder."""
     photos = []
     for name, filename in DEMO_FILES.items():
-        img = cv2.imread(str(folder / filename), cv2.IMREAD_COLOR)
+        img = cv2.imread(str(DEMO_PHOTOS / filename), cv2.IMREAD_COLOR)
         if img is None:
-            raise CameraError(f"demo photo {folder / filename} is missing or unreadable; reinstall scikit-image")
+            raise CameraError(f"demo photo {DEMO_PHOTOS / filename} is missing or unreadable; reinstall edge-node")
         photos.append((name, cast(Frame, img)))
     return photos

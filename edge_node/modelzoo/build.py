@@ -44,7 +44,7 @@ from edge_node.modelzoo.evaluate import ModelFile, evaluate, reference_checks
 from edge_node.modelzoo.export import INPUT_NAME, export_onnx, max_abs_diff, torch_logits
 from edge_node.modelzoo.labels import IMAGENET_LABELS, imagenet_labels
 from edge_node.modelzoo.progress import stderr, step_progress
-from edge_node.modelzoo.reference import make_reference
+from edge_node.modelzoo.reference import divergence_gate, make_reference
 from edge_node.modelzoo.weights import load_weights
 from edge_node.runtimes import RUNTIMES, Runtime
 from edge_node.runtimes import info as runtime_info
@@ -221,7 +221,7 @@ def _build_into(staging: Path, scratch: Path, options: BuildOptions, calibration
                 count=options.reference_images,
                 min_agreement=options.reference_gate,
             )
-        _check_reference(files, staging, reference_info, spec, options.threads, metrics)
+        reference_info = _check_reference(files, staging, reference_info, spec, options.threads, metrics)
     held_out = calibration.held_out[: options.eval_limit] if options.eval_limit else calibration.held_out
     if held_out:
         stderr.print(f"measuring accuracy on {len(held_out)} held-out images (not used for calibration)")
@@ -357,12 +357,18 @@ def _check_reference(
     spec: Preprocess,
     threads: int,
     metrics: dict[str, dict[str, object]],
-) -> None:
-    """Run every INT8 file on the reference set, as a node will, and record (and report) its agreement."""
-    for f, result in reference_checks(files, read_reference(staging, info), spec, threads=threads).items():
+) -> ReferenceInfo:
+    """Run every shipped INT8 file on the reference set, as a node will: record its agreement and divergence,
+    and set its divergence gate from this machine's figure (``divergence_gate``)."""
+    gates: dict[str, float] = {}
+    shipped = [f for f in files if f.path.parent == staging]
+    for f, result in reference_checks(shipped, read_reference(staging, info), spec, threads=threads).items():
         metrics[f.path.name]["reference_agreement"] = result.agreement
-        if not result.passed:
-            stderr.print(f"[yellow]warning:[/] {f.path.name} {result.describe()} on this machine")
+        if result.divergence is not None:
+            measured = round(result.divergence, 6)
+            metrics[f.path.name]["reference_divergence"] = measured
+            gates[f.path.name] = divergence_gate(measured)
+    return info.model_copy(update={"max_divergence": gates})
 
 
 def _metric_row(f: ModelFile, measured: dict[str, object]) -> dict[str, object]:

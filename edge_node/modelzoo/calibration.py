@@ -73,7 +73,7 @@ def from_skimage(*, count: int = 64, seed: int = 0) -> CalibrationSet:
     try:
         from skimage import data
     except ImportError as exc:
-        raise MissingExtraError("calibrating without an image folder", "demo") from exc
+        raise MissingExtraError("calibrating without an image folder", "export") from exc
     photos = [(name, _photo(getattr(data, name)())) for name in SKIMAGE_PHOTOS]
     rng = np.random.default_rng(seed)
     frames: list[Frame] = []

@@ -132,7 +132,9 @@ def _register_build(commands: Sub) -> None:
     _add_output_options(p)
     p.set_defaults(handler=_build)
 
-    d = commands.add_parser("demo", help="build (once) and print the path of the cached demo bundle")
+    d = commands.add_parser("demo", help="print the path of the shipped demo bundle, or rebuild it (--rebuild)")
+    d.add_argument("--rebuild", action="store_true", help="rebuild and re-sign it from its recipe (export extra)")
+    d.add_argument("--out", type=Path, help="with --rebuild: write it here instead of over the shipped one")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(handler=_demo)
 
@@ -334,9 +336,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from edge_node.modelzoo.demo import ensure_demo_bundle
+    from edge_node.modelzoo.demo import build_demo_bundle, ensure_demo_bundle
 
-    print(ensure_demo_bundle(progress=not args.no_progress))
+    if args.rebuild:
+        print(build_demo_bundle(args.out, progress=not args.no_progress))
+    else:
+        print(ensure_demo_bundle())
     return 0
 
 

@@ -210,5 +210,6 @@ def reference_checks(
         if f.precision != "int8" or f.resolution not in reference.top5:
             continue
         session = open_session(f.path, f.runtime, threads=threads)
-        results[f] = check_session(reference, f.resolution, session, Preprocessor(spec, f.resolution, layout=f.layout))
+        preprocess = Preprocessor(spec, f.resolution, layout=f.layout)
+        results[f] = check_session(reference, f.resolution, session, preprocess, file=f.path.name)
     return results

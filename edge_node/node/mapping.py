@@ -148,6 +148,8 @@ def device_choice(choice: Choice | None) -> DeviceChoice | None:
                 gate=k.gate,
                 passed=k.passed,
                 error=k.error,
+                divergence=None if k.divergence is None else round(k.divergence, 6),
+                max_divergence=k.max_divergence,
             )
             for k in choice.checks
         ],

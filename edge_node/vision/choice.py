@@ -57,15 +57,27 @@ class Check:
     agreement: float
     gate: float
     error: str | None = None  # the file did not even run
+    divergence: float | None = None  # mean divergence from FP32 (bundles with a divergence gate)
+    max_divergence: float | None = None  # its gate; None: the top-1 agreement gate applies
 
     @property
     def passed(self) -> bool:
-        return self.error is None and self.agreement >= self.gate
+        if self.error is not None:
+            return False
+        if self.max_divergence is not None and self.divergence is not None:
+            return self.divergence <= self.max_divergence
+        return self.agreement >= self.gate
 
     def describe(self) -> str:
         if self.error is not None:
             return f"{self.runtime} int8 at {self.resolution}px failed to run on the reference set: {self.error}"
         verdict = "passes" if self.passed else "fails"
+        if self.max_divergence is not None and self.divergence is not None:
+            return (
+                f"{self.runtime} int8 at {self.resolution}px {verdict} its reference check on this device: "
+                f"mean divergence from FP32 {self.divergence:.4f} (gate {self.max_divergence:.4f}), "
+                f"{self.agreement:.1%} top-1 agreement"
+            )
         return (
             f"{self.runtime} int8 at {self.resolution}px {verdict} its reference check on this device: "
             f"{self.agreement:.1%} top-1 agreement with FP32 (gate {self.gate:.0%})"

@@ -124,8 +124,18 @@ def check_accuracy(bundle: Bundle, runtime: Runtime, reference: ReferenceSet, th
             continue
         try:
             variant = model.build(resolution)
-            result = check_session(reference, resolution, variant.sessions[0], variant.preprocessor)
-            checks.append(Check(runtime, resolution, result.agreement, reference.min_agreement))
+            file = bundle.manifest.variant(resolution, "int8", runtime).file
+            result = check_session(reference, resolution, variant.sessions[0], variant.preprocessor, file=file)
+            checks.append(
+                Check(
+                    runtime,
+                    resolution,
+                    result.agreement,
+                    reference.min_agreement,
+                    divergence=result.divergence,
+                    max_divergence=result.max_divergence,
+                )
+            )
         except EdgeError as exc:
             checks.append(Check(runtime, resolution, 0.0, reference.min_agreement, error=str(exc)))
         finally:

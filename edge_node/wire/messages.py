@@ -156,9 +156,11 @@ class ReferenceCheck(_Wire):
     runtime: str
     resolution: int
     agreement: float  # top-1 agreement with the FP32 model's answers
-    gate: float
+    gate: float  # the top-1 agreement gate (bundles without a divergence gate)
     passed: bool
     error: str | None = None
+    divergence: float | None = None  # mean KL divergence from FP32 on the reference frames
+    max_divergence: float | None = None  # its gate, when the bundle has one (then it decides ``passed``)
 
 
 class DeviceChoice(_Wire):

@@ -238,7 +238,6 @@ def test_picamera2_missing_is_a_clear_error() -> None:
 
 
 def test_demo_source_shows_the_bundled_photos() -> None:
-    pytest.importorskip("skimage")
     src = make_source(CameraConfig(source="demo", fps=1000))
     src.open()
     frame = src.read()

@@ -24,6 +24,7 @@ pytest.importorskip("timm")
 pytest.importorskip("litert_torch")
 
 from edge_node.modelzoo.calibration import from_skimage
+from edge_node.modelzoo.reference import divergence_gate
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # one build, ~1.5 min; minutes under load
 RES = 64
@@ -83,7 +84,12 @@ def test_reference_set_is_in_the_bundle_and_small(built: tuple[Path, Path, Path]
     size = sum((out / image.file).stat().st_size for image in info.images)
     assert size < 100_000
     reference = load_reference(bundle)
-    assert reference is not None and reference.top5[RES].shape == (6, 5)
+    assert reference is not None and reference.top5[RES].shape == (6, 5) and reference.logprobs[RES].shape == (6, 5)
+    # every shipped INT8 file gets a divergence gate from its own figure on the build machine
+    assert set(info.max_divergence) == {f"model_{RES}_int8.onnx", f"model_{RES}_int8.tflite"}
+    rows = {str(row["file"]): row for row in bundle.manifest.metrics}
+    for name, gate in info.max_divergence.items():
+        assert gate == pytest.approx(divergence_gate(_number(rows[name]["reference_divergence"])), abs=2e-6)
     side = round(RES / bundle.manifest.preprocess.crop_pct)  # the node's crop of the frame is RES pixels
     assert all(frame.shape == (side, side, 3) for frame in reference.frames)
 

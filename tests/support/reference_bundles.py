@@ -35,8 +35,19 @@ def _frames(count: int) -> list[np.ndarray]:
     return frames
 
 
-def add_reference(bundle: Path, *, count: int = 16, min_agreement: float = 0.9, key: Path | None = None) -> Path:
-    """Add ``reference/*.jpg`` and the manifest's ``reference`` block to a tiny bundle; re-sign with ``key``."""
+def add_reference(
+    bundle: Path,
+    *,
+    count: int = 16,
+    min_agreement: float = 0.9,
+    key: Path | None = None,
+    max_divergence: float | None = None,
+) -> Path:
+    """Add ``reference/*.jpg`` and the manifest's ``reference`` block to a tiny bundle; re-sign with ``key``.
+
+    With ``max_divergence`` the frames carry FP32 log-probabilities and every INT8 file gets that divergence
+    gate (a bundle as ``model build`` makes them now); without, the older top-1 gate applies.
+    """
     manifest, _ = read_manifest(bundle)
     (bundle / "reference").mkdir(exist_ok=True)
     sessions = {}
@@ -48,13 +59,23 @@ def add_reference(bundle: Path, *, count: int = 16, min_agreement: float = 0.9, 
         name = f"reference/ref_{i:03d}.jpg"
         cv2.imwrite(str(bundle / name), frame)
         decoded = load_bgr(bundle / name)  # what the node will see: the JPEG as decoded
-        top5 = {}
+        top5: dict[int, list[int]] = {}
+        logprobs: dict[int, list[float]] = {}
         for r, session in sessions.items():
             logits = session.run(None, {"input": Preprocessor(manifest.preprocess, r)(decoded)})[0][0]
+            z = logits.astype(np.float64) - logits.max()
+            logp = z - np.log(np.exp(z).sum())
             top5[r] = [int(c) for c in np.argsort(-logits)[:5]]
-        images.append(ReferenceImage(file=name, top5=top5, origin=f"synthetic #{i}"))
+            logprobs[r] = [min(0.0, float(logp[c])) for c in top5[r]]
+        stored = logprobs if max_divergence is not None else {}
+        images.append(ReferenceImage(file=name, top5=top5, logprobs=stored, origin=f"synthetic #{i}"))
     files = dict(manifest.files) | {image.file: file_digest(bundle / image.file) for image in images}
-    reference = ReferenceInfo(images=images, min_agreement=min_agreement, source="synthetic colour fields")
+    gates = (
+        {} if max_divergence is None else {v.file: max_divergence for v in manifest.variants if v.precision == "int8"}
+    )
+    reference = ReferenceInfo(
+        images=images, min_agreement=min_agreement, max_divergence=gates, source="synthetic colour fields"
+    )
     _rewrite(bundle, manifest.model_copy(update={"files": files, "reference": reference}), key)
     return bundle
 

@@ -30,7 +30,6 @@ def reference(frame_bgr: np.ndarray, spec: Preprocess, r: int) -> np.ndarray:
 
 
 def photo() -> Frame:
-    pytest.importorskip("skimage")  # the demo photos ship inside scikit-image (the demo extra)
     return dict(demo_photos())["chelsea"]  # 300 x 451, a real photo
 
 

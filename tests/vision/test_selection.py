@@ -57,24 +57,37 @@ def test_a_runtime_the_bundle_lacks_is_refused_with_what_it_has(tiny_bundle: Pat
         choose(open_bundle(tiny_bundle), ModelConfig(runtime="litert", threads=1, workers=1), resolution=224)
 
 
-def _checked_bundle(tmp_path: Path, *, broken_int8: bool, precision: str = "both") -> Path:
+def _checked_bundle(
+    tmp_path: Path, *, broken_int8: bool, precision: str = "both", max_divergence: float | None = None
+) -> Path:
     from tests.support.bundles import make_tiny_bundle
     from tests.support.reference_bundles import add_reference, replace_int8
 
-    bundle = add_reference(make_tiny_bundle(tmp_path / "b", precision=precision), min_agreement=0.9)
+    tiny = make_tiny_bundle(tmp_path / "b", precision=precision)
+    bundle = add_reference(tiny, min_agreement=0.9, max_divergence=max_divergence)
     return replace_int8(bundle) if broken_int8 else bundle
 
 
-def test_an_int8_file_that_passes_its_reference_check_serves(tmp_path: Path) -> None:
-    bundle = open_bundle(_checked_bundle(tmp_path, broken_int8=False, precision="int8"))
+GATES = [None, 0.05]  # the top-1 gate of older bundles; the divergence gate
+
+
+@pytest.mark.parametrize("max_divergence", GATES)
+def test_an_int8_file_that_passes_its_reference_check_serves(tmp_path: Path, max_divergence: float | None) -> None:
+    bundle = open_bundle(_checked_bundle(tmp_path, broken_int8=False, precision="int8", max_divergence=max_divergence))
     choice = choose(bundle, ModelConfig(threads=1, workers=1), resolution=224)
     assert choice.candidate.precision == "int8" and choice.note is None
     assert {c.resolution for c in choice.checks} == {224, 192, 160} and all(c.passed for c in choice.checks)
+    assert all(
+        c.max_divergence == max_divergence and (c.divergence is None) == (max_divergence is None) for c in choice.checks
+    )
 
 
-def test_an_int8_file_that_fails_on_this_device_falls_back_to_fp32_and_says_why(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_divergence", GATES)
+def test_an_int8_file_that_fails_on_this_device_falls_back_to_fp32_and_says_why(
+    tmp_path: Path, max_divergence: float | None
+) -> None:
     """The INT8 files have valid hashes (and a valid signature would not help): only the check catches them."""
-    bundle = open_bundle(_checked_bundle(tmp_path, broken_int8=True))
+    bundle = open_bundle(_checked_bundle(tmp_path, broken_int8=True, max_divergence=max_divergence))
     cache = tmp_path / "choice.json"
     choice = choose(bundle, ModelConfig(threads=1, workers=1), resolution=224, cache=cache)
     assert choice.candidate.precision == "fp32"

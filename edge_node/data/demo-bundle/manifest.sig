@@ -1,0 +1,1 @@
+wxM+t7IB9Q9AZoXJ/BttUnNd/RaZ0n1KEJgx12oDjFqobuATOlj8/HRe+FRv+oat7JMrYE/0ibLbk2mRPugfBQ==
