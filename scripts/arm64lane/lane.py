@@ -1,6 +1,6 @@
 """The arm64 lane (``scripts/arm64.sh``): the node on an emulated Raspberry Pi OS root, measured. docs/deploy.md.
 
-Steps, each resumable, results in ``<cache>/ghostpi/arm64/results``:
+Steps, each resumable; results per bundle in the root, ``<cache>/ghostpi/arm64/root/opt/ghostpi-lane/<bundle>``:
 
 - ``root``: build the Bookworm arm64 root once (mmdebstrap), or reuse it;
 - ``install``: the Ansible role against the root (chroot connection), with the demo bundle as factory bundle;
@@ -20,11 +20,13 @@ FP32 answers do not depend on integer instructions. That reuse is itself checked
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.arm64lane import figures
@@ -45,6 +47,32 @@ LANE = "/opt/ghostpi-lane"  # in the root: the bundles, outputs.py and the resul
 IMAGES = "/mnt/imagenet-sample"
 VENV = "/opt/ghostpi/venv"
 BEGIN, END = "<!-- arm64-lane:begin -->", "<!-- arm64-lane:end -->"
+
+
+@dataclass(frozen=True)
+class Lane:
+    """Where one bundle's runs keep everything: ``inside`` the root, and the same folder seen from the host."""
+
+    root: Root
+    tag: str  # <bundle name>-<version>-<manifest digest>: results of different bundles never mix
+
+    @property
+    def inside(self) -> str:
+        return f"{LANE}/{self.tag}"
+
+    @property
+    def host(self) -> Path:
+        return self.root.path / self.inside.lstrip("/")
+
+    @property
+    def fp32(self) -> str:
+        return f"{LANE}/fp32"
+
+
+def bundle_tag(bundle: Path) -> str:
+    raw = (bundle / "manifest.json").read_bytes()
+    manifest = json.loads(raw)
+    return f"{manifest['name']}-{manifest['version']}-{hashlib.sha256(raw).hexdigest()[:8]}"
 
 
 def say(text: str) -> None:
@@ -102,30 +130,32 @@ _VERSIONS = (
 )
 
 
-def stage(root: Root, bundle: Path, fp32: Path) -> None:
+def stage(lane: Lane, bundle: Path, fp32: Path) -> None:
     """The bundles and outputs.py where the root's runs find them."""
-    lane = root.path / LANE.lstrip("/")
-    _copytree(bundle, lane / "bundle")
-    _copytree(fp32, lane / "fp32")
-    (lane / "results").mkdir(parents=True, exist_ok=True)
-    shutil.copy(HERE / "outputs.py", lane / "outputs.py")
+    top = lane.root.path / LANE.lstrip("/")
+    if not (lane.host / "bundle" / "manifest.json").is_file():
+        _copytree(bundle, lane.host / "bundle")
+    if not (top / "fp32" / "manifest.json").is_file():
+        _copytree(fp32, top / "fp32")
+    shutil.copy(HERE / "outputs.py", top / "outputs.py")
 
 
-def step_node(root: Root, cpus: list[str], bundle: Path, results: Path, seconds: float) -> bool:
+def step_node(lane: Lane, cpus: list[str], bundle: Path, seconds: float) -> bool:
     ok = True
+    root, results = lane.root, lane.host
     for cpu in cpus:
         node_id = f"arm64-{cpu}"
-        state = root.path / "var" / "lib" / "ghostpi-lane" / cpu
-        shutil.rmtree(state, ignore_errors=True)
+        state = f"/var/lib/ghostpi-lane/{lane.tag}/{cpu}"
+        shutil.rmtree(root.path / state.lstrip("/"), ignore_errors=True)
         with mosquitto(results / "mosquitto") as port:
             env = {"EDGE_ENV_FILE": "/etc/edge-node/edge-node.env", "EDGE_MQTT__PORT": str(port),
-                   "EDGE_NODE_ID": node_id, "EDGE_STATE_DIR": f"/var/lib/ghostpi-lane/{cpu}"}  # fmt: skip
+                   "EDGE_NODE_ID": node_id, "EDGE_STATE_DIR": state,
+                   "EDGE_MODEL__BUNDLE": f"{lane.inside}/bundle"}  # fmt: skip
             argv = root.argv([f"{VENV}/bin/edge-node", "run"], cpu=cpu, env=env)
             say(f"{cpu}: edge-node run (the device choice comes first: minutes under emulation)")
             with root.mounted():
-                run = run_node(
-                    argv, port, node_id, seconds=seconds, start_timeout=1800, log=results / f"node-{cpu}.log"
-                )
+                log = results / f"node-{cpu}.log"
+                run = run_node(argv, port, node_id, seconds=seconds, start_timeout=1800, log=log)
         served = sorted(run.served)
         expected = photo_labels(bundle, served[0][1], served[0][0], served[0][2]) if served else {}
         passed, message = judge(run, expected)
@@ -136,59 +166,64 @@ def step_node(root: Root, cpus: list[str], bundle: Path, results: Path, seconds:
     return ok
 
 
-def step_bench(root: Root, cpus: list[str], results: Path) -> bool:
+def step_bench(lane: Lane, cpus: list[str]) -> bool:
     ok = True
     for cpu in cpus:
-        out = f"{LANE}/results/bench-{cpu}.json"
+        out = f"{lane.inside}/bench-{cpu}.json"
+        log = lane.host / f"bench-{cpu}.log"
         say(f"{cpu}: edge-node bench (reference checks of every INT8 file on ARM kernels)")
-        argv = [f"{VENV}/bin/edge-node", "bench", f"{LANE}/bundle", "--seconds", "1", "--resolutions", "224",
+        argv = [f"{VENV}/bin/edge-node", "bench", f"{lane.inside}/bundle", "--seconds", "1", "--resolutions", "224",
                 "--out", out]  # fmt: skip
-        with root.mounted():
-            done = root.run(argv, cpu=cpu, log=results / f"bench-{cpu}.log")
-        path = root.path / out.lstrip("/")
+        with lane.root.mounted():
+            done = lane.root.run(argv, cpu=cpu, log=log)
+        path = lane.root.path / out.lstrip("/")
         if done.returncode != 0 or not path.exists():
-            say(f"{cpu}: edge-node bench failed (exit {done.returncode}); see {results / f'bench-{cpu}.log'}")
+            say(f"{cpu}: edge-node bench failed (exit {done.returncode}); see {log}")
             ok = False
             continue
-        report = json.loads(path.read_text())
-        shutil.copy(path, results / f"bench-{cpu}.json")
-        for check in report["checks"]:
-            say(f"{cpu}: {check['runtime']} int8 {check['resolution']}px: {check['agreement']:.1%} "
-                f"({'passes' if check['passed'] else 'FAILS'} gate {check['gate']:.0%})")  # fmt: skip
+        for check in json.loads(path.read_text())["checks"]:
+            say(f"{cpu}: {check['runtime']} int8 {check['resolution']}px: {check['agreement']:.1%} top-1 agreement, "
+                f"{'passes' if check['passed'] else 'FAILS'} its check")  # fmt: skip
             ok &= bool(check["passed"])
     return ok
 
 
-def eval_argv(root: Root, job: str, limit: int, images: Path) -> list[str]:
+def eval_argv(lane: Lane, job: str, limit: int, images: Path) -> list[str]:
     """The outputs.py command of ``job`` (a CPU, or ``<cpu>-fp32``): in the root for ARM, else this Python."""
     cpu, fp32 = job.removesuffix("-fp32"), job.endswith("-fp32")
-    what = ["--fp32", "fp32"] if fp32 or cpu == FP32_CPU else []
+    what = ["--fp32", "FP32"] if fp32 or cpu == FP32_CPU else []
     only = ["--only", ",".join(ARM_FP32)] if fp32 else []
+    common = ["--limit", str(limit), *what, *only]
     if cpu in ARM:
-        args = ["--bundle", f"{LANE}/bundle", "--images", IMAGES, "--limit", str(limit),
-                "--out", f"{LANE}/results/outputs-{job}.jsonl", *what, *only]  # fmt: skip
-        args = [f"{LANE}/fp32" if a == "fp32" else a for a in args]
-        return root.argv([f"{VENV}/bin/python", f"{LANE}/outputs.py", *args], cpu=cpu)
-    lane = root.path / LANE.lstrip("/")
-    args = ["--bundle", str(lane / "bundle"), "--images", str(images), "--limit", str(limit),
-            "--out", str(lane / "results" / f"outputs-{job}.jsonl"), *what, *only]  # fmt: skip
-    args = [str(lane / "fp32") if a == "fp32" else a for a in args]
+        args = ["--bundle", f"{lane.inside}/bundle", "--images", IMAGES, "--out", f"{lane.inside}/outputs-{job}.jsonl"]
+        args = [lane.fp32 if a == "FP32" else a for a in [*args, *common]]
+        return lane.root.argv([f"{VENV}/bin/python", f"{LANE}/outputs.py", *args], cpu=cpu)
+    fp32_dir = str(lane.root.path / lane.fp32.lstrip("/"))
+    args = [
+        "--bundle",
+        str(lane.host / "bundle"),
+        "--images",
+        str(images),
+        "--out",
+        str(lane.host / f"outputs-{job}.jsonl"),
+    ]
+    args = [fp32_dir if a == "FP32" else a for a in [*args, *common]]
     python = [sys.executable, str(HERE / "outputs.py"), *args]
     return ["qemu-x86_64-static", "-cpu", "Haswell", *python] if cpu == "x86-haswell" else python
 
 
-def step_eval(root: Root, cpus: list[str], limit: int, fp32_limit: int, images: Path, results: Path) -> None:
+def step_eval(lane: Lane, cpus: list[str], limit: int, fp32_limit: int, images: Path) -> None:
     """Every CPU at once, each with one thread, niced; each writes its answers image by image."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     jobs = [(c, limit) for c in cpus] + ([("cortex-a72-fp32", fp32_limit)] if "cortex-a72" in cpus else [])
     if FP32_CPU not in cpus:
         jobs.append((FP32_CPU, limit))
     procs = []
-    with root.mounted({images: IMAGES}):
+    with lane.root.mounted({images: IMAGES}):
         for job, n in jobs:
-            log = (results / f"eval-{job}.log").open("a")
+            log = (lane.host / f"eval-{job}.log").open("a")
             say(f"{job}: recording answers on {n} held-out images; progress in {log.name}")
-            argv = ["nice", "-n", "10", *eval_argv(root, job, n, images)]
+            argv = ["nice", "-n", "10", *eval_argv(lane, job, n, images)]
             procs.append((job, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         for job, proc, log in procs:
             code = proc.wait()
@@ -208,15 +243,15 @@ def refused_pairs(results: Path) -> set[tuple[str, str]] | None:
     return refused
 
 
-def step_figures(root: Root, cpus: list[str], results: Path, write_docs: bool) -> bool:
-    lane = root.path / LANE.lstrip("/") / "results"
-    fp32 = figures.read_file(lane / f"outputs-{FP32_CPU}.jsonl")
+def step_figures(lane: Lane, cpus: list[str], write_docs: bool) -> bool:
+    results = lane.host
+    fp32 = figures.read_file(results / f"outputs-{FP32_CPU}.jsonl")
     rows: list[figures.Row] = []
     for cpu in cpus:
-        rows += figures.compare(cpu, figures.read_file(lane / f"outputs-{cpu}.jsonl"), fp32)
+        rows += figures.compare(cpu, figures.read_file(results / f"outputs-{cpu}.jsonl"), fp32)
     refused = refused_pairs(results)
-    table = figures.markdown(rows, refused)
-    arm_fp32 = figures.read_file(lane / "outputs-cortex-a72-fp32.jsonl")
+    table = f"Bundle `{lane.tag}`; FP32 answers from {FP32_CPU}.\n\n" + figures.markdown(rows, refused)
+    arm_fp32 = figures.read_file(results / "outputs-cortex-a72-fp32.jsonl")
     if arm_fp32:
         table += "\n" + figures.fp32_markdown("cortex-a72", arm_fp32, FP32_CPU, fp32)
     (results / "figures.md").write_text(table)
@@ -239,41 +274,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp32-limit", type=int, default=50, help="images for the FP32-on-ARM check (default 50)")
     p.add_argument("--node-seconds", type=float, default=30.0, help="node run after its first prediction")
     p.add_argument("--write-docs", action="store_true", help="put the figures table into docs/benchmarks.md")
-    p.add_argument("--fresh", action="store_true", help="forget recorded answers and rebuild the root")
+    p.add_argument("--fresh", action="store_true", help="rebuild the root and forget this bundle's results")
     args = p.parse_args(argv)
     steps = [s for s in args.steps.split(",") if s]
     if unknown := set(steps) - set(STEPS):
         p.error(f"unknown steps {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
     cpus: list[str] = args.cpu or [*ARM, *X86]
     work = cache_root()
-    results = work / "results"
-    results.mkdir(parents=True, exist_ok=True)
     root = Root(work / "root")
     bundle = (args.bundle or default_bundle()).resolve()
-    ok = True
-    if args.fresh:
-        shutil.rmtree(root.path / LANE.lstrip("/") / "results", ignore_errors=True)
     if "root" in steps and (args.fresh or not root.ready):
         say(f"building the Bookworm arm64 root in {root.path} (mmdebstrap, about 4 minutes)")
-        root.build(results / "mmdebstrap.log")
+        work.mkdir(parents=True, exist_ok=True)
+        root.build(work / "mmdebstrap.log")
     if not root.ready:
         say(f"no root in {root.path}: run the 'root' step first")
         return 1
+    lane = Lane(root, bundle_tag(bundle))
+    if args.fresh:
+        shutil.rmtree(lane.host, ignore_errors=True)
+    lane.host.mkdir(parents=True, exist_ok=True)
+    say(f"bundle {bundle} ({lane.tag}); results in {lane.host}")
     for cpu in [c for c in cpus if c in ARM]:
         say(f"{cpu}: dot-product instructions {'present' if root.has_dotprod(cpu) else 'absent'} ({CPUS[cpu]})")
+    ok = True
     if "install" in steps:
         step_install(root, bundle, work)
     if {"node", "bench", "eval"} & set(steps):
-        stage(root, bundle, fp32_bundle(bundle, work))
+        stage(lane, bundle, fp32_bundle(bundle, work))
     arm = [c for c in cpus if c in ARM]
     if "node" in steps:
-        ok &= step_node(root, arm, bundle, results, args.node_seconds)
+        ok &= step_node(lane, arm, bundle, args.node_seconds)
     if "bench" in steps:
-        ok &= step_bench(root, arm, results)
+        ok &= step_bench(lane, arm)
     if "eval" in steps:
-        step_eval(root, cpus, args.limit, args.fp32_limit, args.images, results)
+        step_eval(lane, cpus, args.limit, args.fp32_limit, args.images)
     if "figures" in steps:
-        ok &= step_figures(root, cpus, results, args.write_docs)
+        ok &= step_figures(lane, cpus, args.write_docs)
     say("done: every bar holds" if ok else "done: some bar does NOT hold (above)")
     return 0 if ok else 1
 
