@@ -7,7 +7,10 @@ code paths by those CPU features (HWCAP), which qemu reports per model, so answe
 Timing is not: everything runs about 100 times slower than on the board.
 
 Only /proc and /dev are mounted into the root: with the host's /sys bound in, ONNX Runtime and LiteRT read the
-host's CPU list through cpuinfo and crash at start (without it they warn and carry on).
+host's CPU list through cpuinfo and crash at start. Without any /sys, cpuinfo fails to start: ONNX Runtime
+then reads the CPU features from the auxiliary vector itself, but LiteRT silently runs without XNNPACK (the
+kernels a Pi uses). So the lane writes the two files cpuinfo needs, ``/sys/devices/system/cpu/possible`` and
+``present``, as plain files in the root; the CPU features still come from the emulated core's HWCAP.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class Root:
         try:
             self._mount(["-t", "proc", "proc"], self.path / "proc", done)
             self._mount(["--bind", "/dev"], self.path / "dev", done)
+            self.write_cpu_lists()
             for host, inside in binds.items():
                 target = self.path / inside.lstrip("/")
                 target.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,14 @@ class Root:
         finally:
             for target in reversed(done):
                 subprocess.run(["umount", "-l", str(target)], check=False, timeout=30)
+
+    def write_cpu_lists(self) -> None:
+        """What cpuinfo reads to count the cores (``0-N``), so LiteRT can start XNNPACK in the root."""
+        cpus = self.path / "sys" / "devices" / "system" / "cpu"
+        cpus.mkdir(parents=True, exist_ok=True)
+        last = max(0, (os.cpu_count() or 1) - 1)
+        for name in ("possible", "present"):
+            (cpus / name).write_text(f"0-{last}\n" if last else "0\n")
 
     @staticmethod
     def _mount(args: Sequence[str], target: Path, done: list[Path]) -> None:
