@@ -188,11 +188,14 @@ def step_bench(lane: Lane, cpus: list[str]) -> bool:
     return ok
 
 
-def eval_argv(lane: Lane, job: str, limit: int, images: Path) -> list[str]:
-    """The outputs.py command of ``job`` (a CPU, or ``<cpu>-fp32``): in the root for ARM, else this Python."""
+def eval_argv(lane: Lane, job: str, limit: int, images: Path, files: str = "") -> list[str]:
+    """The outputs.py command of ``job`` (a CPU, or ``<cpu>-fp32``): in the root for ARM, else this Python.
+    ``files``: the INT8 file keys to run (default all; the FP32 reference always runs every FP32 file)."""
     cpu, fp32 = job.removesuffix("-fp32"), job.endswith("-fp32")
     what = ["--fp32", "FP32"] if fp32 or cpu == FP32_CPU else []
     only = ["--only", ",".join(ARM_FP32)] if fp32 else []
+    if files and not fp32 and cpu != FP32_CPU:
+        only = ["--only", files]
     common = ["--limit", str(limit), *what, *only]
     if cpu in ARM:
         args = ["--bundle", f"{lane.inside}/bundle", "--images", IMAGES, "--out", f"{lane.inside}/outputs-{job}.jsonl"]
@@ -212,7 +215,7 @@ def eval_argv(lane: Lane, job: str, limit: int, images: Path) -> list[str]:
     return ["qemu-x86_64-static", "-cpu", "Haswell", *python] if cpu == "x86-haswell" else python
 
 
-def step_eval(lane: Lane, cpus: list[str], limit: int, fp32_limit: int, images: Path) -> None:
+def step_eval(lane: Lane, cpus: list[str], limit: int, fp32_limit: int, images: Path, files: str) -> None:
     """Every CPU at once, each with one thread, niced; each writes its answers image by image."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     jobs = [(c, limit) for c in cpus] + ([("cortex-a72-fp32", fp32_limit)] if "cortex-a72" in cpus else [])
@@ -223,7 +226,7 @@ def step_eval(lane: Lane, cpus: list[str], limit: int, fp32_limit: int, images: 
         for job, n in jobs:
             log = (lane.host / f"eval-{job}.log").open("a")
             say(f"{job}: recording answers on {n} held-out images; progress in {log.name}")
-            argv = ["nice", "-n", "10", *eval_argv(lane, job, n, images)]
+            argv = ["nice", "-n", "10", *eval_argv(lane, job, n, images, files)]
             procs.append((job, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         for job, proc, log in procs:
             code = proc.wait()
@@ -271,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", type=Path, help="INT8 bundle directory (default: the demo bundle)")
     p.add_argument("--images", type=Path, default=default_images(), help="labelled held-out images")
     p.add_argument("--limit", type=int, default=100, help="held-out images per CPU (default 100)")
+    p.add_argument("--files", default="", help="INT8 files to evaluate, e.g. onnxruntime/int8/224 (default all)")
     p.add_argument("--fp32-limit", type=int, default=50, help="images for the FP32-on-ARM check (default 50)")
     p.add_argument("--node-seconds", type=float, default=30.0, help="node run after its first prediction")
     p.add_argument("--write-docs", action="store_true", help="put the figures table into docs/benchmarks.md")
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if "bench" in steps:
         ok &= step_bench(lane, arm)
     if "eval" in steps:
-        step_eval(lane, cpus, args.limit, args.fp32_limit, args.images)
+        step_eval(lane, cpus, args.limit, args.fp32_limit, args.images, args.files)
     if "figures" in steps:
         ok &= step_figures(lane, cpus, args.write_docs)
     say("done: every bar holds" if ok else "done: some bar does NOT hold (above)")
