@@ -13,7 +13,9 @@ through the node's own preprocessing; the node's published labels must be those,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -131,7 +133,8 @@ def run_node(argv: list[str], port: int, node_id: str, *, seconds: float, start_
     client.loop_start()
     started = time.monotonic()
     with log.open("w") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
+        # A session of its own: whatever happens here, the node's device-choice child goes with it.
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             while proc.poll() is None:
                 now = time.monotonic()
@@ -147,6 +150,8 @@ def run_node(argv: list[str], port: int, node_id: str, *, seconds: float, start_
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # a child left behind
             client.loop_stop()
             client.disconnect()
     return run
