@@ -28,6 +28,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scripts.arm64lane import figures
 from scripts.arm64lane.chroot import CPUS, Root, cache_root
@@ -182,10 +183,18 @@ def step_bench(lane: Lane, cpus: list[str]) -> bool:
             ok = False
             continue
         for check in json.loads(path.read_text())["checks"]:
-            say(f"{cpu}: {check['runtime']} int8 {check['resolution']}px: {check['agreement']:.1%} top-1 agreement, "
-                f"{'passes' if check['passed'] else 'FAILS'} its check")  # fmt: skip
+            say(f"{cpu}: {describe_check(check)}")
             ok &= bool(check["passed"])
     return ok
+
+
+def describe_check(check: dict[str, Any]) -> str:
+    """One reference check from ``edge-node bench`` JSON (top-1 gate, or the divergence gate where the bundle
+    has one)."""
+    what = f"{check['runtime']} int8 {check['resolution']}px: {check['agreement']:.1%} top-1 agreement"
+    if check.get("max_divergence") is not None and check.get("divergence") is not None:
+        what += f", divergence {check['divergence']:.4f} (gate {check['max_divergence']:.4f})"
+    return f"{what}: {'passes' if check['passed'] else 'FAILS'} its check"
 
 
 def eval_argv(lane: Lane, job: str, limit: int, images: Path, files: str = "") -> list[str]:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from scripts.arm64lane import chroot, figures, install, node
+from scripts.arm64lane.lane import describe_check
 from scripts.arm64lane.outputs import main as record
 from tests.support.paths import REPO
 
@@ -146,3 +147,10 @@ def test_answers_are_recorded_resumably_with_the_nodes_runtime(tmp_path: Path, t
     again = tmp_path / "again.jsonl"
     assert record([*args[:-1], str(again), "--limit", "4", "--only", "onnxruntime/int8/224"]) == 0
     assert [json.loads(x)["image"] for x in again.read_text().splitlines()] == [r["image"] for r in records]
+
+
+def test_bench_checks_are_described_with_their_gate() -> None:
+    old = {"runtime": "litert", "resolution": 192, "agreement": 0.95, "passed": True, "gate": 0.9}
+    assert describe_check(old) == "litert int8 192px: 95.0% top-1 agreement: passes its check"
+    new = {**old, "passed": False, "divergence": 0.0123, "max_divergence": 0.0096}
+    assert describe_check(new).endswith("divergence 0.0123 (gate 0.0096): FAILS its check")
