@@ -111,25 +111,27 @@ def compare(cpu: str, int8: Answers, fp32: Answers) -> list[Row]:
     return sorted(rows, key=lambda r: (r.cpu, r.runtime, -r.resolution))
 
 
-def verdict(row: Row, refused: Collection[tuple[str, str]]) -> str:
+def verdict(row: Row, refused: Collection[tuple[str, str]], checked: Collection[str]) -> str:
     """The issue's bar for one file: within the bars, or refused by the node on that CPU (``refused`` holds
-    (cpu, runtime) pairs whose INT8 files the node's gate turned down), or neither."""
+    (cpu, runtime) pairs whose INT8 files the node's gate turned down; ``checked``, the CPUs the node ran on),
+    or neither."""
     if row.passed:
         return "within the bars"
+    if row.cpu not in checked:
+        return "**below the bars**; the node was not run on this CPU"
     if (row.cpu, row.runtime) in refused:
         return "below the bars; the node refuses it here"
     return "**below the bars and served**"
 
 
-def markdown(rows: Iterable[Row], refused: Collection[tuple[str, str]] | None = None) -> str:
-    """The rows as the table docs/benchmarks.md carries; ``refused`` (None: the node was not run) as in
-    :func:`verdict`."""
+def markdown(rows: Iterable[Row], refused: Collection[tuple[str, str]] = (), checked: Collection[str] = ()) -> str:
+    """The rows as the table docs/benchmarks.md carries; ``refused`` and ``checked`` as in :func:`verdict`."""
     out = [
         "| CPU | runtime | px | images | FP32 top-1 | INT8 top-1 | change (± SE) | agreement (± SE) | bars |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        verdict_ = ("within the bars" if r.passed else "**below the bars**") if refused is None else verdict(r, refused)
+        verdict_ = verdict(r, refused, checked)
         out.append(
             f"| {r.cpu} | {r.runtime} | {r.resolution} | {r.images} | {r.fp32_top1:.1%} | {r.int8_top1:.1%} | "
             f"{100 * r.change:+.1f} (± {100 * r.change_se:.1f}) | {r.agreement:.1%} (± {100 * r.agreement_se:.1f}) | "

@@ -44,9 +44,11 @@ def test_figures_pair_int8_with_fp32_image_by_image() -> None:
     assert row.change == pytest.approx(-0.04)
     assert row.agreement_se == pytest.approx((0.96 * 0.04 / 100) ** 0.5)
     assert not row.passed
-    assert figures.verdict(row, {("cortex-a72", "onnxruntime")}) == "below the bars; the node refuses it here"
-    assert figures.verdict(row, {("cortex-a76", "onnxruntime")}) == "**below the bars and served**"
-    table = figures.markdown([row], set())
+    checked = {"cortex-a72"}
+    assert figures.verdict(row, {("cortex-a72", "onnxruntime")}, checked) == "below the bars; the node refuses it here"
+    assert figures.verdict(row, {("cortex-a72", "litert")}, checked) == "**below the bars and served**"
+    assert "not run on this CPU" in figures.verdict(row, set(), {"cortex-a76"})
+    table = figures.markdown([row], set(), checked)
     assert "| cortex-a72 | onnxruntime | 224 | 100 | 80.0% | 76.0% | -4.0 (± 2.0) | 96.0% (± 2.0) |" in table
 
 
