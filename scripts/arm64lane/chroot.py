@@ -4,7 +4,7 @@ A Debian Bookworm arm64 root (what Raspberry Pi OS Bookworm 64-bit is built on) 
 binfmt_misc, cached outside the clone. ``QEMU_CPU`` picks the emulated core: ``cortex-a72`` (Pi 4, no
 dot-product instructions) or ``cortex-a76`` (Pi 5, with them); the INT8 kernels of both runtimes choose their
 code paths by those CPU features (HWCAP), which qemu reports per model, so answers are those of that core.
-Timing is not: everything runs about 100 times slower than on the board.
+Timing is not: a frame takes seconds under emulation, tens of milliseconds on a board.
 
 Only /proc and /dev are mounted into the root: with the host's /sys bound in, ONNX Runtime and LiteRT read the
 host's CPU list through cpuinfo and crash at start. Without any /sys, cpuinfo fails to start: ONNX Runtime
