@@ -307,7 +307,9 @@ class Node:
         return self.beats.build(
             pipe=self.pipeline.snapshot(),
             cam=self.grabber.snapshot(),
-            link=LinkFigures(link.reconnects, dict(link.dropped_offline), link.denied, link.offline_s),
+            link=LinkFigures(
+                link.reconnects, dict(link.dropped_offline), link.denied, link.offline_s, link.server, link.failovers
+            ),
             pipeline_state=self.health.pipeline,
             restarts=self.health.restarts,
             model_source=self.updater.model_source if self.updater is not None else self.model_source,

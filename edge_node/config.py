@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -33,6 +34,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import ConfigError
 from edge_node.identities import reserved_reason
+from edge_node.mqtt.servers import Server, parse_servers
 
 __all__ = [
     "ENV_FILE_VARIABLE",
@@ -93,10 +95,14 @@ class _Section(BaseModel):
 
 
 class MqttConfig(_Section):
-    """Broker connection. With no ``host`` the node starts an embedded broker (demo extra)."""
+    """Broker connection. With no ``host`` (nor ``hosts``) the node starts an embedded broker (demo extra)."""
 
     host: str | None = None
     port: int = Field(1883, ge=1, le=65535)
+    hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host:port,host:port,...: servers of a cluster to fail over between; replaces host and port",
+    )
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
@@ -114,6 +120,17 @@ class MqttConfig(_Section):
     max_control_bytes: int = Field(16384, ge=256)
     control_rate: float = Field(5.0, gt=0, description="control messages per second, bursts of 2x allowed")
 
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        parse_servers(value, info.data.get("port", 1883))  # ValueError names the bad item
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> MqttConfig:
         if (self.cert_file is None) != (self.key_file is None):
@@ -121,6 +138,21 @@ class MqttConfig(_Section):
         if self.password is not None and self.password_file is not None:
             raise ValueError("set password or password_file, not both")
         return self
+
+    @property
+    def configured(self) -> bool:
+        """A broker is named (``host`` or ``hosts``); otherwise the node runs its embedded one."""
+        return self.host is not None or bool(self.hosts)
+
+    def servers(self, default_host: str = "localhost") -> tuple[Server, ...]:
+        """The servers to try: ``hosts`` (ports default to ``port``), else ``host``:``port``."""
+        if self.hosts:
+            return parse_servers(self.hosts, self.port)
+        return (Server(self.host or default_host, self.port),)
+
+    def for_server(self, server: Server) -> MqttConfig:
+        """This configuration for one server of the list (what a single connection attempt uses)."""
+        return self.model_copy(update={"host": server.host, "port": server.port, "hosts": []})
 
     @property
     def uses_tls(self) -> bool:

@@ -70,7 +70,7 @@ async def run(settings: Settings, *, echo: bool | None = None, duration: float |
     from edge_node.app import Node
 
     broker = None
-    if settings.mqtt.host is None:
+    if not settings.mqtt.configured:
         from edge_node.broker import EmbeddedBroker
 
         broker = EmbeddedBroker("127.0.0.1", settings.mqtt.port)

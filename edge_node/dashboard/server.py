@@ -40,7 +40,7 @@ from edge_node.dashboard.security import SECURITY_HEADERS, TokenGate, Verdict, c
 from edge_node.errors import CommandError
 from edge_node.fleet.monitor import MonitorClient
 from edge_node.messages import parse_command
-from edge_node.mqtt.connect import broker_host
+from edge_node.mqtt.connect import describe
 from edge_node.topics import FLEET, Topics
 
 __all__ = ["ASSETS", "Dashboard", "run_dashboard"]
@@ -211,8 +211,8 @@ class Dashboard:
         return {
             "connected": self.mqtt.connected,
             "error": self.mqtt.last_error,
-            "host": broker_host(self.mqtt_cfg),
-            "port": self.mqtt_cfg.port,
+            "host": self.mqtt.server.rsplit(":", 1)[0],  # the server of the list it is on (or tries next)
+            "port": int(self.mqtt.server.rsplit(":", 1)[1]),
         }
 
     # --- HTTP --------------------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ class Dashboard:
         except CommandError as exc:
             return _error(400, str(exc))
         if not self.mqtt.connected:
-            return _error(503, f"not connected to the MQTT broker {broker_host(self.mqtt_cfg)}:{self.mqtt_cfg.port}")
+            return _error(503, f"not connected to the MQTT broker {describe(self.mqtt_cfg)}")
         topic = Topics.control_for(self.prefix, target)
         info = self.mqtt.publish(topic, command.model_dump_json(exclude_none=True).encode(), qos=1)
         with contextlib.suppress(ValueError, RuntimeError):

@@ -29,7 +29,7 @@ from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
 from edge_node.fleet.simnode import SimNode
 from edge_node.messages import OFFLINE, ONLINE
-from edge_node.mqtt.connect import aiomqtt_client, broker_host, halt
+from edge_node.mqtt.connect import aiomqtt_client, describe, halt
 from edge_node.topics import Topics
 
 __all__ = ["SimOptions", "SimStats", "SimulatedFleet", "node_ids"]
@@ -218,8 +218,8 @@ class SimulatedFleet:
         nodes = [n for n in await asyncio.gather(*(self._connect(i) for i in ids)) if n is not None]
         if not nodes:
             raise MqttError(
-                f"no simulated node could connect to {broker_host(self.cfg)}:{self.cfg.port}; "
-                "check EDGE_MQTT__HOST/PORT and credentials"
+                f"no simulated node could connect to {describe(self.cfg)}; "
+                "check EDGE_MQTT__HOST (or EDGE_MQTT__HOSTS), EDGE_MQTT__PORT and credentials"
             )
         for node in nodes:
             self._live[node.sim.node_id] = node
