@@ -125,10 +125,11 @@ class Dashboard:
         self.gate = TokenGate(token, cfg.token_failures_per_minute)
         self.inbox = Inbox(prefix, max_nodes=cfg.max_nodes, backlog=_STREAMED_BACKLOG)
         self.board = Board(prefix, cfg)
+        # A fleet of thousands: heartbeats and state only (EDGE_DASHBOARD__PREDICTIONS=false), a tenth of the messages
+        leaves = ("predictions",) * cfg.predictions + ("heartbeat", "status", "state", "snapshot")
         self.mqtt = MonitorClient(
-            mqtt, self.inbox, tool="dashboard", leaves=("predictions", "heartbeat", "status", "state", "snapshot"),
-            every=dict.fromkeys(STREAMED, self.inbox.stream),
-        )  # fmt: skip
+            mqtt, self.inbox, tool="dashboard", leaves=leaves, every=dict.fromkeys(STREAMED, self.inbox.stream)
+        )
         self.clients: set[_Client] = set()  # the browsers that get every batch
         self.connections = 0  # stream handlers running: each counts until it has returned
         self._connects = RateLimit(cfg.stream_connects_per_minute)

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     monitor.add_argument(
         "--stale", type=float, default=30.0, metavar="S", help="flag online nodes silent for more than S s"
     )
+    monitor.add_argument(
+        "--no-predictions", action="store_true", help="follow heartbeats and state only (fleets of thousands)"
+    )
     _prefix_arg(monitor)
     monitor.set_defaults(handler=_monitor)
 
@@ -42,6 +45,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     simulate.add_argument(
         "--no-snapshots", action="store_true", help="refuse the snapshot command, like a node with snapshots off"
     )
+    simulate.add_argument(
+        "--events", type=float, metavar="S", help="each node sends a numbered QoS 1 event every S s (loss tests)"
+    )
+    simulate.add_argument("--progress", type=float, metavar="S", help="print a 'progress' JSON line every S s")
     _prefix_arg(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -52,7 +59,12 @@ def _monitor(args: argparse.Namespace) -> int:
     from edge_node.fleet.monitor import MonitorOptions, run_live, run_once
 
     settings = load_settings()
-    opts = MonitorOptions(prefix=args.prefix or settings.topic_prefix, timeout=args.timeout, stale=args.stale)
+    opts = MonitorOptions(
+        prefix=args.prefix or settings.topic_prefix,
+        timeout=args.timeout,
+        stale=args.stale,
+        predictions=not args.no_predictions,
+    )
     if args.once:
         return run_once(settings.mqtt, opts, as_json=args.json)
     return run_live(settings.mqtt, opts)
@@ -76,6 +88,8 @@ def _simulate(args: argparse.Namespace) -> int:
         kill_after=args.kill_after,
         seed=args.seed,
         snapshots=not args.no_snapshots,
+        events=args.events,
+        progress=args.progress,
     )
 
     async def main() -> int:

@@ -41,6 +41,11 @@ class MonitorOptions:
     settle: float = 1.0  # --once: stop early once the fleet picture did not change for this long
     stale: float = 30.0  # heartbeat/prediction age above which an online node is flagged
     refresh: float = 1.0  # live dashboard redraw period
+    predictions: bool = True  # False: heartbeats, status, state and events only (a tenth of a fleet's messages)
+
+    @property
+    def leaves(self) -> tuple[str, ...]:
+        return LEAVES if self.predictions else tuple(leaf for leaf in LEAVES if leaf != "predictions")
 
 
 class MonitorClient:
@@ -210,7 +215,7 @@ def snapshot_json(rows: list[NodeRow], *, prefix: str, messages: int, elapsed: f
 
 def run_once(cfg: MqttConfig, opts: MonitorOptions, *, as_json: bool) -> int:
     view = FleetView(opts.prefix, stale_after=opts.stale)
-    client = MonitorClient(cfg, view)
+    client = MonitorClient(cfg, view, leaves=opts.leaves)
     start = time.monotonic()
     client.start()
     try:
@@ -230,7 +235,7 @@ def run_live(cfg: MqttConfig, opts: MonitorOptions) -> int:
     from rich.live import Live
 
     view = FleetView(opts.prefix, stale_after=opts.stale)
-    client = MonitorClient(cfg, view)
+    client = MonitorClient(cfg, view, leaves=opts.leaves)
     client.start()
     last_count, last_time = view.messages, time.monotonic()
     rate: float | None = None
