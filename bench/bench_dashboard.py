@@ -15,8 +15,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from tests.brokers import Mosquitto
-from tests.dashboard_procs import measure_fleet
+from tests.support.brokers import Mosquitto
+from tests.support.dashboard_procs import measure_fleet
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ from edge_node.fleet.dashboard import render
 from edge_node.fleet.monitor import MonitorClient
 from edge_node.fleet.simnode import SimNode
 from edge_node.fleet.view import FleetView
-from tests.brokers import Mosquitto
-from tests.fleet_procs import Simulator, proc_cpu_seconds
+from tests.support.brokers import Mosquitto
+from tests.support.fleet_procs import Simulator, proc_cpu_seconds
 
 
 def _flood(port: int, nodes: int, seconds: float, counter: Synchronized[int]) -> None:

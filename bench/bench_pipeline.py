@@ -32,7 +32,7 @@ from edge_node.bundle import open_bundle  # noqa: E402
 from edge_node.capture.synthetic import SyntheticSource  # noqa: E402
 from edge_node.runtimes.onnx import session_options  # noqa: E402
 from edge_node.vision.preprocess import Preprocessor  # noqa: E402
-from tests.brokers import Mosquitto  # noqa: E402
+from tests.support.brokers import Mosquitto  # noqa: E402
 
 
 def bare_fps(model: Path, tensor: np.ndarray, threads: int, seconds: float) -> float:

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.brokers import Mosquitto, free_port, wait_port
+from tests.support.brokers import Mosquitto, free_port, wait_port
 
 
 def _stream(url: str, stop: threading.Event) -> None:

@@ -7,7 +7,7 @@ measures, from the prediction timestamps:
   - frames the capture slot dropped during the update vs during a same-length quiet window before it.
 
 Run: nice -n 10 .venv/bin/python -m bench.ota_swap [--updates 5] [--model tiny|slow]
-``tiny`` infers in ~0.1 ms; ``slow`` (tests/bundles.py broken="slow" at 160 px) takes ~20 ms per frame,
+``tiny`` infers in ~0.1 ms; ``slow`` (tests/support/bundles.py broken="slow" at 160 px) takes ~20 ms per frame,
 which leaves the CPU about as busy as a real INT8 model on a Pi 4.
 """
 
@@ -26,9 +26,9 @@ from edge_node.bundle.archive import pack
 from edge_node.config import ModelConfig, OtaConfig
 from edge_node.messages import UpdateModel
 from edge_node.ota.download import sha256_file
-from tests.bundles import make_key, make_tiny_bundle
-from tests.ota_harness import LiveNode, live_node
-from tests.ota_http import serving
+from tests.support.bundles import make_key, make_tiny_bundle
+from tests.support.ota_harness import LiveNode, live_node
+from tests.support.ota_http import serving
 
 
 def _gaps(times: list[float]) -> list[float]:

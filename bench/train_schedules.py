@@ -1,5 +1,5 @@
 """``model train``'s defaults, measured: trunk speed (ONNX Runtime vs eager PyTorch), then augmented views, class
-weighting and fine-tuning compared on one feature cache of the coarse dataset (tests/coarse.py).
+weighting and fine-tuning compared on one feature cache of the coarse dataset (tests/support/coarse.py).
 
 Run: PYTHONPATH=. nice .venv/bin/python -m bench.train_schedules [--sample ../shared/imagenet-sample]
      [--no-finetune] [--without-other]
@@ -32,7 +32,7 @@ from edge_node.modelzoo.runtime import session
 from edge_node.modelzoo.train import TrainOptions, photo_views, preprocessed
 from edge_node.modelzoo.weights import PYPI_LITE0, load_weights
 from edge_node.vision.preprocess import Preprocessor
-from tests.coarse import make_coarse_dataset
+from tests.support.coarse import make_coarse_dataset
 
 MAX_VIEWS = 4
 BALANCES: tuple[Balance, ...] = ("none", "sqrt", "full")

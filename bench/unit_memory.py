@@ -30,10 +30,10 @@ from pathlib import Path
 from edge_node.bundle.archive import pack
 from edge_node.modelzoo.demo import ensure_demo_bundle
 from edge_node.ota.download import sha256_file
-from tests.brokers import Mosquitto
-from tests.bundles import make_key, resigned
-from tests.nodeproc import Collector, NodeProcess
-from tests.ota_http import serving
+from tests.support.brokers import Mosquitto
+from tests.support.bundles import make_key, resigned
+from tests.support.nodeproc import Collector, NodeProcess
+from tests.support.ota_http import serving
 
 T = "ghostpi/node-u"
 

@@ -131,7 +131,8 @@ def refresh(target: Target, *, upgrade: bool, upgrade_packages: set[str]) -> int
         f"# GhostPi pinned versions for {target.name}: {target.about}.",
         f"# Python {target.python}, {target.arch}, glibc 2.{target.glibc}, wheels only, as pip resolves them there.",
         "# The edge_node role installs with 'pip install -c <this file>' on hosts of this target.",
-        "# Regenerate with scripts/constraints.py; tests/test_constraints.py downloads every pin (docs/deploy.md).",
+        "# Regenerate with scripts/constraints.py;"
+        " tests/deploy/test_constraints.py downloads every pin (docs/deploy.md).",
     ]
     if target.numpy is not None:
         header += [

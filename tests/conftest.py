@@ -1,22 +1,16 @@
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.brokers import Mosquitto
-
 # The CI gate's hooks (tests/ci_gate.py): under CI=true, a skip fails the run.
 from tests.ci_gate import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
-from tests.nodeproc import Collector
-
-REPO = Path(__file__).resolve().parents[1]
-# Data beside the checkout (CI has it; a fresh clone does not). GHOSTPI_SHARED names it for other layouts,
-# such as a git worktree.
-SHARED = Path(os.environ.get("GHOSTPI_SHARED") or REPO.parent / "shared")
+from tests.support.brokers import Mosquitto
+from tests.support.nodeproc import Collector
+from tests.support.paths import SHARED
 
 
 @pytest.fixture
@@ -56,7 +50,7 @@ def imagenet_sample() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real INT8 ONNX bundle (10 classes, 224/192/160), built without torch."""
-    from tests.bundles import make_tiny_bundle
+    from tests.support.bundles import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.ci_gate import ci_forbids_skips
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO
 
 CONFTEST = "from tests.ci_gate import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401\n"
 TESTS = """

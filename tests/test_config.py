@@ -7,6 +7,7 @@ import pytest
 from edge_node.config import load_settings
 from edge_node.domain import Mode, PublishPolicy
 from edge_node.errors import ConfigError
+from tests.support.paths import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +142,7 @@ def test_env_example_documents_every_setting() -> None:
     """.env.example must list every EDGE_ variable the settings accept, and nothing else."""
     from edge_node.config import setting_names
 
-    text = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    text = (REPO / ".env.example").read_text()
     documented = {
         line.lstrip("# ").split("=")[0] for line in text.splitlines() if line.lstrip("# ").startswith("EDGE_")
     }

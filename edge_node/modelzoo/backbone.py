@@ -4,7 +4,7 @@ Training caches the trunk's output once per image view, so the head (and optiona
 train for many epochs at the cost of the tail alone. The cut is generic over the timm families the
 toolchain builds (EfficientNet, MobileNetV3, GhostNet/V2): their ``forward_features`` runs the children
 registered before ``blocks`` (the stem), then ``blocks``, then whatever follows; ``forward_head`` pools
-and classifies. ``tests/test_modelzoo_train.py`` checks ``tail(trunk(x)) == model(x)`` for every
+and classifies. ``tests/modelzoo/test_modelzoo_train.py`` checks ``tail(trunk(x)) == model(x)`` for every
 architecture. The tail shares the model's modules, so training it trains the model itself.
 """
 

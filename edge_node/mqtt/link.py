@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT = 10.0
 SHUTDOWN_FLUSH = 5.0  # seconds a clean shutdown waits for queued events and state to reach the broker
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported protocol version" (3.1.1's return code 1, as paho maps it)
+SUBSCRIBE_RETRY = 2.0  # seconds before a refused subscription is asked for again (doubling up to reconnect_max)
 DENIAL_LOG_EVERY = 60.0  # seconds between two warnings about refused publishes to the same topic
 
 
@@ -228,15 +229,13 @@ class Link:
         )
         try:
             await self._send(client, Outgoing(self.topics.status, ONLINE, 1, True))
-            for topic in self.subscriptions:
-                granted = await client.subscribe(topic, qos=1, timeout=PUBLISH_TIMEOUT)
-                for code in granted:
-                    if _is_failure(code):
-                        self._refused(topic, f"subscription refused: {code}")
+            refused = [topic for topic in self.subscriptions if not await self._subscribe(client, topic)]
             await self._on_connect()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._sender(client))
                 tg.create_task(self._reader(client))
+                if refused:
+                    tg.create_task(self._subscribe_again(client, refused))
         except* aiomqtt.MqttError as group:
             log.warning("MQTT connection lost: %s", group.exceptions[0])
         finally:
@@ -245,6 +244,25 @@ class Link:
             self._client = None
             self._inflight = None
             self._fast.clear()
+
+    async def _subscribe(self, client: aiomqtt.Client, topic: str) -> bool:
+        granted = await client.subscribe(topic, qos=1, timeout=PUBLISH_TIMEOUT)
+        failures = [code for code in granted if _is_failure(code)]
+        for code in failures:
+            self._refused(topic, f"subscription refused: {code}")
+        return not failures
+
+    async def _subscribe_again(self, client: aiomqtt.Client, topics: list[str]) -> None:
+        """A refused subscription is asked for again, with backoff: a NATS cluster refuses QoS 1 subscriptions
+        while it elects new JetStream leaders after losing a server, and a node must not stay deaf to commands
+        until its next reconnect. (An ACL's refusal stays a refusal; the retries only repeat the warning.)"""
+        delay = SUBSCRIBE_RETRY
+        while topics:
+            await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
+            topics = [topic for topic in topics if not await self._subscribe(client, topic)]
+            if not topics:
+                log.info("subscribed on %s after an earlier refusal", self._order.current)
+            delay = min(delay * 2, self.cfg.reconnect_max)
 
     async def _reader(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

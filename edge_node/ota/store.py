@@ -15,7 +15,7 @@ the highest manifest serial committed so far: the updater refuses bundles below 
 Every step is durable before the next one can depend on it: an extracted bundle's files and folders are
 fsynced before it is renamed into ``bundles/`` (``bundle.archive.extract``), the rename is followed by an
 fsync of both folders, and ``state.json`` is written to a temporary file, fsynced, renamed and its folder
-fsynced (``fsutil.atomic_write_bytes``). tests/test_ota_crash.py checks the order of these system calls, and
+fsynced (``fsutil.atomic_write_bytes``). tests/ota/test_ota_crash.py checks the order of these system calls, and
 kills an update before each of its file-system changes in turn.
 """
 

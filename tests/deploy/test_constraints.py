@@ -1,0 +1,75 @@
+"""deploy/constraints/: one pinned set per deployment target, complete, and installable from wheels there.
+
+The download test asks the package index, as pip on the node would (``pip download --only-binary=:all:`` with
+the target's Python and every manylinux tag its glibc accepts), and skips with the reason when the index
+cannot be reached.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.support.paths import REPO
+
+SCRIPT = REPO / "scripts" / "constraints.py"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("ghostpi_constraints", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+constraints = _script()
+
+
+def _header(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^# (python|platform|system-numpy): (.+)$", path.read_text(), flags=re.MULTILINE))
+
+
+def test_one_file_per_target_with_the_targets_python_and_numpy() -> None:
+    files = sorted(p.stem for p in (REPO / "deploy" / "constraints").glob("*.txt"))
+    assert files == sorted(constraints.TARGETS)
+    for name, target in constraints.TARGETS.items():
+        path = REPO / "deploy" / "constraints" / f"{name}.txt"
+        header = _header(path)
+        assert header["python"] == target.python
+        assert header.get("system-numpy") == target.numpy
+        pins = constraints.read_pins(path)
+        assert ("numpy" in pins) is (target.numpy is None), "numpy is pinned only where it does not come from apt"
+        for requirement in constraints.requirements():  # every direct dependency is pinned
+            name_only = constraints._norm(re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0])
+            assert name_only in pins or (name_only == "numpy" and target.numpy), f"{name}: {name_only} is not pinned"
+
+
+def test_system_numpy_targets_keep_a_numpy_the_project_accepts() -> None:
+    """The package's own lower bound must admit Bookworm's apt numpy, or pip would replace it in the venv."""
+    from packaging.requirements import Requirement
+
+    [numpy] = [Requirement(r) for r in constraints.requirements() if r.startswith("numpy")]
+    for target in constraints.TARGETS.values():
+        if target.numpy is not None:
+            assert numpy.specifier.contains(target.numpy), (target.name, str(numpy.specifier))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("target", sorted(constraints.TARGETS))
+def test_every_pin_downloads_as_a_wheel_for_its_platform(target: str) -> None:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", target], capture_output=True, text=True, timeout=540, check=False
+    )
+    if out.returncode == constraints.UNREACHABLE:
+        pytest.skip(f"the package index cannot be reached: {out.stderr.strip().splitlines()[-1][:200]}")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert "match the pins" in out.stdout

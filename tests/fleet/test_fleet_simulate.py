@@ -1,0 +1,91 @@
+"""Simulated nodes answer control commands like real ones, and the CLI wires monitor/simulate/ctl."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_node.cli import _parser
+from edge_node.config import MqttConfig
+from edge_node.errors import MqttError
+from edge_node.fleet.simulate import SimOptions, SimulatedFleet, node_ids
+from edge_node.messages import Event, NodeState, Prediction
+from edge_node.mqtt.connect import connected
+from tests.support.brokers import Mosquitto, free_port
+
+
+def test_node_ids_sort_naturally() -> None:
+    assert node_ids(3, "n-") == ["n-001", "n-002", "n-003"]
+    assert node_ids(1200, "x")[-1] == "x1200"
+
+
+def test_cli_registers_fleet_commands() -> None:
+    parser = _parser()
+    args = parser.parse_args(["monitor", "--once", "--json", "--timeout", "2"])
+    assert args.once and args.json and args.timeout == 2.0
+    args = parser.parse_args(["simulate", "--nodes", "5", "--kill", "1", "--kill-after", "3"])
+    assert args.nodes == 5 and args.kill == 1 and args.kill_after == 3.0
+    assert parser.parse_args(["ctl", "all", "ping"]).target == "all"
+
+
+@pytest.mark.timeout(60)
+def test_simulated_nodes_answer_commands(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    cfg = MqttConfig(host="127.0.0.1", port=mosquitto.port)
+
+    async def scenario() -> None:
+        fleet = SimulatedFleet(cfg, SimOptions(nodes=3, rate=20, heartbeat=1, seed=1, id_prefix="t-"))
+        runner = asyncio.create_task(fleet.run())
+        async with connected(cfg, identifier="test-operator") as op:
+            await op.subscribe("ghostpi/+/events", qos=1)
+            await op.subscribe("ghostpi/t-002/predictions")
+            await op.subscribe("ghostpi/t-002/state", qos=1)
+            await asyncio.sleep(0.5)  # let the fleet come up
+            await op.publish("ghostpi/t-002/control", b'{"cmd": "set_mode", "mode": "performance", "id": "m1"}', 1)
+            await op.publish("ghostpi/all/control", b'{"cmd": "ping", "id": "p1"}', qos=1)
+            await op.publish("ghostpi/t-001/control", b'{"cmd": "reboot", "id": "bad"}', qos=1)
+            events: dict[tuple[str, str | None], Event] = {}
+            switched = False
+            async with asyncio.timeout(15):
+                async for msg in op.messages:
+                    node, leaf = str(msg.topic).split("/")[1:]
+                    assert isinstance(msg.payload, bytes)
+                    if leaf == "events":
+                        event = Event.model_validate_json(msg.payload)
+                        events[(node, event.id)] = event
+                    elif leaf == "predictions" and ("t-002", "m1") in events:
+                        switched = Prediction.model_validate_json(msg.payload).resolution == 160
+                    elif leaf == "state":
+                        NodeState.model_validate_json(msg.payload)
+                    if switched and len(events) == 5:
+                        break
+            fleet.stop()
+        await runner
+        assert events[("t-002", "m1")].ok and events[("t-002", "m1")].detail == {
+            "mode": "performance",
+            "resolution": 160,
+        }
+        assert all(events[(n, "p1")].ok for n in ("t-001", "t-002", "t-003"))
+        bad = events[("t-001", "bad")]
+        assert not bad.ok and bad.error and "unknown command" in bad.error
+        # the retained state reflects the new mode, and a clean stop left retained 'offline'
+        async with connected(cfg, identifier="test-after") as after:
+            await after.subscribe("ghostpi/t-002/+", qos=1)
+            retained: dict[str, bytes] = {}
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    async for msg in after.messages:
+                        assert isinstance(msg.payload, bytes)
+                        retained[str(msg.topic).rsplit("/", 1)[1]] = msg.payload
+        assert retained["status"] == b"offline"
+        assert json.loads(retained["state"])["mode"] == "performance"
+
+    asyncio.run(scenario())
+
+
+def test_simulate_reports_an_unreachable_broker(tmp_path: Path) -> None:
+    cfg = MqttConfig(host="127.0.0.1", port=free_port(), connect_timeout=2)
+    with pytest.raises(MqttError, match="EDGE_MQTT__HOST"):
+        asyncio.run(SimulatedFleet(cfg, SimOptions(nodes=2)).run())

@@ -1,0 +1,40 @@
+"""``edge-node bench`` as a user runs it on a Pi: every configuration timed, a table, a JSON file, auto's pick."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.paths import REPO
+
+
+def test_bench_measures_every_configuration_and_says_what_auto_would_choose(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path), "EDGE_MODEL__THREADS": "2"}
+    run = subprocess.run(
+        [sys.executable, "-m", "edge_node", "bench", str(tiny_bundle), "--seconds", "0.2", "--out", str(out)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    seen = {(t["runtime"], t["precision"], t["resolution"], t["workers"], t["threads"]) for t in report["trials"]}
+    assert seen == {("onnxruntime", "int8", r, w, 2 // w) for r in (224, 192, 160) for w in (1, 2)}
+    assert all(t["fps"] > 0 and t["latency_ms"] > 0 and t["cpu_ms"] > 0 for t in report["trials"])
+    auto = report["auto"]
+    assert auto["resolution"] == 224 and auto["workers"] * auto["threads"] == 2
+    assert report["device"]["machine"] and report["device"]["onnxruntime"]
+    assert "auto would serve with onnxruntime int8" in run.stdout and "<- auto" in run.stdout
+
+
+def test_bench_without_a_bundle_says_how_to_get_one(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, "-m", "edge_node", "bench"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2 and "no bundle to measure" in run.stderr and "EDGE_MODEL__BUNDLE" in run.stderr

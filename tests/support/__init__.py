@@ -1,0 +1,1 @@
+"""What the tests share: paths, environments, brokers, processes, bundles."""
