@@ -75,6 +75,7 @@ class SimStats:
     connects: int = 0
     failovers: int = 0  # connections made to another server than the node's previous one
     lost: int = 0  # connections that dropped (not killed, not stopped)
+    dropped_offline: int = 0  # predictions not sent while a node was away from every server (rate x time away)
     killed: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -121,6 +122,7 @@ class _Node:
         self.killed = False
         self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.lost_at: float | None = None  # monotonic time of the connection's loss, until the failover
         self.pending: deque[bytes] = deque(maxlen=1000)  # QoS 1 events not yet acknowledged (the Link's queue)
         self.next_event = 0
         self.failures = 0
@@ -171,6 +173,9 @@ class SimulatedFleet:
             return False
         node.client = client
         node.failures = 0
+        if node.lost_at is not None:
+            self.stats.dropped_offline += round((time.monotonic() - node.lost_at) * self.opts.rate)
+            node.lost_at = None
         self.stats.connects += 1
         self.stats.failovers += node.order.connected()
         return True
@@ -269,6 +274,7 @@ class SimulatedFleet:
             return
         log.info("simulated node %s lost its connection to %s: %s", node.sim.node_id, node.order.current, exc)
         self.stats.lost += 1
+        node.lost_at = time.monotonic()
         client, node.client = node.client, None
         if client is not None:
             _abort(client)  # the socket is gone already; this only lets aiomqtt's client go
