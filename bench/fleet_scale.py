@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -45,12 +46,27 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+_SEQ = re.compile(rb'"seq":\s*(\d+)')
+_TICK = re.compile(rb'"id":\s*"tick-(\d+)"')
+
+
+def _gaps(seqs: dict[str, set[int]]) -> int:
+    """Numbers missing below each node's highest: made (or acknowledged) but never received."""
+    return sum(max(got) - min(got) + 1 - len(got) for got in seqs.values() if got)
+
+
 class Observer:
-    """Counts what reaches a subscriber on a surviving server; paho's thread does only counting."""
+    """Counts what reaches a subscriber on a surviving server; paho's thread does only counting.
+
+    Predictions carry a per-node ``seq`` and the simulators' QoS 1 events a per-node ``tick-N`` id, so a gap
+    in either is a message that was made and lost on the way (the simulator's own counts cannot tell: a publish
+    cut off by a dying connection may or may not have left the socket)."""
 
     def __init__(self, port: int) -> None:
         self.predictions = 0
         self.predicting_since: dict[str, float] = {}  # node -> first prediction after ``mark``
+        self.prediction_seqs: dict[str, set[int]] = {}
+        self.tick_seqs: dict[str, set[int]] = {}
         self.events: set[tuple[str, str]] = set()
         self.event_copies = 0
         self.mark = float("inf")
@@ -70,9 +86,13 @@ class Observer:
             self.predictions += 1
             if node not in self.predicting_since and time.monotonic() >= self.mark:
                 self.predicting_since[node] = time.monotonic()
+            if seq := _SEQ.search(msg.payload):
+                self.prediction_seqs.setdefault(node, set()).add(int(seq.group(1)))
         elif leaf == "events":
             self.event_copies += 1
-            self.events.add((node, json.loads(msg.payload).get("id", "")))
+            if tick := _TICK.search(msg.payload):
+                self.tick_seqs.setdefault(node, set()).add(int(tick.group(1)))
+                self.events.add((node, tick.group(1).decode()))
 
     def close(self) -> None:
         self._client.loop_stop()
@@ -114,6 +134,18 @@ class Sampler:
         }
 
 
+def _milestones(timeline: list[tuple[float, int]], nodes: int) -> dict[str, float | None]:
+    """Seconds after the kill until the fewest connected, then half, 90 % and all of those lost were back."""
+    if not timeline:
+        return {}
+    low_at, low = min(timeline, key=lambda point: point[1])
+    out: dict[str, float | None] = {"fewest_connected": low, "fewest_at_s": low_at}
+    for share in (0.5, 0.9, 1.0):
+        target = low + share * (nodes - low)
+        out[f"{int(share * 100)}%_back_s"] = next((t for t, n in timeline if t >= low_at and n >= target), None)
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="fleet-scale-"))
     cluster = NatsCluster(work / "nats").start()
@@ -147,6 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         connected: dict[int, int] = {}
         lost: dict[int, int] = {}
         back_s: float | None = None
+        timeline: list[tuple[float, int]] = []  # (seconds after the kill, nodes connected)
         end = killed + max(args.duration - args.kill_after, 1.0)
         while time.monotonic() < end:
             for i, sim in enumerate(sims):
@@ -154,6 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     event = sim.events.get()
                     if event["event"] == "progress":
                         connected[i], lost[i] = event["connected"], event["lost"]
+            if connected and (not timeline or timeline[-1][1] != sum(connected.values())):
+                timeline.append((round(time.monotonic() - killed, 1), sum(connected.values())))
             if back_s is None and sum(lost.values()) > 0 and sum(connected.values()) == args.nodes:
                 back_s = time.monotonic() - killed
                 print(f"every node connected again {back_s:.1f} s after the kill", flush=True)
@@ -180,15 +215,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "back_s": None if back_s is None else round(back_s, 1),
             "all_predicting_again_s": round(seen_back[-1] - killed, 1) if len(seen_back) == args.nodes else None,
             "nodes_predicting_again": len(seen_back),
+            "reconnect_timeline": _milestones(timeline, args.nodes),
+            "qos1_made": totals["events_made"],
             "qos1_acked": totals["events_acked"],
-            "qos1_acked_not_received": max(0, totals["events_acked"] - len(observer.events)),
             "qos1_unique_received": len(observer.events),
+            "qos1_lost": _gaps(observer.tick_seqs),
             "qos1_duplicates": observer.event_copies - len(observer.events),
-            "qos1_queued_at_stop": totals["events_made"] - totals["events_acked"],
             "predictions_sent": totals["predictions"],
             "predictions_received": observer.predictions,
-            "predictions_lost": totals["predictions"] - observer.predictions,
-            "predictions_not_sent_while_away": totals["dropped_offline"],
+            "predictions_lost_in_flight": _gaps(observer.prediction_seqs),
+            "predictions_not_made_while_away": totals["dropped_offline"],
             "usage": usage,
             "load_average": os.getloadavg(),
         }

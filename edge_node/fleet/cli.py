@@ -49,6 +49,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--events", type=float, metavar="S", help="each node sends a numbered QoS 1 event every S s (loss tests)"
     )
     simulate.add_argument("--progress", type=float, metavar="S", help="print a 'progress' JSON line every S s")
+    simulate.add_argument(
+        "--procs", type=int, default=1, metavar="P", help="spread the nodes over P processes (--kill: per process)"
+    )
+    simulate.add_argument("--first-id", type=int, default=1, help=argparse.SUPPRESS)  # a --procs child's share
+    simulate.add_argument("--total", type=int, help=argparse.SUPPRESS)
     _prefix_arg(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -73,6 +78,11 @@ def _monitor(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import asyncio
 
+    if args.procs > 1:
+        from edge_node.fleet.simprocs import run_procs
+
+        return run_procs(_simulate_argv(args), args.nodes, args.procs)
+
     from edge_node.fleet.simulate import SimOptions, SimulatedFleet
 
     settings = load_settings()
@@ -90,6 +100,8 @@ def _simulate(args: argparse.Namespace) -> int:
         snapshots=not args.no_snapshots,
         events=args.events,
         progress=args.progress,
+        first_id=args.first_id,
+        total=args.total,
     )
 
     async def main() -> int:
@@ -97,3 +109,14 @@ def _simulate(args: argparse.Namespace) -> int:
         return 0 if stats.nodes_online == opts.nodes else 1
 
     return asyncio.run(main())
+
+
+def _simulate_argv(args: argparse.Namespace) -> list[str]:
+    """The simulate options of ``args`` again (but --nodes and --procs): what each --procs child gets."""
+    out = ["--rate", str(args.rate), "--id-prefix", args.id_prefix, "--heartbeat", str(args.heartbeat)]
+    out += ["--keepalive", str(args.keepalive), "--kill", str(args.kill)]
+    for name in ("duration", "kill_after", "seed", "events", "progress", "prefix"):
+        value = getattr(args, name)
+        if value is not None:
+            out += [f"--{name.replace('_', '-')}", str(value)]
+    return out + (["--no-snapshots"] if args.no_snapshots else [])

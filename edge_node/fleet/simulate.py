@@ -60,6 +60,8 @@ class SimOptions:
     connect_concurrency: int = 32
     events: float | None = None  # seconds between two QoS 1 "tick" events per node (kept until acknowledged)
     progress: float | None = None  # seconds between two "progress" lines
+    first_id: int = 1  # number of the first node (a process of a fleet spread over several)
+    total: int | None = None  # the whole fleet's size, for the ids' width
 
 
 @dataclass
@@ -86,9 +88,10 @@ class SimStats:
         return data
 
 
-def node_ids(count: int, prefix: str) -> list[str]:
-    width = max(3, len(str(count)))
-    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
+def node_ids(count: int, prefix: str, first: int = 1, total: int | None = None) -> list[str]:
+    """``count`` ids from number ``first``, zero-padded for a fleet of ``total`` (default: ``count``)."""
+    width = max(3, len(str(total or count)))
+    return [f"{prefix}{i:0{width}d}" for i in range(first, first + count)]
 
 
 def _tick(node_id: str, seq: int) -> bytes:
@@ -312,7 +315,7 @@ class SimulatedFleet:
 
     async def run(self) -> SimStats:
         loop = asyncio.get_running_loop()
-        ids = node_ids(self.opts.nodes, self.opts.id_prefix)
+        ids = node_ids(self.opts.nodes, self.opts.id_prefix, self.opts.first_id, self.opts.total)
         started = time.monotonic()
         nodes = [n for n in await asyncio.gather(*(self._first_connect(i) for i in ids)) if n is not None]
         if not nodes:
