@@ -23,7 +23,9 @@ import argparse
 import json
 import os
 import re
+import resource
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.fleet_procs import Simulator, proc_cpu_seconds
 from tests.support.nats import NatsCluster
+from tests.support.paths import clean_env
 
 
 def _rss_mb(pid: int) -> float:
@@ -146,6 +149,34 @@ def _milestones(timeline: list[tuple[float, int]], nodes: int) -> dict[str, floa
     return out
 
 
+def _monitor_once(hosts: str) -> dict[str, Any]:
+    """``edge-node monitor --once --json --no-predictions`` over the server list: what it saw, its wall and CPU."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_node", "monitor", "--once", "--json", "--no-predictions", "--timeout", "60"],
+        env=clean_env(EDGE_MQTT__HOSTS=hosts, EDGE_MQTT__PROTOCOL="3.1.1"),
+        capture_output=True,
+        timeout=180,
+        check=True,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = json.loads(out.stdout)["summary"]
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"summary": summary, "wall_s": round(time.monotonic() - started, 1), "cpu_s": round(cpu, 1)}
+
+
+def _stopped(sim: Simulator) -> dict[str, Any]:
+    """The simulator's final stats. A loop busy with thousands of connections can miss a signal (Python drops
+    it when its wake-up pipe is full), so SIGTERM is sent again every minute."""
+    for _ in range(5):
+        try:
+            return sim.wait_event("stopped", timeout=60)
+        except AssertionError:
+            sim.proc.send_signal(signal.SIGTERM)
+    return sim.wait_event("stopped", timeout=60)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="fleet-scale-"))
     cluster = NatsCluster(work / "nats").start()
@@ -161,8 +192,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sim_args = [
                 "--nodes", str(count), "--id-prefix", f"sim-p{i}-", "--rate", str(args.rate),
                 "--heartbeat", str(args.heartbeat), "--keepalive", "30", "--progress", "1",
-                "--events", str(args.events), "--seed", str(i), "--no-snapshots",
+                "--seed", str(i), "--no-snapshots",
             ]  # fmt: skip
+            sim_args += ["--events", str(args.events)] if args.events > 0 else []
             sims.append(Simulator(cluster.mqtt_ports[0], work, *sim_args, env=env))
         online = [sim.wait_event("online", timeout=args.connect_limit) for sim in sims]
         connect_s = time.monotonic() - started
@@ -195,9 +227,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.2)
         seen_back = sorted(observer.predicting_since.values())
         usage = sampler.stop()
+        monitor = _monitor_once(cluster.hosts) if args.monitor else None
         for sim in sims:
             sim.proc.send_signal(signal.SIGTERM)
-        stopped = [sim.wait_event("stopped", timeout=120) for sim in sims]
+        stopped = [_stopped(sim) for sim in sims]
         time.sleep(2)  # the last QoS 1 events reach the observer
         totals = Counter[str]()
         for s in stopped:
@@ -225,6 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "predictions_received": observer.predictions,
             "predictions_lost_in_flight": _gaps(observer.prediction_seqs),
             "predictions_not_made_while_away": totals["dropped_offline"],
+            "monitor_no_predictions": monitor,
             "usage": usage,
             "load_average": os.getloadavg(),
         }
@@ -241,11 +275,12 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="simulator processes sharing the nodes")
     parser.add_argument("--rate", type=float, default=1.0, help="predictions per second per node")
     parser.add_argument("--heartbeat", type=float, default=10.0)
-    parser.add_argument("--events", type=float, default=10.0, help="seconds between two QoS 1 events per node")
+    parser.add_argument("--events", type=float, default=10.0, help="seconds between QoS 1 events per node (0: none)")
     parser.add_argument("--kill-after", type=float, default=60.0, help="seconds after every node is online")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds from online to the clean stop")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="EDGE_MQTT__CONNECT_TIMEOUT")
     parser.add_argument("--connect-limit", type=float, default=900.0, help="seconds allowed for the first connects")
+    parser.add_argument("--monitor", action="store_true", help="also time one `monitor --once --no-predictions`")
     args = parser.parse_args()
     json.dump(run(args), sys.stdout, indent=2)
     print()
