@@ -174,9 +174,9 @@ def test_the_threat_model_names_only_tests_that_exist() -> None:
     cited = set(re.findall(r"\b(test_\w+)", doc)) - {"test_x"}
     defined = {
         name
-        for path in (REPO / "tests").glob("test_*.py")
+        for path in (REPO / "tests").rglob("test_*.py")
         for name in re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), flags=re.MULTILINE)
     }
-    files = {p.stem for p in (REPO / "tests").glob("test_*.py")}
+    files = {p.stem for p in (REPO / "tests").rglob("test_*.py")}
     assert cited, "docs/security.md cites no test"
     assert cited - defined - files == set()
