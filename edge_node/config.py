@@ -25,12 +25,14 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edge_node.errors import ConfigError
+from edge_node.mqtt.servers import Server, parse_servers
 from edge_node.runtimes import Runtime
 from edge_node.wire import Mode, PublishPolicy, reserved_reason
 
@@ -93,10 +95,14 @@ class _Section(BaseModel):
 
 
 class MqttConfig(_Section):
-    """Broker connection. With no ``host`` the node starts an embedded broker (demo extra)."""
+    """Broker connection. With no ``host`` (nor ``hosts``) the node starts an embedded broker (demo extra)."""
 
     host: str | None = None
     port: int = Field(1883, ge=1, le=65535)
+    hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host:port,host:port,...: servers of a cluster to fail over between; replaces host and port",
+    )
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
@@ -114,6 +120,17 @@ class MqttConfig(_Section):
     max_control_bytes: int = Field(16384, ge=256)
     control_rate: float = Field(5.0, gt=0, description="control messages per second, bursts of 2x allowed")
 
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        parse_servers(value, info.data.get("port", 1883))  # ValueError names the bad item
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> MqttConfig:
         if (self.cert_file is None) != (self.key_file is None):
@@ -121,6 +138,21 @@ class MqttConfig(_Section):
         if self.password is not None and self.password_file is not None:
             raise ValueError("set password or password_file, not both")
         return self
+
+    @property
+    def configured(self) -> bool:
+        """A broker is named (``host`` or ``hosts``); otherwise the node runs its embedded one."""
+        return self.host is not None or bool(self.hosts)
+
+    def servers(self, default_host: str = "localhost") -> tuple[Server, ...]:
+        """The servers to try: ``hosts`` (ports default to ``port``), else ``host``:``port``."""
+        if self.hosts:
+            return parse_servers(self.hosts, self.port)
+        return (Server(self.host or default_host, self.port),)
+
+    def for_server(self, server: Server) -> MqttConfig:
+        """This configuration for one server of the list (what a single connection attempt uses)."""
+        return self.model_copy(update={"host": server.host, "port": server.port, "hosts": []})
 
     @property
     def uses_tls(self) -> bool:
@@ -287,6 +319,9 @@ class DashboardConfig(_Section):
     events_kept: int = Field(10, ge=1, le=100, description="command results kept per node")
     max_clients: int = Field(32, ge=1, le=1000, description="browser streams open at once")
     max_nodes: int = Field(1000, ge=1, le=100_000, description="nodes tracked; messages of further nodes ignored")
+    predictions: bool = Field(
+        True, description="follow every prediction (each card's label); false: heartbeats and state only, for fleets"
+    )
     write_timeout: float = Field(10.0, ge=0.5, le=300, description="seconds a browser may take to read one write")
     stream_connects_per_minute: int = Field(30, ge=1, le=10_000, description="per client address")
     token_failures_per_minute: int = Field(10, ge=1, le=1000, description="wrong tokens per client address")

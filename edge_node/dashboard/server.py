@@ -39,7 +39,7 @@ from edge_node.dashboard.limits import RateLimit, client_key
 from edge_node.dashboard.security import SECURITY_HEADERS, TokenGate, Verdict, cross_site_reason
 from edge_node.errors import CommandError
 from edge_node.fleet.monitor import MonitorClient
-from edge_node.mqtt import broker_host
+from edge_node.mqtt.connect import describe
 from edge_node.wire import FLEET, Topics, parse_command
 
 __all__ = ["ASSETS", "Dashboard", "run_dashboard"]
@@ -124,10 +124,11 @@ class Dashboard:
         self.gate = TokenGate(token, cfg.token_failures_per_minute)
         self.inbox = Inbox(prefix, max_nodes=cfg.max_nodes, backlog=_STREAMED_BACKLOG)
         self.board = Board(prefix, cfg)
+        # A fleet of thousands: heartbeats and state only (EDGE_DASHBOARD__PREDICTIONS=false), a tenth of the messages
+        leaves = ("predictions",) * cfg.predictions + ("heartbeat", "status", "state", "snapshot")
         self.mqtt = MonitorClient(
-            mqtt, self.inbox, tool="dashboard", leaves=("predictions", "heartbeat", "status", "state", "snapshot"),
-            every=dict.fromkeys(STREAMED, self.inbox.stream),
-        )  # fmt: skip
+            mqtt, self.inbox, tool="dashboard", leaves=leaves, every=dict.fromkeys(STREAMED, self.inbox.stream)
+        )
         self.clients: set[_Client] = set()  # the browsers that get every batch
         self.connections = 0  # stream handlers running: each counts until it has returned
         self._connects = RateLimit(cfg.stream_connects_per_minute)
@@ -210,8 +211,8 @@ class Dashboard:
         return {
             "connected": self.mqtt.connected,
             "error": self.mqtt.last_error,
-            "host": broker_host(self.mqtt_cfg),
-            "port": self.mqtt_cfg.port,
+            "host": self.mqtt.server.rsplit(":", 1)[0],  # the server of the list it is on (or tries next)
+            "port": int(self.mqtt.server.rsplit(":", 1)[1]),
         }
 
     # --- HTTP --------------------------------------------------------------------------------------------
@@ -368,7 +369,7 @@ class Dashboard:
         except CommandError as exc:
             return _error(400, str(exc))
         if not self.mqtt.connected:
-            return _error(503, f"not connected to the MQTT broker {broker_host(self.mqtt_cfg)}:{self.mqtt_cfg.port}")
+            return _error(503, f"not connected to the MQTT broker {describe(self.mqtt_cfg)}")
         topic = Topics.control_for(self.prefix, target)
         info = self.mqtt.publish(topic, command.model_dump_json(exclude_none=True).encode(), qos=1)
         with contextlib.suppress(ValueError, RuntimeError):

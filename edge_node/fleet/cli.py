@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     monitor.add_argument(
         "--stale", type=float, default=30.0, metavar="S", help="flag online nodes silent for more than S s"
     )
+    monitor.add_argument(
+        "--no-predictions", action="store_true", help="follow heartbeats and state only (fleets of thousands)"
+    )
     _prefix_arg(monitor)
     monitor.set_defaults(handler=_monitor)
 
@@ -42,6 +45,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     simulate.add_argument(
         "--no-snapshots", action="store_true", help="refuse the snapshot command, like a node with snapshots off"
     )
+    simulate.add_argument(
+        "--events", type=float, metavar="S", help="each node sends a numbered QoS 1 event every S s (loss tests)"
+    )
+    simulate.add_argument("--progress", type=float, metavar="S", help="print a 'progress' JSON line every S s")
+    simulate.add_argument(
+        "--procs", type=int, default=1, metavar="P", help="spread the nodes over P processes (--kill: per process)"
+    )
+    simulate.add_argument("--first-id", type=int, default=1, help=argparse.SUPPRESS)  # a --procs child's share
+    simulate.add_argument("--total", type=int, help=argparse.SUPPRESS)
     _prefix_arg(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -52,7 +64,12 @@ def _monitor(args: argparse.Namespace) -> int:
     from edge_node.fleet.monitor import MonitorOptions, run_live, run_once
 
     settings = load_settings()
-    opts = MonitorOptions(prefix=args.prefix or settings.topic_prefix, timeout=args.timeout, stale=args.stale)
+    opts = MonitorOptions(
+        prefix=args.prefix or settings.topic_prefix,
+        timeout=args.timeout,
+        stale=args.stale,
+        predictions=not args.no_predictions,
+    )
     if args.once:
         return run_once(settings.mqtt, opts, as_json=args.json)
     return run_live(settings.mqtt, opts)
@@ -60,6 +77,11 @@ def _monitor(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     import asyncio
+
+    if args.procs > 1:
+        from edge_node.fleet.simprocs import run_procs
+
+        return run_procs(_simulate_argv(args), args.nodes, args.procs)
 
     from edge_node.fleet.simulate import SimOptions, SimulatedFleet
 
@@ -76,6 +98,10 @@ def _simulate(args: argparse.Namespace) -> int:
         kill_after=args.kill_after,
         seed=args.seed,
         snapshots=not args.no_snapshots,
+        events=args.events,
+        progress=args.progress,
+        first_id=args.first_id,
+        total=args.total,
     )
 
     async def main() -> int:
@@ -83,3 +109,14 @@ def _simulate(args: argparse.Namespace) -> int:
         return 0 if stats.nodes_online == opts.nodes else 1
 
     return asyncio.run(main())
+
+
+def _simulate_argv(args: argparse.Namespace) -> list[str]:
+    """The simulate options of ``args`` again (but --nodes and --procs): what each --procs child gets."""
+    out = ["--rate", str(args.rate), "--id-prefix", args.id_prefix, "--heartbeat", str(args.heartbeat)]
+    out += ["--keepalive", str(args.keepalive), "--kill", str(args.kill)]
+    for name in ("duration", "kill_after", "seed", "events", "progress", "prefix"):
+        value = getattr(args, name)
+        if value is not None:
+            out += [f"--{name.replace('_', '-')}", str(value)]
+    return out + (["--no-snapshots"] if args.no_snapshots else [])

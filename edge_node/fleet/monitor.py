@@ -21,7 +21,8 @@ from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
 from edge_node.fleet.table import render, summarize
 from edge_node.fleet.view import LEAVES, FleetView, NodeRow
-from edge_node.mqtt import broker_host, paho_client, tool_client_id
+from edge_node.mqtt.connect import DEFAULT_HOST, describe, paho_client, tool_client_id
+from edge_node.mqtt.servers import ServerOrder
 from edge_node.wire import Topics
 
 __all__ = ["Handler", "MonitorClient", "MonitorOptions", "collect", "run_live", "snapshot_json"]
@@ -40,6 +41,11 @@ class MonitorOptions:
     settle: float = 1.0  # --once: stop early once the fleet picture did not change for this long
     stale: float = 30.0  # heartbeat/prediction age above which an online node is flagged
     refresh: float = 1.0  # live dashboard redraw period
+    predictions: bool = True  # False: heartbeats, status, state and events only (a tenth of a fleet's messages)
+
+    @property
+    def leaves(self) -> tuple[str, ...]:
+        return LEAVES if self.predictions else tuple(leaf for leaf in LEAVES if leaf != "predictions")
 
 
 class MonitorClient:
@@ -68,9 +74,11 @@ class MonitorClient:
         self.last_error: str | None = None
         self._connack = threading.Event()
         self._refused: str | None = None
+        self._order = ServerOrder(cfg.servers(DEFAULT_HOST))  # a random start; the next server after each loss
         self._client = paho_client(cfg, identifier=tool_client_id(tool))
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_subscribe = self._on_subscribe
         ingest = view.ingest  # bound once: the per-message path is this call and nothing else
 
@@ -96,31 +104,61 @@ class MonitorClient:
         self.connected = False
         if reason.is_failure:
             self.last_error = str(reason)
+        self._fail_over(client)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._fail_over(client)
+
+    def _fail_over(self, client: paho.Client) -> None:
+        """paho reconnects to the host it knows: point it at the next server of the list first."""
+        if len(self._order.servers) < 2:
+            return
+        server = self._order.advance()
+        try:
+            client.host, client.port = server.host, server.port
+        except RuntimeError:  # paho still holds the socket: it retries the same server once more
+            return
+        log.info("MQTT: trying server %s next", server)
+
+    @property
+    def server(self) -> str:
+        """The server connected to (or tried next)."""
+        return str(self._order.current)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         self.subscribed.set()
 
     def start(self) -> None:
-        """Connect and wait for the broker's answer; MqttError says what to check."""
-        host = broker_host(self.cfg)
-        try:
-            self._client.connect(host, self.cfg.port, keepalive=self.cfg.keepalive)
-        except OSError as exc:
+        """Connect to the first server that answers and wait for its answer; MqttError says what to check."""
+        where = describe(self.cfg)
+        failure: OSError | None = None
+        for _ in self._order.servers:
+            server = self._order.current
+            try:
+                self._client.connect(server.host, server.port, keepalive=self.cfg.keepalive)
+                break
+            except OSError as exc:
+                failure = exc
+                self._order.advance()
+        else:
             raise MqttError(
-                f"cannot reach MQTT broker {host}:{self.cfg.port}: {exc}; check EDGE_MQTT__HOST and EDGE_MQTT__PORT"
-            ) from exc
+                f"cannot reach MQTT broker {where}: {failure}; check EDGE_MQTT__HOST (or EDGE_MQTT__HOSTS) and "
+                "EDGE_MQTT__PORT"
+            ) from failure
         self._client.loop_start()
         if not self._connack.wait(self.cfg.connect_timeout):
             self.stop()
-            raise MqttError(f"MQTT broker {host}:{self.cfg.port} did not answer within {self.cfg.connect_timeout}s")
+            raise MqttError(f"MQTT broker {server} did not answer within {self.cfg.connect_timeout}s")
         if self._refused is not None:
             self.stop()
-            raise MqttError(f"MQTT broker {host}:{self.cfg.port} refused the {self.cfg.username or 'anonymous'} "
+            raise MqttError(f"MQTT broker {server} refused the {self.cfg.username or 'anonymous'} "
                             f"client: {self._refused}")  # fmt: skip
 
     def start_background(self) -> None:
-        """Connect without waiting, retrying forever (for long-running services); see ``connected``."""
-        self._client.connect_async(broker_host(self.cfg), self.cfg.port, keepalive=self.cfg.keepalive)
+        """Connect without waiting, retrying forever along the server list (for long-running services); see
+        ``connected``."""
+        server = self._order.current
+        self._client.connect_async(server.host, server.port, keepalive=self.cfg.keepalive)
         self._client.loop_start()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> paho.MQTTMessageInfo:
@@ -177,7 +215,7 @@ def snapshot_json(rows: list[NodeRow], *, prefix: str, messages: int, elapsed: f
 
 def run_once(cfg: MqttConfig, opts: MonitorOptions, *, as_json: bool) -> int:
     view = FleetView(opts.prefix, stale_after=opts.stale)
-    client = MonitorClient(cfg, view)
+    client = MonitorClient(cfg, view, leaves=opts.leaves)
     start = time.monotonic()
     client.start()
     try:
@@ -197,7 +235,7 @@ def run_live(cfg: MqttConfig, opts: MonitorOptions) -> int:
     from rich.live import Live
 
     view = FleetView(opts.prefix, stale_after=opts.stale)
-    client = MonitorClient(cfg, view)
+    client = MonitorClient(cfg, view, leaves=opts.leaves)
     client.start()
     last_count, last_time = view.messages, time.monotonic()
     rate: float | None = None

@@ -110,7 +110,7 @@ class SimNode:
             model=self.model,
         ).to_bytes()
 
-    def heartbeat(self, ts: float | None = None) -> bytes:
+    def heartbeat(self, ts: float | None = None, *, server: str | None = None, failovers: int = 0) -> bytes:
         uptime = time.monotonic() - self.started
         inference = self._inference_ms()
         fps = 1000.0 / (inference + 6.0)
@@ -133,6 +133,8 @@ class SimNode:
             resolution=self.resolution,
             camera="ok",
             camera_last_frame_age_s=0.05,
+            server=server,
+            failovers=failovers,
         ).to_bytes()
 
     def state(self, ts: float | None = None) -> bytes:

@@ -5,8 +5,13 @@ Every simulated node has its own MQTT connection with its own last will, so stop
 the broker publish the will. All connections share one asyncio loop (aiomqtt), which keeps 200 nodes at
 10 Hz within one core.
 
-Machine-readable progress goes to stdout as JSON lines (``online``, ``killed``, ``stopped`` with stats), so
-tests and scripts can drive it without a terminal: ``--kill K --kill-after S`` drops K nodes after S seconds,
+With several servers (``EDGE_MQTT__HOSTS``) each node starts at a random one and, when its connection drops,
+fails over to the next like a real node's link (``edge_node.mqtt.servers``): it sets its will again, publishes
+retained ``online`` and state, re-subscribes, and sends the QoS 1 events (``--events S``) that were not yet
+acknowledged. ``--progress S`` prints how many nodes are connected every S seconds.
+
+Machine-readable progress goes to stdout as JSON lines (``online``, ``progress``, ``killed``, ``stopped`` with
+stats), so tests and scripts can drive it without a terminal: ``--kill K --kill-after S`` drops K nodes after S seconds,
 ``SIGUSR1`` drops K more (at least one) at any time, ``SIGINT``/``SIGTERM`` stop every node cleanly.
 """
 
@@ -21,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import aiomqtt
@@ -28,8 +34,9 @@ import aiomqtt
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
 from edge_node.fleet.simnode import SimNode
-from edge_node.mqtt import aiomqtt_client, broker_host, halt
-from edge_node.wire import OFFLINE, ONLINE, Topics
+from edge_node.mqtt.connect import DEFAULT_HOST, aiomqtt_client, describe, halt
+from edge_node.mqtt.servers import Backoff, ServerOrder
+from edge_node.wire import OFFLINE, ONLINE, Event, Topics
 
 __all__ = ["SimOptions", "SimStats", "SimulatedFleet", "node_ids"]
 
@@ -50,6 +57,10 @@ class SimOptions:
     seed: int | None = None
     snapshots: bool = True  # answer the snapshot command with a made-up JPEG
     connect_concurrency: int = 32
+    events: float | None = None  # seconds between two QoS 1 "tick" events per node (kept until acknowledged)
+    progress: float | None = None  # seconds between two "progress" lines
+    first_id: int = 1  # number of the first node (a process of a fleet spread over several)
+    total: int | None = None  # the whole fleet's size, for the ids' width
 
 
 @dataclass
@@ -60,6 +71,12 @@ class SimStats:
     heartbeats: int = 0
     commands: int = 0
     late_ticks: int = 0  # ticks that started more than one period late: the simulator could not keep up
+    events_made: int = 0  # QoS 1 tick events created
+    events_acked: int = 0  # ... acknowledged by the broker (the rest were queued at the end)
+    connects: int = 0
+    failovers: int = 0  # connections made to another server than the node's previous one
+    lost: int = 0  # connections that dropped (not killed, not stopped)
+    dropped_offline: int = 0  # predictions not sent while a node was away from every server (rate x time away)
     killed: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -70,9 +87,15 @@ class SimStats:
         return data
 
 
-def node_ids(count: int, prefix: str) -> list[str]:
-    width = max(3, len(str(count)))
-    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
+def node_ids(count: int, prefix: str, first: int = 1, total: int | None = None) -> list[str]:
+    """``count`` ids from number ``first``, zero-padded for a fleet of ``total`` (default: ``count``)."""
+    width = max(3, len(str(total or count)))
+    return [f"{prefix}{i:0{width}d}" for i in range(first, first + count)]
+
+
+def _tick(node_id: str, seq: int) -> bytes:
+    """A QoS 1 event that counts: ``--events`` makes one per node every S seconds, numbered per node."""
+    return Event(id=f"tick-{seq}", cmd="tick", ok=True, detail={"node": node_id, "seq": seq}).to_bytes()
 
 
 def _emit(event: str, **data: object) -> None:
@@ -93,13 +116,18 @@ def _abort(client: aiomqtt.Client) -> None:
 
 
 class _Node:
-    def __init__(self, sim: SimNode, client: aiomqtt.Client, topics: Topics) -> None:
+    def __init__(self, sim: SimNode, topics: Topics, order: ServerOrder) -> None:
         self.sim = sim
-        self.client = client
         self.topics = topics
+        self.order = order
+        self.client: aiomqtt.Client | None = None
         self.killed = False
         self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.lost_at: float | None = None  # monotonic time of the connection's loss, until the failover
+        self.pending: deque[bytes] = deque(maxlen=1000)  # QoS 1 events not yet acknowledged (the Link's queue)
+        self.next_event = 0
+        self.failures = 0
 
 
 class SimulatedFleet:
@@ -110,61 +138,127 @@ class SimulatedFleet:
         self.opts = opts
         self.stats = SimStats()
         self._rng = random.Random(opts.seed)
+        self._servers = cfg.servers(DEFAULT_HOST)
+        self._backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max)
         self._live: dict[str, _Node] = {}
         self._stop = asyncio.Event()
         self._slots = asyncio.Semaphore(opts.connect_concurrency)
+        self._reconnects: set[asyncio.Task[None]] = set()
 
     # --- one node -------------------------------------------------------------------------------------
 
-    async def _connect(self, node_id: str) -> _Node | None:
+    def _new_node(self, node_id: str) -> _Node:
         topics = Topics(self.opts.topic_prefix, node_id)
-        will = aiomqtt.Will(topics.status, OFFLINE, qos=1, retain=True)
-        client = aiomqtt_client(self.cfg, identifier=f"ghostpi-sim-{node_id}", will=will, keepalive=self.opts.keepalive)
         sim = SimNode(node_id, rng=random.Random(self._rng.random()), snapshots=self.opts.snapshots)
+        return _Node(sim, topics, ServerOrder(self._servers, random.Random(self._rng.random())))
+
+    async def _connect(self, node: _Node, *, gated: bool = True) -> bool:
+        """One attempt on the node's current server: will, retained online and state, subscriptions.
+
+        The fleet's first connects share ``connect_concurrency`` slots (a start that does not flood the broker);
+        a failover does not (``gated=False``): real nodes do not wait for each other, and a slot held for a whole
+        connect timeout by a stalled server would make the simulator, not the cluster, set the recovery time."""
+        topics = node.topics
+        will = aiomqtt.Will(topics.status, OFFLINE, qos=1, retain=True)
+        client = aiomqtt_client(
+            self.cfg.for_server(node.order.current),
+            identifier=f"ghostpi-sim-{node.sim.node_id}",
+            will=will,
+            keepalive=self.opts.keepalive,
+        )
         try:
-            async with self._slots:
+            if gated:
+                async with self._slots:
+                    await client.__aenter__()
+            else:
                 await client.__aenter__()
             await client.publish(topics.status, ONLINE, qos=1, retain=True)
-            await client.publish(topics.state, sim.state(), qos=1, retain=True)
+            await client.publish(topics.state, node.sim.state(), qos=1, retain=True)
             await client.subscribe([(topics.control, 1), (topics.fleet_control, 1)])
         except aiomqtt.MqttError as exc:
-            log.warning("simulated node %s could not connect: %s", node_id, exc)
-            self.stats.connect_failures += 1
-            return None
-        return _Node(sim, client, topics)
+            log.info("simulated node %s could not connect to %s: %s", node.sim.node_id, node.order.current, exc)
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
+            return False
+        node.client = client
+        node.failures = 0
+        if node.lost_at is not None:
+            self.stats.dropped_offline += round((time.monotonic() - node.lost_at) * self.opts.rate)
+            node.lost_at = None
+        self.stats.connects += 1
+        self.stats.failovers += node.order.connected()
+        return True
+
+    async def _first_connect(self, node_id: str) -> _Node | None:
+        """Connect to the first server that answers, from a random start; None when none does."""
+        node = self._new_node(node_id)
+        for _ in self._servers:
+            if await self._connect(node):
+                return node
+            node.order.advance()
+        log.warning("simulated node %s could not connect to any of %s", node_id, describe(self.cfg))
+        self.stats.connect_failures += 1
+        return None
+
+    async def _reconnect(self, node: _Node) -> None:
+        """Fail over along the list like a node's link: the next server at once, backoff after a whole round."""
+        await asyncio.sleep(self._backoff.after_drop(self._rng))
+        while not (node.killed or node.stopping or self._stop.is_set()):
+            node.order.advance()
+            if await self._connect(node, gated=False):
+                self._live[node.sim.node_id] = node
+                self._start(node)
+                return
+            node.failures += 1
+            await asyncio.sleep(self._backoff.delay(node.failures, len(self._servers), self._rng))
 
     async def _publish_loop(self, node: _Node) -> None:
+        assert node.client is not None
+        client = node.client
         loop = asyncio.get_running_loop()
         period = 1.0 / self.opts.rate
         now = loop.time()
         next_tick = now + self._rng.uniform(0, period)  # spread the fleet's ticks over the period
         next_beat = now
+        next_event = now + self._rng.uniform(0, self.opts.events) if self.opts.events else float("inf")
         while True:
+            while node.pending:  # QoS 1: sent again after a failover until the broker acknowledges it
+                await client.publish(node.topics.events, node.pending[0], qos=1)
+                node.pending.popleft()
+                self.stats.events_acked += 1
             delay = next_tick - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             now = loop.time()
-            await node.client.publish(node.topics.predictions, node.sim.prediction(), qos=0)
+            await client.publish(node.topics.predictions, node.sim.prediction(), qos=0)
             self.stats.predictions += 1
             if now >= next_beat:
-                await node.client.publish(node.topics.heartbeat, node.sim.heartbeat(), qos=0)
+                beat = node.sim.heartbeat(server=str(node.order.current), failovers=node.order.failovers)
+                await client.publish(node.topics.heartbeat, beat, qos=0)
                 self.stats.heartbeats += 1
                 next_beat = now + self.opts.heartbeat
+            if self.opts.events and now >= next_event:
+                node.next_event += 1
+                node.pending.append(_tick(node.sim.node_id, node.next_event))
+                self.stats.events_made += 1
+                next_event = now + self.opts.events
             next_tick += period
             if next_tick < now - period:  # fell behind: count it and skip ahead instead of bursting
                 self.stats.late_ticks += 1
                 next_tick = now + period
 
     async def _command_loop(self, node: _Node) -> None:
-        async for message in node.client.messages:
+        assert node.client is not None
+        client = node.client
+        async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             reply = node.sim.handle(payload)
             self.stats.commands += 1
             if reply.snapshot is not None:
-                await node.client.publish(node.topics.snapshot, reply.snapshot, qos=1)
-            await node.client.publish(node.topics.events, reply.event, qos=1)
+                await client.publish(node.topics.snapshot, reply.snapshot, qos=1)
+            await client.publish(node.topics.events, reply.event, qos=1)
             if reply.state_changed:
-                await node.client.publish(node.topics.state, node.sim.state(), qos=1, retain=True)
+                await client.publish(node.topics.state, node.sim.state(), qos=1, retain=True)
 
     def _start(self, node: _Node) -> None:
         node.tasks = [
@@ -175,20 +269,34 @@ class SimulatedFleet:
             task.add_done_callback(lambda done, node=node: self._task_ended(node, done))  # type: ignore[misc]
 
     def _task_ended(self, node: _Node, task: asyncio.Task[None]) -> None:
-        """One loop of a node ended: unless we are stopping it, its connection is gone; end the other loop."""
+        """One loop of a node ended: unless we are stopping it, its connection is gone; end the other loop, and
+        fail over to the next server."""
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None and not (node.killed or node.stopping):
-            log.warning("simulated node %s lost its connection: %s", node.sim.node_id, exc)
+        if self._live.get(node.sim.node_id) is not node:
+            return  # the other loop already handled this connection's end
         self._live.pop(node.sim.node_id, None)
         for other in node.tasks:
             other.cancel()
+        if node.killed or node.stopping or self._stop.is_set():
+            return
+        log.info("simulated node %s lost its connection to %s: %s", node.sim.node_id, node.order.current, exc)
+        self.stats.lost += 1
+        node.lost_at = time.monotonic()
+        client, node.client = node.client, None
+        if client is not None:
+            _abort(client)  # the socket is gone already; this only lets aiomqtt's client go
+        retry = asyncio.create_task(self._reconnect(node))
+        self._reconnects.add(retry)
+        retry.add_done_callback(self._reconnects.discard)
 
     async def _stop_node(self, node: _Node) -> None:
         """Clean shutdown: retained ``offline`` first, then DISCONNECT (so the will is not sent)."""
         node.stopping = True
         await asyncio.gather(*(halt(task) for task in node.tasks))
+        if node.client is None:
+            return
         with contextlib.suppress(aiomqtt.MqttError):
             await node.client.publish(node.topics.status, OFFLINE, qos=1, retain=True, timeout=5)
             await node.client.__aexit__(None, None, None)
@@ -199,7 +307,8 @@ class SimulatedFleet:
         for node_id in victims:
             node = self._live.pop(node_id)
             node.killed = True
-            _abort(node.client)
+            if node.client is not None:
+                _abort(node.client)
             for task in node.tasks:
                 task.cancel()  # a swallowed cancel is harmless: the next publish fails on the dead socket
         self.stats.killed.extend(victims)
@@ -212,13 +321,13 @@ class SimulatedFleet:
 
     async def run(self) -> SimStats:
         loop = asyncio.get_running_loop()
-        ids = node_ids(self.opts.nodes, self.opts.id_prefix)
+        ids = node_ids(self.opts.nodes, self.opts.id_prefix, self.opts.first_id, self.opts.total)
         started = time.monotonic()
-        nodes = [n for n in await asyncio.gather(*(self._connect(i) for i in ids)) if n is not None]
+        nodes = [n for n in await asyncio.gather(*(self._first_connect(i) for i in ids)) if n is not None]
         if not nodes:
             raise MqttError(
-                f"no simulated node could connect to {broker_host(self.cfg)}:{self.cfg.port}; "
-                "check EDGE_MQTT__HOST/PORT and credentials"
+                f"no simulated node could connect to {describe(self.cfg)}; "
+                "check EDGE_MQTT__HOST (or EDGE_MQTT__HOSTS), EDGE_MQTT__PORT and credentials"
             )
         for node in nodes:
             self._live[node.sim.node_id] = node
@@ -234,14 +343,31 @@ class SimulatedFleet:
         self._install_signals(loop)
         scheduled = self.opts.kill > 0 and self.opts.kill_after is not None
         kill_task = asyncio.create_task(self._scheduled_kill()) if scheduled else None
+        progress = asyncio.create_task(self._progress()) if self.opts.progress else None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), self.opts.duration)
-        if kill_task is not None:
-            kill_task.cancel()
+        self._stop.set()  # reconnects in progress give up
+        for task in (kill_task, progress, *self._reconnects):
+            if task is not None:
+                task.cancel()
         self.stats.elapsed_s = round(time.monotonic() - t0, 3)
         await asyncio.gather(*(self._stop_node(n) for n in list(self._live.values())))
         _emit("stopped", **self.stats.summary())
         return self.stats
+
+    async def _progress(self) -> None:
+        assert self.opts.progress is not None
+        while True:
+            await asyncio.sleep(self.opts.progress)
+            _emit(
+                "progress",
+                connected=len(self._live),
+                lost=self.stats.lost,
+                failovers=self.stats.failovers,
+                predictions=self.stats.predictions,
+                events_made=self.stats.events_made,
+                events_acked=self.stats.events_acked,
+            )
 
     async def _scheduled_kill(self) -> None:
         assert self.opts.kill_after is not None

@@ -50,6 +50,8 @@ class NodeRow:
     last_seen_age_s: float | None = None
     last_event: str | None = None
     bad_payloads: int = 0
+    server: str | None = None  # the MQTT server the node is on (its heartbeat)
+    failovers: int = 0
 
     @property
     def troubled(self) -> bool:
@@ -179,6 +181,8 @@ class FleetView:
             last_seen_age_s=round(last_seen, 3) if last_seen is not None else None,
             last_event=_describe(event) if event else None,
             bad_payloads=bad,
+            server=decode.text(beat, "server"),
+            failovers=int(decode.number(beat, "failovers") or 0),
         )
 
 

@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
+from edge_node.mqtt.servers import ServerOrder
 from edge_node.mqtt.tls import ssl_context
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "aiomqtt_client",
     "broker_host",
     "connected",
+    "describe",
     "halt",
     "paho_client",
     "tls_context",
@@ -42,8 +44,13 @@ DEFAULT_HOST = "localhost"  # where the node's embedded demo broker listens when
 
 
 def broker_host(cfg: MqttConfig) -> str:
-    """The broker host; the tools fall back to localhost (the demo node's embedded broker)."""
-    return cfg.host or DEFAULT_HOST
+    """The first broker host; the tools fall back to localhost (the demo node's embedded broker)."""
+    return cfg.servers(DEFAULT_HOST)[0].host
+
+
+def describe(cfg: MqttConfig) -> str:
+    """The servers for messages: ``host:port``, or the list."""
+    return ",".join(str(server) for server in cfg.servers(DEFAULT_HOST))
 
 
 def tool_client_id(tool: str) -> str:
@@ -71,11 +78,13 @@ def aiomqtt_client(
     keepalive: int | None = None,
     max_queued_incoming_messages: int | None = None,
 ) -> aiomqtt.Client:
-    """An unconnected aiomqtt client; enter it with ``async with`` (or use :func:`connected`)."""
+    """An unconnected aiomqtt client for the first server of ``cfg`` (pass ``cfg.for_server(s)`` for another);
+    enter it with ``async with``, or use :func:`connected`, which fails over along the list."""
     ctx = tls_context(cfg)
+    server = cfg.servers(DEFAULT_HOST)[0]
     return aiomqtt.Client(
-        broker_host(cfg),
-        cfg.port,
+        server.host,
+        server.port,
         username=cfg.username,
         password=cfg.resolved_password(),
         identifier=identifier or cfg.client_id or tool_client_id("tool"),
@@ -97,21 +106,43 @@ async def connected(
     will: aiomqtt.Will | None = None,
     keepalive: int | None = None,
 ) -> AsyncIterator[aiomqtt.Client]:
-    """A connected aiomqtt client; broker failures surface as :class:`~edge_node.errors.MqttError`."""
-    client = aiomqtt_client(cfg, identifier=identifier, will=will, keepalive=keepalive)
-    try:
-        async with client:
-            yield client
-    except aiomqtt.MqttError as exc:
-        if _taken_over(exc):
-            raise MqttError(
-                f"MQTT broker {broker_host(cfg)}:{cfg.port} dropped this connection because another client connected "
-                f"with the same client id. {_SHARED_IDENTITY}"
-            ) from exc
-        hint = "check EDGE_MQTT__HOST, EDGE_MQTT__PORT, credentials and TLS settings"
-        if cfg.cert_file is not None and _dropped(exc):
-            hint = f"if another program is connected with the same certificate, that is why. {_SHARED_IDENTITY}"
-        raise MqttError(f"MQTT broker {broker_host(cfg)}:{cfg.port}: {exc}; {hint}") from exc
+    """A client connected to the first server of the list that answers (from a random start); broker failures
+    surface as :class:`~edge_node.errors.MqttError`."""
+    order = ServerOrder(cfg.servers(DEFAULT_HOST))
+    failure: aiomqtt.MqttError | None = None
+    for _ in order.servers:
+        one = cfg.for_server(order.current)
+        client = aiomqtt_client(one, identifier=identifier, will=will, keepalive=keepalive)
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            failure = exc
+            log.info("MQTT server %s did not take the connection (%s)", order.current, exc)
+            order.advance()
+            continue
+        try:
+            try:
+                yield client
+            finally:
+                await client.__aexit__(None, None, None)
+        except aiomqtt.MqttError as exc:
+            raise _explained(one, exc) from exc
+        return
+    assert failure is not None
+    raise _explained(cfg, failure) from failure
+
+
+def _explained(cfg: MqttConfig, exc: aiomqtt.MqttError) -> MqttError:
+    where = describe(cfg)
+    if _taken_over(exc):
+        return MqttError(
+            f"MQTT broker {where} dropped this connection because another client connected with the same client "
+            f"id. {_SHARED_IDENTITY}"
+        )
+    hint = "check EDGE_MQTT__HOST (or EDGE_MQTT__HOSTS), EDGE_MQTT__PORT, credentials and TLS settings"
+    if cfg.cert_file is not None and _dropped(exc):
+        hint = f"if another program is connected with the same certificate, that is why. {_SHARED_IDENTITY}"
+    return MqttError(f"MQTT broker {where}: {exc}; {hint}")
 
 
 _SHARED_IDENTITY = (

@@ -1,7 +1,8 @@
 """The node's MQTT link: one connection kept alive for the node's whole life.
 
-It sets the ``offline`` will, publishes ``online`` and re-subscribes on every connect, reconnects with
-exponential backoff and jitter (tenacity), and keeps reliable messages (events, state) queued while the
+It sets the ``offline`` will, publishes ``online`` and re-subscribes on every connect, fails over between the
+servers of ``EDGE_MQTT__HOSTS`` (a random start, the next server at once, then exponential backoff and jitter
+after a whole round: ``servers.py``), and keeps reliable messages (events, state) queued while the
 broker is away. Predictions and heartbeats (QoS 0) are dropped while disconnected, and counted: a stale
 prediction is worth nothing, but the operator learns how much was lost, and for how long (``offline_s``).
 QoS 0 messages go to paho in batches, everything queued at once, without a wait per message: at hundreds of
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,10 +35,11 @@ from typing import Any, Protocol
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
 from aiomqtt.exceptions import MqttCodeError, MqttConnectError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type
 
 from edge_node.config import MqttConfig
-from edge_node.mqtt.connect import aiomqtt_client, broker_host, halt
+from edge_node.mqtt.connect import DEFAULT_HOST, aiomqtt_client, halt
+from edge_node.mqtt.servers import Backoff, ServerOrder
 from edge_node.wire import OFFLINE, ONLINE, Topics
 
 __all__ = ["Inbound", "Link", "Outgoing"]
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT = 10.0
 SHUTDOWN_FLUSH = 5.0  # seconds a clean shutdown waits for queued events and state to reach the broker
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported protocol version" (3.1.1's return code 1, as paho maps it)
+SUBSCRIBE_RETRY = 2.0  # seconds before a refused subscription is asked for again (doubling up to reconnect_max)
 DENIAL_LOG_EVERY = 60.0  # seconds between two warnings about refused publishes to the same topic
 
 
@@ -117,6 +121,22 @@ class Link:
         self._offline_total = 0.0  # seconds without the broker in the gaps that have ended
         self._lost_at: float | None = None  # when the current gap began (monotonic); None while connected
         self._task: asyncio.Task[None] | None = None  # the connection loop while serving
+        self._rng = random.Random()
+        self._order = ServerOrder(cfg.servers(DEFAULT_HOST), self._rng)  # from a random server of the list
+        self._tried = self._order.current
+        self._backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max)
+        self._failures = 0  # connect attempts failed in a row
+
+    @property
+    def server(self) -> str | None:
+        """The server of the current (or latest) connection, as ``host:port``."""
+        server = self._order.connected_to
+        return None if server is None else str(server)
+
+    @property
+    def failovers(self) -> int:
+        """Connections made to another server than the one before."""
+        return self._order.failovers
 
     @property
     def reconnects(self) -> int:
@@ -193,7 +213,7 @@ class Link:
     async def run(self) -> None:
         while True:
             retrying = AsyncRetrying(
-                wait=wait_exponential_jitter(initial=self.cfg.reconnect_min, max=self.cfg.reconnect_max),
+                wait=self._wait,
                 retry=retry_if_exception_type((aiomqtt.MqttError, OSError)),
                 before_sleep=self._log_retry,
                 reraise=True,
@@ -201,24 +221,42 @@ class Link:
             async for attempt in retrying:
                 with attempt:
                     await self._session()  # returns after a connection that worked was lost
-            # A session that connected and then dropped starts a fresh backoff.
+            # A session that connected and then dropped fails over to the next server, after a short spread.
+            self._failures = 0
+            server = self._order.advance()
+            delay = self._backoff.after_drop(self._rng)
+            log.info("failing over to MQTT server %s in %.1fs", server, delay)
+            await asyncio.sleep(delay)
+
+    def _wait(self, state: Any) -> float:
+        """tenacity's wait: the next server of the list at once, a backoff after a whole round failed."""
+        if self._probe_311:
+            return 0.0  # the same server again, at MQTT 3.1.1
+        self._failures += 1
+        delay = self._backoff.delay(self._failures, len(self._order.servers), self._rng)
+        self._order.advance()
+        return delay
 
     def _log_retry(self, state: Any) -> None:
         outcome = state.outcome
         exc = outcome.exception() if outcome is not None else None
         sleep = state.next_action.sleep if state.next_action is not None else 0.0
         if self._probe_311:
-            log.info(
-                "MQTT 5 connect to %s:%s failed (%s); trying MQTT 3.1.1", broker_host(self.cfg), self.cfg.port, exc
-            )
+            log.info("MQTT 5 connect to %s failed (%s); trying MQTT 3.1.1", self._order.current, exc)
             return
         log.warning(
-            "MQTT broker %s:%s unreachable (%s); retrying in %.1fs", broker_host(self.cfg), self.cfg.port, exc, sleep
+            "MQTT server %s unreachable (%s); trying %s in %.1fs",
+            self._tried,
+            exc,
+            self._order.current,
+            sleep,
         )
 
     async def _session(self) -> None:
         probing = self._probe_311
-        cfg = self.cfg.model_copy(update={"protocol": "3.1.1"}) if probing else self.cfg
+        server = self._tried = self._order.current
+        base = self.cfg.for_server(server)
+        cfg = base.model_copy(update={"protocol": "3.1.1"}) if probing else base
         will = aiomqtt.Will(self.topics.status, OFFLINE, qos=1, retain=True)
         client = aiomqtt_client(cfg, identifier=self.client_id, will=will)
         self._watch_acks(client)
@@ -229,15 +267,15 @@ class Link:
             raise
         if probing:
             # MQTT 5 was refused or never answered (amqtt does not even answer an MQTT 5 CONNECT with a will),
-            # and 3.1.1 connects: this broker does not speak MQTT 5.
+            # and 3.1.1 connects: this broker does not speak MQTT 5. A cluster speaks one protocol: every server.
             log.warning(
-                "the MQTT broker %s:%s does not accept MQTT 5; using MQTT 3.1.1 from now on (set "
+                "the MQTT broker %s does not accept MQTT 5; using MQTT 3.1.1 from now on (set "
                 "EDGE_MQTT__PROTOCOL=3.1.1 to skip the attempt; 3.1.1 cannot report refused publishes)",
-                broker_host(self.cfg),
-                self.cfg.port,
+                server,
             )
-            self.cfg = cfg
+            self.cfg = self.cfg.model_copy(update={"protocol": "3.1.1"})
             self._probe_311 = False
+        self._failures = 0
         try:
             await self._connected(client)
         finally:
@@ -252,24 +290,23 @@ class Link:
             self._offline_total += gap
             self._lost_at = None
             log.info("back online after %.1f s without the broker (%d reconnects so far)", gap, self.reconnects)
+        if self._order.connected():
+            log.warning("failed over to MQTT server %s (%d failovers so far)", self._order.current, self.failovers)
         log.info(
-            "connected to MQTT broker %s:%s (MQTT %s, client id %s unless the broker binds it to the certificate)",
-            broker_host(self.cfg),
-            self.cfg.port,
+            "connected to MQTT server %s (MQTT %s, client id %s unless the broker binds it to the certificate)",
+            self._order.current,
             self.cfg.protocol,
             self.client_id,
         )
         try:
             await self._send(client, Outgoing(self.topics.status, ONLINE, 1, True))
-            for topic in self.subscriptions:
-                granted = await client.subscribe(topic, qos=1, timeout=PUBLISH_TIMEOUT)
-                for code in granted:
-                    if _is_failure(code):
-                        self._refused(topic, f"subscription refused: {code}")
+            refused = [topic for topic in self.subscriptions if not await self._subscribe(client, topic)]
             await self._on_connect()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._sender(client))
                 tg.create_task(self._reader(client))
+                if refused:
+                    tg.create_task(self._subscribe_again(client, refused))
         except* aiomqtt.MqttError as group:
             log.warning("MQTT connection lost: %s", group.exceptions[0])
         finally:
@@ -279,6 +316,25 @@ class Link:
             self._inflight = None
             self._last_fast = None
             self._fast.clear()
+
+    async def _subscribe(self, client: aiomqtt.Client, topic: str) -> bool:
+        granted = await client.subscribe(topic, qos=1, timeout=PUBLISH_TIMEOUT)
+        failures = [code for code in granted if _is_failure(code)]
+        for code in failures:
+            self._refused(topic, f"subscription refused: {code}")
+        return not failures
+
+    async def _subscribe_again(self, client: aiomqtt.Client, topics: list[str]) -> None:
+        """A refused subscription is asked for again, with backoff: a NATS cluster refuses QoS 1 subscriptions
+        while it elects new JetStream leaders after losing a server, and a node must not stay deaf to commands
+        until its next reconnect. (An ACL's refusal stays a refusal; the retries only repeat the warning.)"""
+        delay = SUBSCRIBE_RETRY
+        while topics:
+            await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
+            topics = [topic for topic in topics if not await self._subscribe(client, topic)]
+            if not topics:
+                log.info("subscribed on %s after an earlier refusal", self._order.current)
+            delay = min(delay * 2, self.cfg.reconnect_max)
 
     async def _reader(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

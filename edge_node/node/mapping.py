@@ -177,6 +177,8 @@ class LinkFigures:
     dropped_offline: dict[str, int]
     denied: int
     offline_s: float = 0.0
+    server: str | None = None
+    failovers: int = 0
 
 
 class HeartbeatBuilder:
@@ -229,6 +231,8 @@ class HeartbeatBuilder:
             dropped_offline={k: v for k, v in link.dropped_offline.items() if v},
             offline_s=round(link.offline_s, 1),
             publish_denied=link.denied,
+            server=link.server,
+            failovers=link.failovers,
         )
 
     def _workers(self, now: float, pipe: PipelineSnapshot) -> list[WorkerStatus]:

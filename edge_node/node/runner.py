@@ -69,7 +69,7 @@ async def run(settings: Settings, *, echo: bool | None = None, duration: float |
     from edge_node.node.builder import build
 
     broker = None
-    if settings.mqtt.host is None:
+    if not settings.mqtt.configured:
         from edge_node.mqtt import EmbeddedBroker
 
         broker = EmbeddedBroker("127.0.0.1", settings.mqtt.port)

@@ -35,6 +35,12 @@ class LinkCounters(Protocol):
     @property
     def offline_s(self) -> float: ...
 
+    @property
+    def server(self) -> str | None: ...
+
+    @property
+    def failovers(self) -> int: ...
+
 
 @dataclass
 class NodeStatus:
@@ -60,7 +66,9 @@ class NodeStatus:
         return self._beats.build(
             pipe=self.pipeline(),
             cam=self.camera(),
-            link=LinkFigures(link.reconnects, dict(link.dropped_offline), link.denied, link.offline_s),
+            link=LinkFigures(
+                link.reconnects, dict(link.dropped_offline), link.denied, link.offline_s, link.server, link.failovers
+            ),
             pipeline_state=self.health.pipeline,
             restarts=self.health.restarts,
             model_source=self.model_source(),

@@ -135,6 +135,8 @@ class Heartbeat(_Wire):
     dropped_offline: dict[str, int] = Field(default_factory=dict)  # messages not sent while the broker was away
     offline_s: float = 0.0  # seconds without the broker since the first connect, all gaps summed
     publish_denied: int = 0  # publishes the broker refused (MQTT 5 reason codes; 3.1.1 cannot tell)
+    server: str | None = None  # host:port of the MQTT server this node is connected to (EDGE_MQTT__HOSTS)
+    failovers: int = 0  # connections made to another server than the one before
 
 
 class Trial(_Wire):

@@ -264,3 +264,15 @@ def test_stream_connects_are_limited_per_address(mosquitto: Mosquitto, tmp_path:
         assert _request(dash.base + "/api/config")[0] == 200  # the rest of the dashboard still answers
     finally:
         dash.close()
+
+
+def test_a_fleet_dashboard_follows_heartbeats_and_state_and_names_its_server() -> None:
+    """EDGE_DASHBOARD__PREDICTIONS=false: no subscription to predictions (a tenth of a fleet's messages); with a
+    server list the header names the server the dashboard is on (or tries next), one of the list."""
+    config = DashboardConfig(predictions=False)
+    mqtt = MqttConfig.model_validate({"hosts": "127.0.0.1:1884,127.0.0.1:1885"})
+    dash = Dashboard(config, mqtt, "gp", TOKEN, exposure(config, "127.0.0.1", "here"))
+    assert "predictions" not in dash.mqtt.leaves and {"heartbeat", "status", "state"} <= set(dash.mqtt.leaves)
+    broker = dash.broker_status()
+    assert (broker["host"], broker["port"]) in {("127.0.0.1", 1884), ("127.0.0.1", 1885)}
+    assert "predictions" in _dashboard().mqtt.leaves

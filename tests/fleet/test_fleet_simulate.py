@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from edge_node.fleet.simulate import SimOptions, SimulatedFleet, node_ids
 from edge_node.mqtt import connected
 from edge_node.wire import Event, NodeState, Prediction
 from tests.support.brokers import Mosquitto, free_port
+from tests.support.fleet_procs import Simulator
+from tests.support.nodeproc import Collector
 
 
 def test_node_ids_sort_naturally() -> None:
@@ -89,3 +92,33 @@ def test_simulate_reports_an_unreachable_broker(tmp_path: Path) -> None:
     cfg = MqttConfig(host="127.0.0.1", port=free_port(), connect_timeout=2)
     with pytest.raises(MqttError, match="EDGE_MQTT__HOST"):
         asyncio.run(SimulatedFleet(cfg, SimOptions(nodes=2)).run())
+
+
+def test_procs_share_the_fleet_and_the_ids_continue() -> None:
+    from edge_node.fleet.simprocs import shares
+
+    assert shares(10, 3) == [(1, 4), (5, 3), (8, 3)]
+    assert shares(2, 4) == [(1, 1), (2, 1)]
+    ids = [i for first, count in shares(1200, 3) for i in node_ids(count, "x", first, 1200)]
+    assert ids == node_ids(1200, "x")
+
+
+@pytest.mark.timeout(90)
+def test_simulate_over_two_processes(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """--procs 2: two children, each with its half and a 'proc' field on its lines; SIGTERM reaches both."""
+    sim = Simulator(mosquitto.port, tmp_path, "--nodes", "7", "--procs", "2", "--rate", "2", "--heartbeat", "1")
+    try:
+        online = [sim.wait_event("online", timeout=30) for _ in range(2)]
+        assert sorted((o["proc"], o["nodes"]) for o in online) == [(0, 4), (1, 3)]
+        bus = Collector(mosquitto.port, ("ghostpi/+/status",))
+        try:
+            for i in range(1, 8):  # one fleet: ids 001-007, whichever process runs them
+                bus.wait(f"ghostpi/sim-{i:03d}/status", lambda m: m.payload == b"online", timeout=10)
+        finally:
+            bus.close()
+        sim.proc.send_signal(signal.SIGTERM)
+        stopped = [sim.wait_event("stopped", timeout=30) for _ in range(2)]
+        assert sum(s["nodes_online"] for s in stopped) == 7
+        assert sim.proc.wait(15) == 0
+    finally:
+        sim.close()

@@ -108,3 +108,27 @@ def test_one_payload_object_under_two_leaves_is_decoded_for_each() -> None:
     view.ingest("ghostpi/x/events", shared, 1.0)
     [row] = view.snapshot(now=1.5)
     assert row.last_event == "ping: ok" and (row.mode, row.resolution) == ("high", 224) and row.bad_payloads == 0
+
+
+def test_heartbeats_only_rows_show_the_server_and_failovers() -> None:
+    """``monitor --no-predictions`` (a fleet of thousands): rows from heartbeat and state alone, with the server."""
+    from edge_node.fleet.monitor import MonitorOptions
+
+    assert "predictions" not in MonitorOptions(predictions=False).leaves
+    assert "predictions" in MonitorOptions().leaves
+    view = FleetView("ghostpi", stale_after=30)
+    sim = SimNode("a")
+    view.ingest("ghostpi/a/status", b"online", 100.0)
+    view.ingest("ghostpi/a/heartbeat", sim.heartbeat(server="nats2.lan:8883", failovers=2), 100.0)
+    [row] = view.snapshot(now=110.0)
+    assert row.online and not row.stale and row.label is None and row.fps
+    assert row.server == "nats2.lan:8883" and row.failovers == 2
+    assert "nats2.lan:8883 (2 failovers)" in _text(render([row], prefix="ghostpi"))
+
+
+def _text(renderable: object) -> str:
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    console.print(renderable)
+    return console.export_text()

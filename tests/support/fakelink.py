@@ -33,6 +33,8 @@ class FakeLink:
     reconnects: int = 0
     denied: int = 0
     offline_s: float = 0.0
+    server: str | None = "fake:1883"
+    failovers: int = 0
     dropped_offline: Counter[str] = field(default_factory=Counter)
     served: bool = False  # serve() was left: the node stopped talking
     subscriptions: tuple[str, ...] = ()  # what the node asked for when it started serving

@@ -51,10 +51,10 @@ def monitor_snapshot(port: int, cwd: Path, *args: str, timeout: float = 5.0) -> 
 class Simulator:
     """``edge-node simulate`` in the background; its JSON-line events are read on a thread."""
 
-    def __init__(self, port: int, cwd: Path, *args: str) -> None:
+    def __init__(self, port: int, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "edge_node", "simulate", *args]
         self.proc = subprocess.Popen(
-            cmd, env=edge_env(port), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            cmd, env=edge_env(port, **(env or {})), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.stderr: list[str] = []

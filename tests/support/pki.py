@@ -52,8 +52,9 @@ class Authority:
         self.ca_file = self.folder / "ca.crt"
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, *, server: bool = False) -> tuple[Path, Path]:
-        """(certificate, key) files for ``cn``; a server certificate names localhost and 127.0.0.1."""
+    def issue(self, cn: str, *, server: bool = False, route: bool = False) -> tuple[Path, Path]:
+        """(certificate, key) files for ``cn``; a server certificate names localhost and 127.0.0.1, and with
+        ``route`` it may also log in as a client (a NATS server dialling its cluster peers)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         builder = (
@@ -72,7 +73,9 @@ class Authority:
                     [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
                 ),
                 critical=False,
-            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            )
+            usages = [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if route else [])]
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         else:
             builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())

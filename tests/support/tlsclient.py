@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_node.config import MqttConfig
@@ -20,13 +20,22 @@ OK, DENIED = "ok", "Not authorized"
 
 
 class Client:
-    """A paho client (MQTT 5) using the node's own TLS context (edge_node.mqtt.tls.ssl_context).
+    """A paho client (MQTT 5, or 3.1.1 with ``protocol``) over the node's own TLS context
+    (edge_node.mqtt.tls.ssl_context).
 
     It records messages, PUBACK reason codes and every disconnect, so tests can assert on what the broker did
     rather than on time passing.
     """
 
-    def __init__(self, port: int, cfg: MqttConfig, client_id: str, will: tuple[str, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        cfg: MqttConfig,
+        client_id: str,
+        will: tuple[str, bytes] | None = None,
+        *,
+        protocol: MQTTProtocolVersion = paho.MQTTv5,
+    ) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.disconnects: list[str] = []
         self.connected = threading.Event()
@@ -35,7 +44,7 @@ class Client:
         self._cond = threading.Condition()
         self._acks: dict[int, ReasonCode] = {}
         self._subacks: set[int] = set()
-        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
         ctx = ssl_context(cfg)
         assert ctx is not None
         self.c.tls_set_context(ctx)
