@@ -40,7 +40,7 @@ _HB_KNOWN = {
     "node", "ts", "uptime_s", "fps", "inference_ms_avg", "cpu_percent", "cpu_temp_c", "rss_mb",
     "frames_captured", "frames_processed", "frames_dropped", "reconnects", "model_version", "model_source",
     "mode", "resolution", "camera", "camera_last_frame_age_s", "pipeline", "frames_failed", "publish_denied",
-    "runtime", "precision", "last_error",
+    "runtime", "precision", "last_error", "offline_s", "server", "failovers",
 }  # fmt: skip
 _HB_COUNTS = ("restarts", "dropped_offline")  # {what: count} objects, shown as one counter per key
 MAX_TEXT = 200  # characters of any string value shown
