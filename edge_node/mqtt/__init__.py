@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from edge_node.mqtt.connect import (
         DEFAULT_HOST,
         aiomqtt_client,
-        broker_host,
         connected,
         describe,
         halt,
@@ -41,7 +40,6 @@ __all__ = [
     "ServerOrder",
     "TokenBucket",
     "aiomqtt_client",
-    "broker_host",
     "connected",
     "describe",
     "halt",
@@ -60,7 +58,6 @@ _HOME = {
         (
             "DEFAULT_HOST",
             "aiomqtt_client",
-            "broker_host",
             "connected",
             "describe",
             "halt",

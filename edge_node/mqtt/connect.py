@@ -28,7 +28,6 @@ from edge_node.mqtt.tls import ssl_context
 __all__ = [
     "DEFAULT_HOST",
     "aiomqtt_client",
-    "broker_host",
     "connected",
     "describe",
     "halt",
@@ -41,11 +40,6 @@ log = logging.getLogger(__name__)
 
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection with our client id
 DEFAULT_HOST = "localhost"  # where the node's embedded demo broker listens when EDGE_MQTT__HOST is unset
-
-
-def broker_host(cfg: MqttConfig) -> str:
-    """The first broker host; the tools fall back to localhost (the demo node's embedded broker)."""
-    return cfg.servers(DEFAULT_HOST)[0].host
 
 
 def describe(cfg: MqttConfig) -> str:

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.paths import REPO
+from tests.support.paths import clean_env, run_cli
 
 
 def test_bench_measures_every_configuration_and_says_what_auto_would_choose(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path), "EDGE_MODEL__THREADS": "2"}
-    run = subprocess.run(
-        [sys.executable, "-m", "edge_node", "bench", str(tiny_bundle), "--seconds", "0.2", "--out", str(out)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = clean_env(HOME=str(tmp_path), EDGE_MODEL__THREADS="2")
+    run = run_cli("bench", str(tiny_bundle), "--seconds", "0.2", "--out", str(out), env=env, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     seen = {(t["runtime"], t["precision"], t["resolution"], t["workers"], t["threads"]) for t in report["trials"]}
@@ -38,15 +29,8 @@ def test_bench_without_a_bundle_measures_the_shipped_demo_bundle(tmp_path: Path)
     from edge_node.modelzoo.demo import DEMO_RECIPE
 
     out = tmp_path / "bench.json"
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
-    run = subprocess.run(
-        [sys.executable, "-m", "edge_node", "bench", "--seconds", "0.2", "--out", str(out)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = clean_env(HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path))
+    run = run_cli("bench", "--seconds", "0.2", "--out", str(out), env=env, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert (report["bundle"]["name"], report["bundle"]["version"]) == (DEMO_RECIPE["name"], DEMO_RECIPE["version"])
