@@ -5,10 +5,16 @@ arrival time. ``snapshot`` (a few times per second at most) groups topics by nod
 per node and leaf with the viewers' lenient decoder (:mod:`edge_node.fleet.decode`, the web dashboard's too):
 a newer node's extra fields are read past, and only what is no JSON object with finite numbers counts as a
 bad payload. A fleet of hundreds of nodes at 10 Hz costs a dict store each.
+
+Two threads meet here: paho's network thread writes through ``ingest`` while the monitor's or dashboard's
+thread reads. The store has one owner, this object, and one lock; a reader takes one copy under the lock
+and works on that copy only, so no reader ever iterates the live dict (CI once saw "dictionary changed size
+during iteration" from a reader that did).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -72,22 +78,30 @@ class FleetView:
         self.prefix = prefix
         self.stale_after = stale_after
         self.messages = 0
-        self._latest: dict[str, tuple[bytes | bytearray, float]] = {}
+        self._lock = threading.Lock()
+        self._latest: dict[str, tuple[bytes | bytearray, float]] = {}  # guarded by _lock
         # (leaf, id(raw)) -> (raw, decoded): one payload object may sit under two leaves, decoded each its way
         self._decoded: dict[tuple[str, int], tuple[bytes | bytearray, JsonDict | None]] = {}
 
     def ingest(self, topic: str, payload: bytes | bytearray, now: float | None = None) -> None:
-        """The hot path: one dict store and a counter."""
-        self._latest[topic] = (payload, time.monotonic() if now is None else now)
-        self.messages += 1
+        """The hot path: one dict store and a counter, under the lock."""
+        entry = (payload, time.monotonic() if now is None else now)
+        with self._lock:
+            self._latest[topic] = entry
+            self.messages += 1
+
+    def _copy(self) -> list[tuple[str, tuple[bytes | bytearray, float]]]:
+        """The only way readers see the store: one copy taken under the lock."""
+        with self._lock:
+            return list(self._latest.items())
 
     def entries(self) -> list[tuple[str, bytes | bytearray, float]]:
         """Every stored topic with its newest payload and arrival time; a copy, safe against the ingest thread."""
-        return [(topic, raw, at) for topic, (raw, at) in list(self._latest.items())]
+        return [(topic, raw, at) for topic, (raw, at) in self._copy()]
 
     def node_ids(self) -> set[str]:
         nodes = set()
-        for topic in list(self._latest):
+        for topic, _ in self._copy():
             parsed = Topics.parse(self.prefix, topic)
             if parsed is not None and parsed[1] in LEAVES:
                 nodes.add(parsed[0])
@@ -97,11 +111,12 @@ class FleetView:
         """Rows sorted with problems first (offline, then stale, then unhealthy), then by node id."""
         current = time.monotonic() if now is None else now
         per_node: dict[str, dict[str, tuple[bytes | bytearray, float]]] = {}
-        for topic, entry in list(self._latest.items()):
+        stored = self._copy()
+        for topic, entry in stored:
             parsed = Topics.parse(self.prefix, topic)
             if parsed is not None and parsed[1] in LEAVES:
                 per_node.setdefault(parsed[0], {})[parsed[1]] = entry
-        live = {id(raw) for raw, _ in self._latest.values()}
+        live = {id(raw) for _, (raw, _) in stored}
         self._decoded = {key: hit for key, hit in self._decoded.items() if key[1] in live}  # forget replaced payloads
         rows = [self._row(node, leaves, current) for node, leaves in per_node.items()]
         rows.sort(key=lambda r: (r.online, not r.stale, not r.troubled, r.node))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import threading
 
 from edge_node.fleet.simnode import SimNode
 from edge_node.fleet.table import render, summarize
@@ -132,3 +134,40 @@ def _text(renderable: object) -> str:
     console = Console(width=300, record=True)
     console.print(renderable)
     return console.export_text()
+
+
+def test_snapshots_while_paho_ingests_new_nodes() -> None:
+    """Regression (CI of stop 23): a reader iterated the live dict while paho's thread added topics to it and
+    died of "dictionary changed size during iteration". A thread switch every microsecond makes it certain."""
+    view = FleetView("ghostpi", stale_after=10)
+    for i in range(2000):
+        _fleet(view, f"seed{i}", 1.0)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def paho() -> None:  # what the MQTT thread does: new nodes' topics keep arriving
+        i = 0
+        while not stop.is_set():
+            view.ingest(f"ghostpi/new{i}/heartbeat", b'{"fps": 1}', 2.0)
+            view.ingest(f"ghostpi/new{i}/status", b"online", 2.0)
+            i += 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    writer = threading.Thread(target=paho, daemon=True)
+    writer.start()
+    try:
+        for _ in range(30):
+            try:
+                view.snapshot(now=3.0)
+                view.entries()
+                view.node_ids()
+            except RuntimeError as exc:
+                errors.append(exc)
+                break
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+        sys.setswitchinterval(old)
+    assert not errors, errors
+    assert len(view.snapshot(now=3.0)) > 2000
