@@ -34,14 +34,24 @@ def child_args(options: Sequence[str], first: int, count: int, total: int) -> li
 
 
 def run_procs(options: Sequence[str], nodes: int, procs: int) -> int:
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "edge_node", "simulate", *child_args(options, first, count, nodes)],
-            stdout=subprocess.PIPE,
-            text=True,
+    children: list[subprocess.Popen[str]] = []
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    # forwarding is in place before the first child starts: a SIGTERM while they start reaches those started
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, forward)
+    for first, count in shares(nodes, procs):
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "edge_node", "simulate", *child_args(options, first, count, nodes)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
         )
-        for first, count in shares(nodes, procs)
-    ]
     lock = threading.Lock()
 
     def relay(index: int, child: subprocess.Popen[str]) -> None:
@@ -56,14 +66,6 @@ def run_procs(options: Sequence[str], nodes: int, procs: int) -> int:
     threads = [threading.Thread(target=relay, args=(i, c), daemon=True) for i, c in enumerate(children)]
     for thread in threads:
         thread.start()
-
-    def forward(signum: int, frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, forward)
     codes = [child.wait() for child in children]
     for thread in threads:
         thread.join(5)

@@ -33,6 +33,7 @@ import aiomqtt
 
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
+from edge_node.fleet.signals import loop_signals
 from edge_node.fleet.simnode import SimNode
 from edge_node.mqtt.connect import DEFAULT_HOST, aiomqtt_client, describe, halt
 from edge_node.mqtt.servers import Backoff, ServerOrder
@@ -144,6 +145,7 @@ class SimulatedFleet:
         self._stop = asyncio.Event()
         self._slots = asyncio.Semaphore(opts.connect_concurrency)
         self._reconnects: set[asyncio.Task[None]] = set()
+        self._connected: list[_Node] = []  # every node's first connection, for a stop while the fleet connects
 
     # --- one node -------------------------------------------------------------------------------------
 
@@ -194,11 +196,15 @@ class SimulatedFleet:
         node = self._new_node(node_id)
         for _ in self._servers:
             if await self._connect(node):
+                self._connected.append(node)
                 return node
             node.order.advance()
         log.warning("simulated node %s could not connect to any of %s", node_id, describe(self.cfg))
         self.stats.connect_failures += 1
         return None
+
+    async def _connect_all(self, ids: list[str]) -> list[_Node | None]:
+        return await asyncio.gather(*(self._first_connect(i) for i in ids))
 
     async def _reconnect(self, node: _Node) -> None:
         """Fail over along the list like a node's link: the next server at once, backoff after a whole round."""
@@ -320,10 +326,28 @@ class SimulatedFleet:
         self._stop.set()
 
     async def run(self) -> SimStats:
+        """Connect the fleet, run it until ``duration`` or a signal, stop every node cleanly.
+
+        The signal handlers are in place before the first connect, so a SIGTERM while thousands of nodes
+        connect stops the ones already up cleanly instead of killing the process (``fleet.signals``)."""
         loop = asyncio.get_running_loop()
+        actions = {signal.SIGINT: self.stop, signal.SIGTERM: self.stop, signal.SIGUSR1: self._kill_more}
+        with loop_signals(loop, actions) if sys.platform != "win32" else contextlib.nullcontext():
+            return await self._run()
+
+    async def _run(self) -> SimStats:
         ids = node_ids(self.opts.nodes, self.opts.id_prefix, self.opts.first_id, self.opts.total)
         started = time.monotonic()
-        nodes = [n for n in await asyncio.gather(*(self._first_connect(i) for i in ids)) if n is not None]
+        connecting = asyncio.create_task(self._connect_all(ids))
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():  # stopped while connecting: the nodes already up say offline
+            await halt(connecting)
+            await asyncio.gather(*(self._stop_node(n) for n in self._connected))
+            _emit("stopped", **self.stats.summary())
+            return self.stats
+        stopping.cancel()
+        nodes = [n for n in connecting.result() if n is not None]
         if not nodes:
             raise MqttError(
                 f"no simulated node could connect to {describe(self.cfg)}; "
@@ -340,7 +364,6 @@ class SimulatedFleet:
             connect_s=round(time.monotonic() - started, 2),
         )
         t0 = time.monotonic()
-        self._install_signals(loop)
         scheduled = self.opts.kill > 0 and self.opts.kill_after is not None
         kill_task = asyncio.create_task(self._scheduled_kill()) if scheduled else None
         progress = asyncio.create_task(self._progress()) if self.opts.progress else None
@@ -374,9 +397,5 @@ class SimulatedFleet:
         await asyncio.sleep(self.opts.kill_after)
         _emit("killed", nodes=self.kill(self.opts.kill))
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        if sys.platform == "win32":  # pragma: no cover - the fleet tools target Linux
-            return
-        loop.add_signal_handler(signal.SIGINT, self.stop)
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGUSR1, lambda: _emit("killed", nodes=self.kill(max(1, self.opts.kill))))
+    def _kill_more(self) -> None:
+        _emit("killed", nodes=self.kill(max(1, self.opts.kill)))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from edge_node.cli import _parser
 from edge_node.config import MqttConfig
 from edge_node.errors import MqttError
-from edge_node.fleet.simulate import SimOptions, SimulatedFleet, node_ids
+from edge_node.fleet.simulate import SimOptions, SimStats, SimulatedFleet, node_ids
 from edge_node.mqtt import connected
 from edge_node.wire import Event, NodeState, Prediction
 from tests.support.brokers import Mosquitto, free_port
@@ -122,3 +124,45 @@ def test_simulate_over_two_processes(mosquitto: Mosquitto, tmp_path: Path) -> No
         assert sim.proc.wait(15) == 0
     finally:
         sim.close()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_reaches_a_flooded_loop(mosquitto: Mosquitto) -> None:
+    """A signal that arrives while the loop's self-pipe is full still stops the fleet.
+
+    asyncio's ``add_signal_handler`` learns of a signal only from a byte in its self-pipe, and every
+    ``call_soon_threadsafe`` (aiomqtt makes one per socket write it waits on) writes one byte too: with
+    thousands of connections on a busy loop the pipe is full, the signal's byte is dropped and SIGTERM is
+    missed. The regression fills the pipe on purpose, with the loop held, then signals."""
+    cfg = MqttConfig(host="127.0.0.1", port=mosquitto.port)
+
+    async def scenario() -> SimStats:
+        fleet = SimulatedFleet(cfg, SimOptions(nodes=2, rate=5, seed=1, id_prefix="sig-", snapshots=False))
+        runner = asyncio.create_task(fleet.run())
+        async with connected(cfg, identifier="test-sig-watch") as op:  # wait until the fleet is up
+            await op.subscribe("ghostpi/+/status", qos=1)
+            online: set[str] = set()
+            async with asyncio.timeout(30):
+                async for msg in op.messages:
+                    if msg.payload == b"online":
+                        online.add(str(msg.topic))
+                    if len(online) == 2:
+                        break
+        loop = asyncio.get_running_loop()
+        signalled = threading.Event()
+
+        def flood() -> None:
+            for _ in range(100_000):  # far more one-byte writes than a socketpair holds
+                loop.call_soon_threadsafe(lambda: None)
+            os.kill(os.getpid(), signal.SIGTERM)
+            signalled.set()
+
+        thread = threading.Thread(target=flood)
+        thread.start()
+        assert signalled.wait(60)  # the loop is held here while the pipe fills and the signal arrives
+        thread.join()
+        return await asyncio.wait_for(runner, 60)
+
+    stats = asyncio.run(scenario())
+    assert stats.elapsed_s >= 0  # run() returned: it saw the SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # and gave the handler back
