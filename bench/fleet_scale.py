@@ -189,6 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         env = {"EDGE_MQTT__HOSTS": cluster.hosts, "EDGE_MQTT__PROTOCOL": "3.1.1"}
         env |= {"EDGE_MQTT__CONNECT_TIMEOUT": str(args.connect_timeout)}
+        env |= {"EDGE_MQTT__RECONNECT_MAX": str(args.reconnect_max)} if args.reconnect_max else {}
         started = time.monotonic()
         for i, count in enumerate(share):
             sim_args = [
@@ -244,6 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "procs": args.procs,
             "rate_hz": args.rate,
             "connect_s": round(connect_s, 1),
+            "connect_timeout_s": args.connect_timeout,
+            "reconnect_max_s": args.reconnect_max,
             "kill_after_s": args.kill_after,
             "duration_s": args.duration,
             "connections_lost": totals["lost"],
@@ -283,6 +286,7 @@ def main() -> None:
     parser.add_argument("--kill-after", type=float, default=60.0, help="seconds after every node is online")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds from online to the clean stop")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="EDGE_MQTT__CONNECT_TIMEOUT")
+    parser.add_argument("--reconnect-max", type=float, help="EDGE_MQTT__RECONNECT_MAX (default: the setting's)")
     parser.add_argument("--connect-limit", type=float, default=900.0, help="seconds allowed for the first connects")
     parser.add_argument("--monitor", action="store_true", help="also time one `monitor --once --no-predictions`")
     args = parser.parse_args()

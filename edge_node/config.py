@@ -319,8 +319,16 @@ class DashboardConfig(_Section):
     events_kept: int = Field(10, ge=1, le=100, description="command results kept per node")
     max_clients: int = Field(32, ge=1, le=1000, description="browser streams open at once")
     max_nodes: int = Field(1000, ge=1, le=100_000, description="nodes tracked; messages of further nodes ignored")
-    predictions: bool = Field(
-        True, description="follow every prediction (each card's label); false: heartbeats and state only, for fleets"
+    predictions: bool | None = Field(
+        None,
+        description="follow every prediction (each card's label); false: heartbeats and state only; unset: "
+        "until the fleet is larger than large_fleet",
+    )
+    large_fleet: int = Field(
+        500,
+        ge=1,
+        le=100_000,
+        description="nodes beyond which predictions are dropped (unless set) and / opens the table",
     )
     write_timeout: float = Field(10.0, ge=0.5, le=300, description="seconds a browser may take to read one write")
     stream_connects_per_minute: int = Field(30, ge=1, le=10_000, description="per client address")

@@ -37,6 +37,7 @@ from edge_node.dashboard.exposure import Exposure, host_name
 from edge_node.dashboard.inbox import NODE_ID, Inbox
 from edge_node.dashboard.limits import RateLimit, client_key
 from edge_node.dashboard.security import SECURITY_HEADERS, TokenGate, Verdict, cross_site_reason
+from edge_node.dashboard.table import FleetTable
 from edge_node.errors import CommandError
 from edge_node.fleet.monitor import MonitorClient
 from edge_node.mqtt.connect import describe
@@ -47,6 +48,7 @@ __all__ = ["ASSETS", "Dashboard", "run_dashboard"]
 log = logging.getLogger(__name__)
 
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
+ASSETS |= {"fleet.js": "text/javascript", "fleet.css": "text/css"}  # the table view (dashboard/table.py)
 _CLIENT_BACKLOG = 40  # batches queued per browser (10 s at 4 Hz) before it is dropped and must resync
 _KEEPALIVE = 15.0
 _ACK_TIMEOUT = 5.0
@@ -124,8 +126,9 @@ class Dashboard:
         self.gate = TokenGate(token, cfg.token_failures_per_minute)
         self.inbox = Inbox(prefix, max_nodes=cfg.max_nodes, backlog=_STREAMED_BACKLOG)
         self.board = Board(prefix, cfg)
-        # A fleet of thousands: heartbeats and state only (EDGE_DASHBOARD__PREDICTIONS=false), a tenth of the messages
-        leaves = ("predictions",) * cfg.predictions + ("heartbeat", "status", "state", "snapshot")
+        # A fleet of thousands: heartbeats and state only (EDGE_DASHBOARD__PREDICTIONS=false, or unset and more
+        # than EDGE_DASHBOARD__LARGE_FLEET nodes: see follow_predictions), a tenth of the messages
+        leaves = ("predictions",) * (cfg.predictions is not False) + ("heartbeat", "status", "state", "snapshot")
         self.mqtt = MonitorClient(
             mqtt, self.inbox, tool="dashboard", leaves=leaves, every=dict.fromkeys(STREAMED, self.inbox.stream)
         )
@@ -133,11 +136,13 @@ class Dashboard:
         self.connections = 0  # stream handlers running: each counts until it has returned
         self._connects = RateLimit(cfg.stream_connects_per_minute)
         self.fulls_built = 0
+        self.table = FleetTable(self.board)
         self._full: asyncio.Future[bytes] | None = None  # this tick's full picture, once a browser asked
         self._shown: dict[str, Any] = {}  # broker and limits as last sent
         self._reported: tuple[float, dict[str, int]] = (-_REPORT_EVERY, {})
         self.pushed = 0
         self._page = _asset("index.html")
+        self._table_page = _asset("fleet.html")
         self._assets = {name: _asset(name) for name in ASSETS}
 
     # --- the push loop -----------------------------------------------------------------------------------
@@ -146,6 +151,7 @@ class Dashboard:
         """Fold in what arrived and queue one batch for every browser."""
         self._full = None  # out of date from now on (and its memory goes with the last browser it was sent to)
         streamed = self.inbox.take_streamed(_STREAMED_PER_TICK)
+        self.follow_predictions()
         delta = self.board.update(self.inbox.entries(), streamed, time.monotonic(), time.time())
         for key, value in (("broker", self.broker_status()), ("limits", self.limits())):
             if value != self._shown.get(key):
@@ -154,6 +160,17 @@ class Dashboard:
         if not delta["nodes"] and len(delta) <= 2:
             return
         self.broadcast(_frame("delta", delta))
+
+    def follow_predictions(self) -> None:
+        """Unset EDGE_DASHBOARD__PREDICTIONS: stop following predictions once the fleet is large (ten messages
+        a second per node at 10 Hz against one heartbeat every 10 s); the table shows heartbeats and state."""
+        if self.cfg.predictions is None and "predictions" in self.mqtt.leaves and self.large():
+            log.info("%d nodes (more than EDGE_DASHBOARD__LARGE_FLEET): following heartbeats and state, not "
+                     "predictions; EDGE_DASHBOARD__PREDICTIONS=true follows them", len(self.board.nodes))  # fmt: skip
+            self.mqtt.drop("predictions")
+
+    def large(self) -> bool:
+        return len(self.board.nodes) > self.cfg.large_fleet
 
     def limits(self) -> dict[str, int]:
         """What the caps left out so far; the page says so (a capped dashboard must not look complete)."""
@@ -236,6 +253,8 @@ class Dashboard:
         app = web.Application(middlewares=[_headers, known_hosts], client_max_size=64 * 1024)
         app.router.add_get("/", self.page)
         app.router.add_get("/static/{name}", self.asset)
+        app.router.add_get("/fleet", self.table_page)
+        app.router.add_get("/api/fleet", self.fleet)
         app.router.add_get("/api/config", self.config)
         app.router.add_get("/api/stream", self.stream)
         app.router.add_get("/api/nodes/{node}/snapshot.jpg", self.snapshot)
@@ -258,7 +277,32 @@ class Dashboard:
         return _error(401, f"{what} needs the operator token (EDGE_DASHBOARD__TOKEN); enter it on the page")
 
     async def page(self, request: web.Request) -> web.Response:
+        if self.large() and "cards" not in request.query:  # thousands of cards would not be usable
+            return web.Response(status=302, headers={"Location": "/fleet"})  # a raise would meet _headers' catch
         return web.Response(body=self._page, content_type="text/html", charset="utf-8")
+
+    async def table_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._table_page, content_type="text/html", charset="utf-8")
+
+    async def fleet(self, request: web.Request) -> web.Response:
+        """One page of the fleet table (``q``, ``page``, ``size``, ``problems``): what is on screen, no more."""
+        if self.exposure.view_needs_token and (verdict := self._token(request)) != "ok":
+            return self._refuse(request, verdict, "viewing this dashboard")
+        try:
+            page, size = int(request.query.get("page", "0")), int(request.query.get("size", "100"))
+        except ValueError:
+            return _error(400, "page and size must be whole numbers")
+        out = self.table.page(
+            request.query.get("q", "")[:100],
+            page=page,
+            size=size,
+            problems=request.query.get("problems") in ("1", "true"),
+            wall=time.time(),
+            now=time.monotonic(),
+        )
+        out["broker"], out["limits"] = self.broker_status(), self.limits()
+        out["predictions"] = "predictions" in self.mqtt.leaves
+        return _json(out)
 
     async def asset(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -161,6 +161,11 @@ class MonitorClient:
         self._client.connect_async(server.host, server.port, keepalive=self.cfg.keepalive)
         self._client.loop_start()
 
+    def drop(self, leaf: str) -> None:
+        """Stop following ``leaf`` (here and after every reconnect); thread-safe like paho's calls."""
+        self.leaves = tuple(kept for kept in self.leaves if kept != leaf)
+        self._client.unsubscribe(Topics.wildcard(self.view.prefix, leaf))
+
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> paho.MQTTMessageInfo:
         """Thread-safe; wait on the returned info for the broker's acknowledgement."""
         return self._client.publish(topic, payload, qos=qos)

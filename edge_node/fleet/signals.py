@@ -21,7 +21,9 @@ __all__ = ["loop_signals"]
 
 
 @contextlib.contextmanager
-def loop_signals(loop: asyncio.AbstractEventLoop, actions: Mapping[signal.Signals, Callable[[], None]]) -> Iterator[None]:
+def loop_signals(
+    loop: asyncio.AbstractEventLoop, actions: Mapping[signal.Signals, Callable[[], None]]
+) -> Iterator[None]:
     """Run ``actions[signum]`` on ``loop`` for each signal received while inside; the old handlers come back."""
 
     def handler(signum: int, frame: Any) -> None:
