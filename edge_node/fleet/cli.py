@@ -26,9 +26,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     monitor.add_argument(
         "--stale", type=float, default=30.0, metavar="S", help="flag online nodes silent for more than S s"
     )
-    monitor.add_argument(
-        "--no-predictions", action="store_true", help="follow heartbeats and state only (fleets of thousands)"
+    follow = monitor.add_mutually_exclusive_group()
+    follow.add_argument(
+        "--no-predictions",
+        dest="predictions",
+        action="store_false",
+        help="follow heartbeats and state only (the default beyond 500 nodes)",
     )
+    follow.add_argument("--predictions", action="store_true", help="follow every prediction at any fleet size")
+    monitor.set_defaults(predictions=None)
     _prefix_arg(monitor)
     monitor.set_defaults(handler=_monitor)
 
@@ -68,7 +74,7 @@ def _monitor(args: argparse.Namespace) -> int:
         prefix=args.prefix or settings.topic_prefix,
         timeout=args.timeout,
         stale=args.stale,
-        predictions=not args.no_predictions,
+        predictions=args.predictions,
     )
     if args.once:
         return run_once(settings.mqtt, opts, as_json=args.json)

@@ -25,7 +25,7 @@ from edge_node.mqtt.connect import DEFAULT_HOST, describe, paho_client, tool_cli
 from edge_node.mqtt.servers import ServerOrder
 from edge_node.wire import Topics
 
-__all__ = ["Handler", "MonitorClient", "MonitorOptions", "collect", "run_live", "snapshot_json"]
+__all__ = ["Handler", "MonitorClient", "MonitorOptions", "collect", "follow", "run_live", "snapshot_json"]
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,21 @@ class MonitorOptions:
     settle: float = 1.0  # --once: stop early once the fleet picture did not change for this long
     stale: float = 30.0  # heartbeat/prediction age above which an online node is flagged
     refresh: float = 1.0  # live dashboard redraw period
-    predictions: bool = True  # False: heartbeats, status, state and events only (a tenth of a fleet's messages)
+    # False: heartbeats, status, state and events only (a tenth of a fleet's messages); None: True until the
+    # fleet has more than large_fleet nodes (see follow)
+    predictions: bool | None = None
+    large_fleet: int = 500
 
     @property
     def leaves(self) -> tuple[str, ...]:
-        return LEAVES if self.predictions else tuple(leaf for leaf in LEAVES if leaf != "predictions")
+        return LEAVES if self.predictions is not False else tuple(leaf for leaf in LEAVES if leaf != "predictions")
+
+
+def follow(client: MonitorClient, opts: MonitorOptions, nodes: int) -> None:
+    """``predictions`` unset: stop following them once ``nodes`` is more than ``large_fleet``."""
+    if opts.predictions is None and nodes > opts.large_fleet and "predictions" in client.leaves:
+        log.info("%d nodes: following heartbeats and state, not predictions (--predictions follows them)", nodes)
+        client.drop("predictions")
 
 
 class MonitorClient:
@@ -196,7 +206,9 @@ def collect(client: MonitorClient, opts: MonitorOptions) -> list[NodeRow]:
     changed = time.monotonic()
     while (now := time.monotonic()) < deadline:
         time.sleep(0.1)
-        current = _picture(client.view.snapshot())
+        rows = client.view.snapshot()
+        follow(client, opts, len(rows))
+        current = _picture(rows)
         if current != picture:
             picture, changed = current, now
         elif picture and now - changed >= opts.settle:
@@ -252,7 +264,9 @@ def run_live(cfg: MqttConfig, opts: MonitorOptions) -> int:
                 rate = (view.messages - last_count) / (now - last_time)
                 last_count, last_time = view.messages, now
                 limit = max(5, live.console.height - 6)  # build only what fits the terminal
-                live.update(render(view.snapshot(), prefix=opts.prefix, rate=rate, limit=limit), refresh=True)
+                rows = view.snapshot()
+                follow(client, opts, len(rows))
+                live.update(render(rows, prefix=opts.prefix, rate=rate, limit=limit), refresh=True)
     except KeyboardInterrupt:
         return 0
     finally:

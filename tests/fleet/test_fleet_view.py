@@ -6,9 +6,15 @@ import json
 import sys
 import threading
 
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_node.config import MqttConfig
+from edge_node.fleet.monitor import follow
 from edge_node.fleet.simnode import SimNode
 from edge_node.fleet.table import render, summarize
 from edge_node.fleet.view import FleetView
+from tests.support.brokers import Mosquitto
 
 
 def _fleet(view: FleetView, node: str, now: float, *, status: bytes = b"online") -> SimNode:
@@ -171,3 +177,34 @@ def test_snapshots_while_paho_ingests_new_nodes() -> None:
         sys.setswitchinterval(old)
     assert not errors, errors
     assert len(view.snapshot(now=3.0)) > 2000
+
+
+def test_monitor_stops_following_predictions_once_the_fleet_is_large(mosquitto: Mosquitto) -> None:
+    """``predictions`` unset (the default): ``monitor`` follows them until the fleet has more than
+    ``large_fleet`` nodes, then drops them, here and at every reconnect; set either way, it keeps to it."""
+    from edge_node.fleet.monitor import MonitorClient, MonitorOptions, collect
+
+    feeder = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-large-feed")
+    feeder.connect("127.0.0.1", mosquitto.port)
+    feeder.loop_start()
+    try:
+        for i in range(25):
+            info = feeder.publish(f"ghostpi/big-{i:02d}/status", b"online", qos=1, retain=True)
+        info.wait_for_publish(30)
+    finally:
+        feeder.loop_stop()
+        feeder.disconnect()
+    cfg = MqttConfig(host="127.0.0.1", port=mosquitto.port)
+    for predictions, kept in ((None, False), (True, True)):
+        opts = MonitorOptions(timeout=30, settle=1.0, large_fleet=20, predictions=predictions)
+        client = MonitorClient(cfg, FleetView("ghostpi"), leaves=opts.leaves)
+        client.start()
+        try:
+            assert len(collect(client, opts)) == 25
+        finally:
+            client.stop()
+        assert ("predictions" in client.leaves) is kept, predictions
+    small = MonitorOptions(large_fleet=30)
+    client = MonitorClient(cfg, FleetView("ghostpi"), leaves=small.leaves)
+    follow(client, small, 25)
+    assert "predictions" in client.leaves  # not large yet
