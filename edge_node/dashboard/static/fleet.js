@@ -108,10 +108,16 @@ function go(page) {
 let typing = null;
 $("#q").addEventListener("input", (e) => {
   clearTimeout(typing);
-  typing = setTimeout(() => { view.q = e.target.value; view.page = 0; refresh(); }, 200);
+  typing = setTimeout(restart, 200);
 });
-$("#problems").addEventListener("change", (e) => { view.problems = e.target.checked; view.page = 0; refresh(); });
-$("#size").addEventListener("change", (e) => { view.size = Number(e.target.value); view.page = 0; refresh(); });
+function restart() { // any filter change: the search box as it reads now, from the first page
+  clearTimeout(typing);
+  view.q = $("#q").value;
+  view.page = 0;
+  refresh();
+}
+$("#problems").addEventListener("change", (e) => { view.problems = e.target.checked; restart(); });
+$("#size").addEventListener("change", (e) => { view.size = Number(e.target.value); restart(); });
 $("#first").addEventListener("click", () => go(0));
 $("#prev").addEventListener("click", () => go(view.page - 1));
 $("#next").addEventListener("click", () => go(view.page + 1));
