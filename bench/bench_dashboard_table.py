@@ -49,7 +49,11 @@ def run(nodes: int, seconds: float, period: float, work: Path) -> dict[str, obje
         feed.seed()
         feed.start(period)
         dash = DashboardProcess(
-            broker.port, work, EDGE_DASHBOARD__MAX_NODES=str(nodes), EDGE_DASHBOARD__STALE_AFTER=str(period * 6)
+            broker.port,
+            work,
+            start_timeout=120,
+            EDGE_DASHBOARD__MAX_NODES=str(nodes),
+            EDGE_DASHBOARD__STALE_AFTER=str(period * 6),
         )
         while _get(f"{dash.base}/api/fleet")[0]["summary"]["total"] < nodes:  # type: ignore[index]
             time.sleep(0.5)

@@ -64,7 +64,11 @@ def test_ten_thousand_nodes_table_search_paging_and_cpu(broker: Mosquitto, tmp_p
         feed.start(period=10.0)  # the fleet's heartbeats from here on: 1,000 a second
         # stale after 2 minutes, not 30 s: on a loaded machine the first heartbeats may take that long to go round
         dash = DashboardProcess(
-            broker.port, tmp_path, EDGE_DASHBOARD__MAX_NODES=str(NODES), EDGE_DASHBOARD__STALE_AFTER="120"
+            broker.port,
+            tmp_path,
+            start_timeout=WAIT,
+            EDGE_DASHBOARD__MAX_NODES=str(NODES),
+            EDGE_DASHBOARD__STALE_AFTER="120",
         )
         deadline = time.monotonic() + WAIT
         while (known := _fleet_api(dash.base)["summary"]["total"]) < NODES:

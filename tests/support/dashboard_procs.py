@@ -97,7 +97,15 @@ class DashboardProcess:
     ``tls``: the client context for an HTTPS dashboard (``base`` always names 127.0.0.1, which the test
     certificates carry, whatever name the dashboard printed)."""
 
-    def __init__(self, port: int, cwd: Path, *args: str, tls: ssl.SSLContext | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        port: int,
+        cwd: Path,
+        *args: str,
+        tls: ssl.SSLContext | None = None,
+        start_timeout: float = 30.0,
+        **env: str,
+    ) -> None:
         self.tls = tls
         defaults = {"EDGE_DASHBOARD__TOKEN": TOKEN, "EDGE_STATE_DIR": str(cwd / "dashboard-state")}
         environment = edge_env(port, **(defaults | env))
@@ -108,8 +116,8 @@ class DashboardProcess:
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         try:
-            self.url = self._wait_url(30.0)
-            self._wait_broker(30.0)
+            self.url = self._wait_url(start_timeout)
+            self._wait_broker(start_timeout)
         except BaseException:
             self.close()  # never leave a server behind when the start fails
             raise
