@@ -12,7 +12,8 @@ acknowledged. ``--progress S`` prints how many nodes are connected every S secon
 
 Machine-readable progress goes to stdout as JSON lines (``online``, ``progress``, ``killed``, ``stopped`` with
 stats), so tests and scripts can drive it without a terminal: ``--kill K --kill-after S`` drops K nodes after S seconds,
-``SIGUSR1`` drops K more (at least one) at any time, ``SIGINT``/``SIGTERM`` stop every node cleanly.
+``SIGUSR1`` drops K more (at least one) at any time, ``SIGINT``/``SIGTERM`` stop every node cleanly, also while
+the fleet is still connecting, and however busy the loop is (``fleet.signals``).
 """
 
 from __future__ import annotations
