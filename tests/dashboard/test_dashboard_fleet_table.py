@@ -91,7 +91,8 @@ def test_ten_thousand_nodes_table_search_paging_and_cpu(broker: Mosquitto, tmp_p
             assert _rows(page)[:2] == ["fleet-00000", "fleet-00001"]
             assert page.locator("#n-total").inner_text() == str(NODES)
             assert page.locator('tr[data-node="fleet-00000"] td.st').inner_text() == "offline"
-            assert page.locator('tr[data-node="fleet-00001"] td.st').inner_text() == "online"
+            # retained online (stale if its heartbeats have not gone round yet on a loaded machine)
+            assert page.locator('tr[data-node="fleet-00001"] td.st').inner_text() in ("online", "stale")
 
             page.click("#next")
             _until(page, "() => fleetStats.page === 1")
