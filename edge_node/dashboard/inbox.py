@@ -42,6 +42,7 @@ class Inbox(FleetView):
         self._limits: dict[str, int] = {}  # admitted topic -> largest payload kept
         self._nodes: set[str] = set()
         self._streamed: deque[Message] = deque(maxlen=backlog)
+        self._changed: set[str] = set()  # topics stored since the last take_changed; guarded by FleetView's lock
         # counters, each written by the MQTT thread only
         self.nodes_refused = 0  # messages of nodes beyond max_nodes, or with ids no node can have
         self.streamed_dropped = 0  # streamed messages pushed out of a full queue before the board took them
@@ -72,6 +73,15 @@ class Inbox(FleetView):
         kept = self._bounded(topic, payload)
         if kept is not None:
             super().ingest(topic, kept, now)
+            with self._lock:
+                self._changed.add(topic)
+
+    def take_changed(self) -> list[Message]:
+        """The topics stored since the last call, with their newest payload: what a tick has to look at, so that
+        its cost follows the messages, not the fleet's size (30,000 topics at 10,000 nodes)."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+            return [(topic, *self._latest[topic]) for topic in changed]
 
     def stream(self, topic: str, payload: bytes | bytearray) -> None:
         """A leaf where every message matters (events, ota)."""

@@ -152,7 +152,7 @@ class Dashboard:
         self._full = None  # out of date from now on (and its memory goes with the last browser it was sent to)
         streamed = self.inbox.take_streamed(_STREAMED_PER_TICK)
         self.follow_predictions()
-        delta = self.board.update(self.inbox.entries(), streamed, time.monotonic(), time.time())
+        delta = self.board.update(self.inbox.take_changed(), streamed, time.monotonic(), time.time())
         for key, value in (("broker", self.broker_status()), ("limits", self.limits())):
             if value != self._shown.get(key):
                 self._shown[key] = delta[key] = value

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from edge_node.config import DashboardConfig
-from edge_node.dashboard.board import Board
+from edge_node.dashboard.board import SWEEP_EVERY_UPDATE_UP_TO, Board
+from edge_node.dashboard.inbox import Inbox
 from edge_node.dashboard.table import MAX_PAGE_SIZE, FleetTable
 from edge_node.fleet.simnode import SimNode
 
@@ -55,3 +56,24 @@ def test_a_row_is_the_newest_heartbeat_and_state_and_new_nodes_join_the_order() 
     board.update([("gp/a-first/status", b"online", 105.0)], [], 105.0, 1005.0)
     assert table.page(wall=1005.0, now=105.0)["rows"][0]["node"] == "a-first"
     assert table.page(wall=1005.0, now=105.0)["summary"]["total"] == 4
+
+
+def test_a_large_fleets_update_looks_at_the_changed_nodes_and_sweeps_all_once_a_second() -> None:
+    """Beyond SWEEP_EVERY_UPDATE_UP_TO nodes an update costs what arrived: staleness and the summary of the whole
+    fleet are redone once a second, a node whose message arrived is looked at in its own update."""
+    count = SWEEP_EVERY_UPDATE_UP_TO + 1
+    inbox = Inbox("gp", max_nodes=count, backlog=10)
+    for i in range(count):
+        inbox.ingest(f"gp/n{i:04d}/status", b"online", 100.0)
+    board = Board("gp", CFG)
+    first = board.update(inbox.take_changed(), [], 100.0, 1000.0)
+    assert first["summary"]["online"] == count and inbox.take_changed() == []  # taken once
+    inbox.ingest("gp/n0001/status", b"offline", 105.0)
+    [(topic, raw, _at)] = inbox.take_changed()
+    assert (topic, raw) == ("gp/n0001/status", b"offline")
+    changed = board.update([(topic, raw, 105.0)], [], 100.5, 1000.5)  # within the second: no sweep
+    assert changed["nodes"] == [{"node": "n0001", "status": "offline"}] and "summary" not in changed
+    quiet = board.update([], [], 111.0, 1011.0)  # a sweep: every node silent for 11 s > stale_after 10
+    assert len(quiet["nodes"]) == count - 1 and quiet["summary"]["stale"] == count - 1
+    assert quiet["summary"]["offline"] == 1
+    assert board.update([], [], 111.5, 1011.5)["nodes"] == []  # nothing arrived, no sweep due
