@@ -19,10 +19,10 @@ from tests.support.dashboard_procs import TOKEN, DashboardProcess, chromium
 from tests.support.fleet_feed import FleetFeed
 from tests.support.fleet_procs import proc_cpu_seconds
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 NODES = 10_000
-WAIT = 120.0  # s: generous, the machine is shared
+WAIT = 240.0  # s: generous, the machine is shared (a load average of hundreds was seen)
 FIRST_ROW = "document.querySelector('#rows tr')?.dataset.node"
 
 
