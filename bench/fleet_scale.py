@@ -167,9 +167,9 @@ def _monitor_once(hosts: str) -> dict[str, Any]:
 
 
 def _stopped(sim: Simulator) -> dict[str, Any]:
-    """The simulator's final stats, or {} when it did not stop. A loop busy with thousands of connections can
-    miss a signal (Python drops it when its wake-up pipe is full), so SIGTERM is sent again every minute, three
-    times, before SIGKILL."""
+    """The simulator's final stats, or {} when it did not stop. Its clean stop of thousands of connections can
+    take a while on a loaded machine: SIGTERM is sent again every minute, three times, before SIGKILL. (A busy
+    simulator used to miss the signal itself: fleet/signals.py, docs/benchmarks.md.)"""
     for _ in range(3):
         try:
             return sim.wait_event("stopped", timeout=60)
