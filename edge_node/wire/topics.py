@@ -40,6 +40,16 @@ class Topics:
         return self._t("events")
 
     @property
+    def detections(self) -> str:
+        """Watch rules' ``start`` and ``end`` records (QoS 1, docs/detections.md)."""
+        return self._t("detections")
+
+    @property
+    def detection_snapshot(self) -> str:
+        """A JPEG (raw bytes) of a detection's best frame in its first second, when snapshots are enabled."""
+        return self._t("detections/snapshot")
+
+    @property
     def ota(self) -> str:
         return self._t("ota")
 
