@@ -50,8 +50,8 @@ __all__ = [
     "PublishConfig",
     "Settings",
     "SnapshotConfig",
-    "WatchConfig",
     "SupervisorConfig",
+    "WatchConfig",
     "cache_dir",
     "default_node_id",
     "load_settings",
@@ -300,7 +300,7 @@ class SnapshotConfig(_Section):
 class WatchConfig(_Section):
     """Watch rules (docs/detections.md): ``EDGE_WATCH__RULES`` as JSON, and/or a JSON file of rules."""
 
-    rules: WatchRules = Field(default_factory=list, description="JSON list of rules, e.g. [{\"name\": \"cat\", ...}]")
+    rules: WatchRules = Field(default_factory=list, description='JSON list of rules, e.g. [{"name": "cat", ...}]')
     rules_file: Path | None = Field(None, description="a JSON file with a list of rules, added to rules")
 
 
