@@ -21,6 +21,7 @@ from edge_node.wire.watch import Detection, EndReason, WatchRule
 __all__ = ["Scored", "Tracker"]
 
 _NONE: tuple[Detection, ...] = ()
+_EPS = 1e-6  # seconds: a gap of exactly gap_s counts, whatever the float rounding of the times
 
 
 class Scored(Protocol):
@@ -169,7 +170,7 @@ class Tracker:
         if not run.active:
             r.run = None  # the hits before it were not consecutive enough
             return None
-        if ts - run.last_hit < r.rule.gap_s:
+        if ts - run.last_hit + _EPS < r.rule.gap_s:
             return None
         return self._close(r, run, ts, "gap")
 
@@ -178,7 +179,7 @@ class Tracker:
         ends = []
         for r in self._rules:
             run = r.run
-            if run is None or now - run.last_hit < r.rule.gap_s:
+            if run is None or now - run.last_hit + _EPS < r.rule.gap_s:
                 continue
             if run.active:
                 ends.append(self._close(r, run, now, "gap"))
