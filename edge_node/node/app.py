@@ -177,7 +177,7 @@ class Node:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         observe = self.updater.observe if self.updater is not None else None
-        self.publisher.start(loop, changed=self._changed, observe=observe)
+        self.publisher.start(loop, changed=self.serving_changed, observe=observe)
         self.watcher.recover()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -221,7 +221,7 @@ class Node:
             self.notifier.close()
             log.info("node %s stopped", s.node_id)
 
-    def _changed(self) -> None:
+    def serving_changed(self) -> None:
         """What serves changed (a swap, a mode step): the watch rules look at the labels, the state is said again."""
         self.watcher.labels(self.pipeline.model.labels)
         self.status.state()

@@ -2,7 +2,7 @@
 
 A rule's score on a frame is the summed confidence of the top-k classes it watches (a cat photo splits its
 probability between "tabby", "tiger cat" and "Egyptian cat"). A frame whose score reaches ``min_confidence`` is a
-hit. ``min_frames`` consecutive hits (or hits spanning ``min_seconds``) start a detection, which lasts until no
+hit (a watched class must be among the top-k, even at ``min_confidence`` 0). ``min_frames`` consecutive hits (or hits spanning ``min_seconds``) start a detection, which lasts until no
 hit came for ``gap_s`` seconds; after its end the rule waits ``cooldown_s`` before it may start again.
 
 Nothing here looks at the mode or the resolution, so a mode switch cannot end or double a detection; a model
@@ -138,7 +138,8 @@ class Tracker:
                     score += p
                     if p > best_p:
                         best_p, best = p, s.label
-            said = self._step(r, ts, score, best) if score >= r.rule.min_confidence else self._miss(r, ts)
+            hit = best_p >= 0.0 and score >= r.rule.min_confidence  # a watched class is in the top-k, surely enough
+            said = self._step(r, ts, score, best) if hit else self._miss(r, ts)
             if said is not None:
                 if out is None:
                     out = []

@@ -129,7 +129,14 @@ def test_journal_round_trip_and_the_restart_end(tmp_path: Path) -> None:
     (rec,) = Journal(journal.path).load()
     assert rec.frames == 7 and rec.ts == 0.6
     end = ended_by_restart(rec, now=100.0)
-    assert (end.event, end.id, end.reason, end.ended, end.duration_s, end.ts) == ("end", rec.id, "restart", 0.6, 0.6, 100)
+    assert (end.event, end.id, end.reason, end.ended, end.duration_s, end.ts) == (
+        "end",
+        rec.id,
+        "restart",
+        0.6,
+        0.6,
+        100,
+    )
     journal.path.write_text("not json")
     assert Journal(journal.path).load() == []
 
