@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -91,7 +92,7 @@ def test_one_start_and_one_end_per_appearance_of_the_cat(
     ends = [d for d in said if d.event == "end" and d.reason == "gap"]
     starts = [d for d in said if d.event == "start"]
     # One per appearance: the cat shows once per cycle, so starts are a cycle apart.
-    gaps = [b.started - a.started for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b.started - a.started for a, b in itertools.pairwise(starts)]
     assert all(abs(g - CYCLE_S) <= 1.0 / FPS + 0.5 for g in gaps), gaps
     # Whole appearances last the hold time less one frame (first to last cat frame), within one frame interval.
     for end in ends[1:]:
