@@ -39,7 +39,7 @@ from edge_node.ota.updater import Updater
 from edge_node.vision.modes import ModeController
 from edge_node.vision.pipeline import Loaded, Pipeline
 from edge_node.watch import Journal, load_rules
-from edge_node.wire import Event, Prediction, Topics
+from edge_node.wire import Event, Prediction, Topics, WatchRule
 
 __all__ = ["Node", "NodeLink"]
 
@@ -147,7 +147,7 @@ class Node:
             updates=updater,
             take_snapshot=snapshots.take,
             publish_snapshot=self.outbox.snapshot,
-            set_watch=self.watcher.set_rules,
+            set_watch=self._set_watch,
         )
         discovery = None
         if settings.ha.enabled:
@@ -157,7 +157,9 @@ class Node:
                 node_id=node_id,
                 model_name=lambda: self.pipeline.model.info.name,
                 publish=self.outbox.discovery,
+                rules=lambda: [r.name for r in self.watcher.tracker.rules],
             )
+        self._discovery = discovery
         say_on_connect = [self.status.announce_choice, self.status.state]
         say_on_connect += [discovery.announce] if discovery is not None else []
         say_on_connect += [updater.republish] if updater is not None else []
@@ -225,6 +227,13 @@ class Node:
         """What serves changed (a swap, a mode step): the watch rules look at the labels, the state is said again."""
         self.watcher.labels(self.pipeline.model.labels)
         self.status.state()
+
+    def _set_watch(self, rules: list[WatchRule]) -> dict[str, object]:
+        """``set_watch``: new rules, and Home Assistant learns their event entities."""
+        detail = self.watcher.set_rules(rules)
+        if self._discovery is not None:
+            self._discovery.announce()
+        return detail
 
     def stop(self) -> None:
         if not self._stop.is_set():

@@ -3,7 +3,8 @@
 A rule's score on a frame is the summed confidence of the top-k classes it watches (a cat photo splits its
 probability between "tabby", "tiger cat" and "Egyptian cat"). A frame whose score reaches ``min_confidence`` is a
 hit (a watched class must be among the top-k, even at ``min_confidence`` 0). ``min_frames`` consecutive hits
-(or hits spanning ``min_seconds``) start a detection, which lasts until no hit came for ``gap_s`` seconds; after its end the rule waits ``cooldown_s`` before it may start again.
+(or hits spanning ``min_seconds``) start a detection, which lasts until no hit came for ``gap_s`` seconds;
+after its end the rule waits ``cooldown_s`` before it may start again.
 
 Nothing here looks at the mode or the resolution, so a mode switch cannot end or double a detection; a model
 swap only matters when the new labels lack every watched class (the rule pauses, and an open detection ends).
