@@ -14,6 +14,7 @@ from edge_node.watch import GROUPS
 from edge_node.wire import Detection, Event, Heartbeat, NodeState
 from tests.support.brokers import Mosquitto
 from tests.support.nodeproc import Collector, NodeProcess, answer_to
+from tests.support.paths import clean_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -140,10 +141,11 @@ def test_set_watch_replaces_rules_and_bad_rules_are_refused(
     bus.publish(f"{T}/control", json.dumps(bad))
     refused = Event.model_validate_json(bus.wait(f"{T}/events", answer_to("w0")).payload)
     assert not refused.ok and "min_confidence" in (refused.error or "")
-    rules = [CAT_RULE, {"name": "zebra", "classes": ["no such label"]}]
-    bus.publish(f"{T}/control", json.dumps({"id": "w1", "cmd": "set_watch", "rules": rules}))
-    ack = Event.model_validate_json(bus.wait(f"{T}/events", answer_to("w1")).payload)
-    assert ack.ok and ack.detail == {"rules": ["cat", "zebra"], "paused": ["zebra"]}
+    env = clean_env(EDGE_MQTT__HOST="127.0.0.1", EDGE_MQTT__PORT=str(mosquitto.port))
+    zebra = json.dumps({"name": "zebra", "classes": ["no such label"]})
+    out = run_cli("ctl", "node-w", "watch", json.dumps(CAT_RULE), zebra, "--timeout", "30", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "node-w: ok set_watch rules=['cat', 'zebra'] paused=['zebra']"
     paused = bus.wait(f"{T}/events", lambda m: json.loads(m.payload)["cmd"] == "watch_paused")
     assert "zebra" in json.loads(paused.payload)["error"]
     state = NodeState.model_validate_json(

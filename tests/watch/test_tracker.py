@@ -112,8 +112,14 @@ def test_set_rules_keeps_unchanged_rules_and_ends_the_others() -> None:
 
 def test_rules_are_validated_strictly() -> None:
     assert rule(min_frames=None).min_frames == 1  # neither: one frame starts it
-    bad: dict[str, object]
-    for bad in ({"min_confidence": 1.5}, {"min_confidence": "0.3"}, {"name": "a b"}, {"classes": []}, {"x": 1}):
+    bads: list[dict[str, object]] = [
+        {"min_confidence": 1.5},
+        {"min_confidence": "0.3"},
+        {"name": "a b"},
+        {"classes": []},
+        {"x": 1},
+    ]
+    for bad in bads:
         with pytest.raises(ValueError, match="validation error"):
             rule(**bad)
     cmd = parse_command(json.dumps({"cmd": "set_watch", "rules": [rule().model_dump()]}).encode())
