@@ -89,6 +89,7 @@ class Node:
             self.outbox,
             Journal(self.watch_journal(settings)),
             labels=loaded.model.labels,
+            snapshots=settings.snapshot,
         )
         self.publisher = PredictionPublisher(
             node_id,

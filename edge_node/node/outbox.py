@@ -46,6 +46,10 @@ class Outbox:
         """A watch rule's start or end: queued like events, so it survives a broker outage."""
         self._link.publish(self.topics.detections, d.to_bytes(), qos=1)
 
+    def detection_snapshot(self, ident: str, jpeg: bytes) -> None:
+        """The JPEG of a detection's best frame in its first second (``EDGE_SNAPSHOT__ENABLED`` only)."""
+        self._link.publish(self.topics.detection_snapshot(ident), jpeg, qos=1)
+
     def state(self, st: NodeState) -> None:
         self._link.publish(self.topics.state, st.to_bytes(), qos=1, retain=True)
 

@@ -10,9 +10,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from edge_node.capture.base import Frame
+from edge_node.config import SnapshotConfig
+from edge_node.errors import SnapshotError
+from edge_node.node.jpeg import caption_for, encode_snapshot
 from edge_node.node.outbox import Outbox
 from edge_node.vision.pipeline import Result
-from edge_node.watch import Journal, Tracker, ended_by_restart
+from edge_node.watch import Journal, Tracker, detection_id, ended_by_restart
+from edge_node.watch.tracker import SNAPSHOT_WINDOW_S
 from edge_node.wire import Detection, Event, WatchRule, WatchState
 
 __all__ = ["TICK_S", "Watcher"]
@@ -34,12 +39,18 @@ class Watcher:
         journal: Journal,
         *,
         labels: Sequence[str],
+        snapshots: SnapshotConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.tracker = Tracker(node_id, rules, labels=labels)
+        self._snap = snapshots if snapshots is not None and snapshots.enabled else None
+        self.tracker = Tracker(node_id, rules, labels=labels, snapshots=self._snap is not None)
         self._outbox = outbox
         self._journal = journal
         self._clock = clock
+        # (rule, run's first frame time) → the best frame of the run's first second so far, its label and score
+        self._candidates: dict[tuple[str, float], tuple[Frame, str, float]] = {}
+        self._detections: set[tuple[str, float]] = set()  # of those, the runs that became detections
+        self._encoding: set[asyncio.Task[None]] = set()
 
     def recover(self) -> None:
         """At start-up: end what a previous run left open (and say so), and name the rules paused from the start."""
@@ -61,9 +72,62 @@ class Watcher:
             self._paused(name, why)
 
     def on_result(self, r: Result) -> None:
-        said = self.tracker.frame(r.ts, r.classification.top_k)
+        tracker = self.tracker
+        said = tracker.frame(r.ts, r.classification.top_k)
+        if tracker.firsts:
+            if r.frame is not None:
+                for rule, started, score, label in tracker.firsts:
+                    self._candidates[(rule, started)] = (r.frame, label, score)
+            tracker.firsts.clear()
         if said:
+            if self._snap is not None:
+                self._mark_snapshots(said)
             self._say(said)
+        if self._candidates:
+            self._settle(r.ts)
+
+    # --- snapshots (EDGE_SNAPSHOT__ENABLED): the best frame of a detection's first second ----------------------
+
+    def _mark_snapshots(self, said: Sequence[Detection]) -> None:
+        for d in said:
+            run = self.tracker.current(d.rule) if d.event == "start" else None
+            if run is not None and (d.rule, run[0]) in self._candidates:
+                self._detections.add((d.rule, run[0]))
+                d.snapshot = True
+
+    def _settle(self, now: float) -> None:
+        """Send the snapshot of each detection whose first second is over (or that ended within it); forget the
+        frames of runs that never became detections."""
+        for key in list(self._candidates):
+            rule, started = key
+            run = self.tracker.current(rule)
+            if run is not None and run[0] == started and (not run[1] or now - started <= SNAPSHOT_WINDOW_S):
+                continue  # still pending, or still in its first second
+            frame, label, score = self._candidates.pop(key)
+            if key in self._detections:
+                self._detections.discard(key)
+                task = asyncio.get_running_loop().create_task(
+                    self._send(detection_id(rule, started), frame, label, score)
+                )
+                self._encoding.add(task)
+                task.add_done_callback(self._encoding.discard)
+
+    async def flush(self) -> None:
+        """Wait until the snapshots being encoded are handed to the outbox."""
+        while self._encoding:
+            await asyncio.gather(*self._encoding)
+
+    async def _send(self, ident: str, frame: Frame, label: str, score: float) -> None:
+        cfg = self._snap
+        assert cfg is not None
+        try:
+            jpeg = await asyncio.to_thread(
+                encode_snapshot, frame, caption_for(label, score), max_bytes=cfg.max_bytes, max_width=cfg.max_width
+            )
+        except SnapshotError as exc:
+            log.warning("no snapshot for detection %s: %s", ident, exc)
+            return
+        self._outbox.detection_snapshot(ident, jpeg.data)
 
     def labels(self, labels: Sequence[str]) -> None:
         """What serves may have changed (a model swap, a mode step): pause or resume rules by the new labels."""

@@ -19,7 +19,9 @@ from typing import Protocol
 from edge_node.watch.groups import expand
 from edge_node.wire.watch import Detection, EndReason, WatchRule
 
-__all__ = ["Scored", "Tracker"]
+__all__ = ["SNAPSHOT_WINDOW_S", "Scored", "Tracker"]
+
+SNAPSHOT_WINDOW_S = 1.0  # a detection's snapshot is its best frame within this long from its first frame
 
 _NONE: tuple[Detection, ...] = ()
 _EPS = 1e-6  # seconds: a gap of exactly gap_s counts, whatever the float rounding of the times
@@ -69,7 +71,11 @@ class Tracker:
     node_id: str
     rules: Sequence[WatchRule] = ()
     labels: Sequence[str] | None = None
+    snapshots: bool = False  # collect ``firsts`` (the node keeps frames for detection snapshots)
     _rules: list[_Rule] = field(init=False, default_factory=list)
+    # (rule, run's first frame time, score, label) of each frame that became the best of its run's first second, since
+    # the caller last cleared it: the node keeps that frame for the detection's snapshot.
+    firsts: list[tuple[str, float, float, str]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.set_rules(self.rules, now=0.0)
@@ -153,12 +159,16 @@ class Tracker:
             if ts < r.quiet_until:
                 return None
             run = r.run = _Run(ts, ts, 1, score, score, ts, label)
+            if self.snapshots:
+                self.firsts.append((r.rule.name, ts, score, label))
         else:
             run.last_hit = ts
             run.frames += 1
             run.total += score
             if score > run.peak:
                 run.peak, run.best_ts, run.best_label = score, ts, label
+                if self.snapshots and ts - run.started <= SNAPSHOT_WINDOW_S:
+                    self.firsts.append((r.rule.name, run.started, score, label))
         if run.active or run.frames < r.min_frames or ts - run.started < r.min_seconds:
             return None
         run.active = True
@@ -234,6 +244,13 @@ class Tracker:
     def counts(self) -> dict[str, int]:
         """Detections started per rule since the node started (the heartbeat's ``detections``)."""
         return {r.rule.name: r.starts for r in self._rules}
+
+    def current(self, rule: str) -> tuple[float, bool] | None:
+        """The first frame time of ``rule``'s run and whether it is a detection yet; None without a run."""
+        for r in self._rules:
+            if r.rule.name == rule and r.run is not None:
+                return r.run.started, r.run.active
+        return None
 
     @property
     def paused(self) -> dict[str, str]:

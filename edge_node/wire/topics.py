@@ -44,10 +44,9 @@ class Topics:
         """Watch rules' ``start`` and ``end`` records (QoS 1, docs/detections.md)."""
         return self._t("detections")
 
-    @property
-    def detection_snapshot(self) -> str:
-        """A JPEG (raw bytes) of a detection's best frame in its first second, when snapshots are enabled."""
-        return self._t("detections/snapshot")
+    def detection_snapshot(self, ident: str) -> str:
+        """A JPEG (raw bytes) of detection ``ident``'s best frame in its first second, when snapshots are enabled."""
+        return self._t(f"detections/snapshot/{ident}")
 
     @property
     def ota(self) -> str:
