@@ -157,8 +157,8 @@ class Dashboard:
             if value != self._shown.get(key):
                 self._shown[key] = delta[key] = value
         self._report(self._shown["limits"])
-        if not delta["nodes"] and len(delta) <= 2:
-            return
+        if not self.clients or (not delta["nodes"] and len(delta) <= 2):
+            return  # no browser on the stream (the table polls /api/fleet): nothing to encode
         self.broadcast(_frame("delta", delta))
 
     def follow_predictions(self) -> None:
