@@ -19,6 +19,7 @@ __all__ = [
     "InferenceError",
     "MissingExtraError",
     "MqttError",
+    "RecordError",
     "SignatureError",
     "SnapshotError",
     "UpdateError",
@@ -87,3 +88,7 @@ class UpdateError(EdgeError):
 
 class SnapshotError(EdgeError):
     """A snapshot could not be taken or encoded within its size limit."""
+
+
+class RecordError(EdgeError):
+    """The history database cannot be opened, migrated, written or asked."""
