@@ -90,7 +90,8 @@ class NatsSource:
                 # the stream exists once an MQTT client connected; a leader may be being elected
                 log.info("waiting for NATS stream %s: %s", MQTT_STREAM, exc)
                 await asyncio.sleep(1.0)
-        log.info("recording from NATS %s (queue group %s, durable consumer %s)", nc.connected_url, self._cfg.group,
+        url = nc.connected_url.netloc if nc.connected_url is not None else "?"
+        log.info("recording from NATS %s (queue group %s, durable consumer %s)", url, self._cfg.group,
                  durable)  # fmt: skip
         self.subscribed.set()
         while True:
