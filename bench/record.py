@@ -88,13 +88,13 @@ def _count(dsn: str | None, db: Path | None) -> int:
     assert db is not None
     if not db.exists():
         return 0
-    conn = sqlite3.connect(db, timeout=30)
+    lite = sqlite3.connect(db, timeout=30)
     try:
-        return int(conn.execute("SELECT count(*) FROM predictions").fetchone()[0])
+        return int(lite.execute("SELECT count(*) FROM predictions").fetchone()[0])
     except sqlite3.OperationalError:
         return 0
     finally:
-        conn.close()
+        lite.close()
 
 
 def _blast(port: int, messages: int) -> float:
