@@ -2,6 +2,10 @@
 
 Parts (``--part``, several allowed):
 
+- ``store``: no broker: ``--store-rows`` prediction payloads parsed into rows (the intake's work), then put
+  through the batching writer into a fresh PostgreSQL database and into SQLite: what the database side
+  sustains, apart from MQTT.
+
 - ``write``: a private mosquitto; ``--messages`` predictions from 200 simulated node ids published (QoS 0) as
   fast as one paho client can; 1 and then 2 recorders (one ``$share`` group) into a fresh PostgreSQL database
   and into SQLite. Reported: rows recorded, rows/s from the first publish to the last commit, the recorders'
@@ -185,6 +189,49 @@ FROM generate_series(0, %(nodes)s - 1) AS n, generate_series(0, %(seconds)s - 1,
 """
 
 
+def store_run(work: Path, rows: int) -> list[dict[str, Any]]:
+    """The recorder without a broker: payloads parsed into rows (the intake's work per message), then the
+    batching writer into each store, from a full queue. What the database side sustains."""
+    from edge_node.config import RecordConfig
+    from edge_node.record.rows import to_row
+    from edge_node.record.sqlite import SqliteStore
+    from edge_node.record.writer import BatchWriter
+
+    sims = [SimNode(f"s{i:03d}", rng=random.Random(i)) for i in range(200)]
+    now = time.time()
+    payloads = [(sims[i % 200].node_id, sims[i % 200].prediction(ts=now - 60 + i / rows * 60)) for i in range(rows)]
+    a = time.perf_counter()
+    parsed = [to_row(node, "predictions", p, now) for node, p in payloads]
+    parse_s = time.perf_counter() - a
+    out = []
+    cfg = RecordConfig(max_queue=rows + 1, batch_rows=2000, commit_interval=0.2)
+    for name in ("postgres", "sqlite"):
+        ctx = fresh_database("ghostpi_bench") if name == "postgres" else None
+        dsn = ctx.__enter__() if ctx is not None else None
+        try:
+            path = work / "store-bench.db"
+
+            def opener(dsn: str | None = dsn, path: Path = path) -> Any:
+                return PostgresStore(dsn) if dsn else SqliteStore(path)
+
+            writer = BatchWriter(opener, cfg)
+            writer.start()
+            a = time.perf_counter()
+            for row in parsed:
+                assert row is not None
+                writer.put(row)
+            while writer.stats().rows_written < rows:
+                time.sleep(0.05)
+            took = time.perf_counter() - a
+            writer.stop()
+            rates = {"rows_per_s": round(rows / took), "parse_per_s": round(rows / parse_s)}
+            out.append({"store": name, "rows": rows, **rates, "load_average": os.getloadavg()})
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+    return out
+
+
 def query_run(rows: int, repeat: int) -> dict[str, Any]:
     seconds = 86400
     nodes = max(1, round(rows / seconds))
@@ -197,7 +244,7 @@ def query_run(rows: int, repeat: int) -> dict[str, Any]:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(_FILL.encode(), {"t0": t0, "nodes": nodes, "seconds": seconds})
             conn.execute(_FILL_HB.encode(), {"t0": t0, "nodes": nodes, "seconds": seconds})
-            conn.execute(b"ANALYZE")
+            conn.execute(b"VACUUM ANALYZE")  # what autovacuum does to a day's partition once it is written
             (total,) = conn.execute(b"SELECT count(*) FROM predictions").fetchone() or (0,)
         fill_s = time.monotonic() - started
         store = PostgresStore(dsn)
@@ -305,9 +352,10 @@ def cluster_run(work: Path, nodes: int, procs: int, kill_after: float, duration:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", nargs="+", choices=["write", "query", "cluster"], default=["write", "query"])
+    parser.add_argument("--part", nargs="+", choices=["store", "write", "query", "cluster"], default=["write", "query"])
     parser.add_argument("--messages", type=int, default=100_000, help="write: predictions published per run")
     parser.add_argument("--stores", nargs="+", default=["postgres", "sqlite"])
+    parser.add_argument("--store-rows", type=int, default=200_000, help="store: rows through the writer")
     parser.add_argument("--rows", type=int, default=10_000_000, help="query: predictions in the table")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=2000)
@@ -317,6 +365,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-record-"))
     result: dict[str, Any] = {"cpu_flags": _flags(), "cpus": os.cpu_count()}
+    if "store" in args.part:
+        result["store"] = store_run(work, args.store_rows)
     if "write" in args.part:
         result["write"] = [write_run(work, store, n, args.messages) for store in args.stores for n in (1, 2)]
         for r in result["write"]:

@@ -32,7 +32,8 @@ SQLITE: tuple[Migration, ...] = (
                 class_id INTEGER, confidence REAL, fps REAL, latency_ms REAL, inference_ms REAL,
                 resolution INTEGER, mode TEXT, model_version TEXT, received REAL NOT NULL,
                 UNIQUE (node, seq, ts))""",
-            "CREATE INDEX predictions_node_ts ON predictions (node, ts)",
+            # label too: a node's label counts are read from the index alone
+            "CREATE INDEX predictions_node_ts ON predictions (node, ts, label)",
             "CREATE INDEX predictions_ts ON predictions (ts)",
             """CREATE TABLE heartbeats (
                 ts REAL NOT NULL, node TEXT NOT NULL, uptime_s REAL, fps REAL, inference_ms REAL,
@@ -67,7 +68,8 @@ POSTGRES: tuple[Migration, ...] = (
                 class_id integer, confidence real, fps real, latency_ms real, inference_ms real,
                 resolution integer, mode text, model_version text, received timestamptz NOT NULL,
                 UNIQUE (node, seq, ts)) PARTITION BY RANGE (ts)""",
-            "CREATE INDEX predictions_node_ts ON predictions (node, ts)",
+            # INCLUDE label: a node's label counts are an index-only scan
+            "CREATE INDEX predictions_node_ts ON predictions (node, ts) INCLUDE (label)",
             "CREATE INDEX predictions_ts ON predictions (ts)",
             """CREATE TABLE heartbeats (
                 ts timestamptz NOT NULL, node text NOT NULL, uptime_s real, fps real, inference_ms real,
