@@ -47,6 +47,8 @@ def test_every_table_row_has_its_columns() -> None:
         ("predictions", b"not json"),
         ("predictions", b'{"ts": 1.0, "label": "x"}'),  # no seq: cannot be told from a copy
         ("predictions", b'{"ts": NaN, "seq": 1, "label": "x"}'),
+        ("predictions", b'{"ts": 1e999, "seq": 1, "label": "x"}'),
+        ("predictions", b'{"ts": 1.0, "seq": 99999999999999999999999, "label": "x"}'),
         ("heartbeat", b'{"node": "n"}'),  # no time
         ("events", b'{"cmd": "ping", "ok": "yes", "ts": 1.0}'),
         ("status", b"maybe"),
