@@ -154,7 +154,9 @@ def test_the_dashboard_units_credentials_are_what_the_code_reads(
 
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (apt-get install systemd)")
-@pytest.mark.parametrize(("unit", "exposure"), [(NODE, 1.8), (DASHBOARD, 1.3), (RECORD, 1.3)], ids=["node", "dashboard", "record"])
+@pytest.mark.parametrize(
+    ("unit", "exposure"), [(NODE, 1.8), (DASHBOARD, 1.3), (RECORD, 1.3)], ids=["node", "dashboard", "record"]
+)
 def test_systemd_accepts_each_unit_and_rates_its_exposure(unit: Path, exposure: float, tmp_path: Path) -> None:
     """``verify`` checks every directive (an unknown key or a bad value is only a warning, so the output is
     read); ExecStart= points at a program that exists here, since verify also checks that. ``security``
