@@ -380,9 +380,7 @@ class RecordConfig(_Section):
         default_factory=list,
         description="nats://host:port,...: read the fleet through NATS (queue group, durable consumer), not MQTT",
     )
-    group: str = Field(
-        "record", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="recorders of one group share the load"
-    )
+    group: str = Field("record", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="recorders of one group share the load")
     name: str = Field(
         default_factory=default_node_id,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
