@@ -294,6 +294,8 @@ def cluster_run(work: Path, nodes: int, procs: int, kill_after: float, duration:
             renv = {"EDGE_RECORD__NATS_SERVERS": nats_urls, "EDGE_RECORD__DSN": dsn}
             renv["EDGE_RECORD__HEARTBEAT_INTERVAL"] = "5"
             env = {"EDGE_MQTT__HOSTS": cluster.hosts, "EDGE_MQTT__PROTOCOL": "3.1.1"}
+            # the recorders first, so that every prediction the simulators send can be recorded
+            recs = [RecorderProcess(work / "rec", f"rec-{i}", renv).start() for i in (1, 2)]
             share = [nodes // procs + (i < nodes % procs) for i in range(procs)]
             for i, count in enumerate(share):
                 sim_args = [
@@ -302,8 +304,6 @@ def cluster_run(work: Path, nodes: int, procs: int, kill_after: float, duration:
                 ]  # fmt: skip
                 sims.append(Simulator(cluster.mqtt_ports[0], work, *sim_args, env=env))
             online = [sim.wait_event("online", timeout=900) for sim in sims]
-            recs = [RecorderProcess(work / "rec", f"rec-{i}", renv).start() for i in (1, 2)]
-            time.sleep(5)  # the recorders subscribe (their logs say so)
             pids = {r.name: r.proc.pid for r in recs if r.proc is not None}
             sampler = Sampler(pids)
             started = time.monotonic()

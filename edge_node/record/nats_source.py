@@ -74,7 +74,9 @@ class NatsSource:
 
     async def _stored(self, nc: NatsClient) -> None:
         """Fetch the QoS 1 leaves from the durable consumer, forever; acknowledge what was committed."""
-        js = nc.jetstream(timeout=10)
+        # a cluster serving thousands of MQTT sessions (each QoS 1 subscription is a consumer) answers its
+        # JetStream API slowly: 10 s timed out every time with 2,000 simulated nodes on a loaded 2-core VM
+        js = nc.jetstream(timeout=60)
         durable = f"ghostpi-record-{self._cfg.group}"
         filters = [f"{_STORED}{self._prefix}.*.{leaf}" for leaf in QOS1_LEAVES]
         config = ConsumerConfig(
