@@ -19,6 +19,7 @@ __all__ = [
     "InferenceError",
     "MissingExtraError",
     "MqttError",
+    "NotifyError",
     "RecordError",
     "SignatureError",
     "SnapshotError",
@@ -88,6 +89,10 @@ class UpdateError(EdgeError):
 
 class SnapshotError(EdgeError):
     """A snapshot could not be taken or encoded within its size limit."""
+
+
+class NotifyError(EdgeError):
+    """A detection notification could not be delivered (``edge-node notify``: the command, the webhook)."""
 
 
 class RecordError(EdgeError):

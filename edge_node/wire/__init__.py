@@ -37,6 +37,7 @@ from edge_node.wire.messages import (
     Rollback,
     SetMode,
     SetPublish,
+    SetWatch,
     Snapshot,
     Trial,
     UpdateModel,
@@ -48,6 +49,12 @@ from edge_node.wire.messages import (
 from edge_node.wire.topics import (
     FLEET,
     Topics,
+)
+from edge_node.wire.watch import (
+    Detection,
+    WatchRule,
+    WatchRules,
+    WatchState,
 )
 
 __all__ = [
@@ -61,6 +68,7 @@ __all__ = [
     "Camera",
     "ClassScore",
     "Command",
+    "Detection",
     "DeviceChoice",
     "Event",
     "Heartbeat",
@@ -79,10 +87,14 @@ __all__ = [
     "Rollback",
     "SetMode",
     "SetPublish",
+    "SetWatch",
     "Snapshot",
     "Topics",
     "Trial",
     "UpdateModel",
+    "WatchRule",
+    "WatchRules",
+    "WatchState",
     "WorkerStatus",
     "command_id",
     "parse_command",
