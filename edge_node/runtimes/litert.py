@@ -30,7 +30,8 @@ class LiteRTSession:
 
     runtime: Literal["litert"] = "litert"
 
-    def __init__(self, path: Path, *, threads: int) -> None:
+    def __init__(self, path: Path, *, threads: int, spin: bool = False) -> None:
+        """``spin`` is accepted for the common interface and ignored: the LiteRT wrapper has no such switch."""
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as exc:

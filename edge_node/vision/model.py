@@ -146,6 +146,7 @@ class Model:
         workers: int = 1,
         threads: int = 1,
         top_k: int = 5,
+        spin: bool = False,
     ) -> None:
         manifest = bundle.manifest
         self.resolutions = manifest.resolutions(precision, runtime)
@@ -158,6 +159,7 @@ class Model:
         self.labels = bundle.labels
         self.workers = workers
         self.threads = threads  # per worker session
+        self.spin = spin  # the runtime's pool threads busy-wait between runs (ModelConfig.spin)
         self.top_k = top_k
         self.runtime: Runtime = runtime
         self.precision = precision
@@ -176,7 +178,7 @@ class Model:
         path = self.bundle.model_file(resolution, self.precision, self.runtime)
         t0 = time.perf_counter()
         try:
-            sessions = [open_session(path, self.runtime, threads=self.threads) for _ in range(self.workers)]
+            sessions = [open_session(path, self.runtime, threads=self.threads, spin=self.spin) for _ in range(self.workers)]
         except InferenceError as exc:
             raise InferenceError(f"bundle {self.info.name} {self.info.version}: {exc}") from exc
         ms = 1000 * (time.perf_counter() - t0)
