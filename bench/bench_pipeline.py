@@ -16,9 +16,11 @@ Measured in one run, interleaved (bare, session, node, bare, session, node, ...)
   apart, so the load of a shared machine moves it less.
 It also reports the node's peak RSS (VmHWM). ``--compare DIR`` runs the node of another checkout (say the
 commit before a change) in every round too, right after this one's, with the same broker, state and settings.
+``--spin-ab`` runs this node twice a round instead, with ``EDGE_MODEL__SPIN`` off (its default) and on, and times
+the session alone the same way each time. Bare ORT keeps ONNX Runtime's own default: its pool threads spin.
 
     .venv/bin/python bench/bench_pipeline.py [--bundle DIR] [--rounds 3] [--seconds 15] [--threads 2] \
-        [--workers 1] [--runtime auto] [--compare DIR]
+        [--workers 1] [--runtime auto] [--compare DIR | --spin-ab]
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class NodeRun:
 
 
 def bare_fps(model: Path, tensor: np.ndarray, threads: int, seconds: float) -> float:
-    sess = ort.InferenceSession(str(model), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+    opts = session_options(threads, spin=True)  # ONNX Runtime as it ships
+    sess = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     for _ in range(20):
         sess.run(None, {name: tensor})
@@ -87,7 +90,9 @@ def bare_fps(model: Path, tensor: np.ndarray, threads: int, seconds: float) -> f
     return n / (time.perf_counter() - t0)
 
 
-def session_cpu_ms(bundle: Bundle, serving: dict[str, Any], frame: np.ndarray, seconds: float) -> tuple[float, float]:
+def session_cpu_ms(
+    bundle: Bundle, serving: dict[str, Any], frame: np.ndarray, seconds: float, *, spin: bool
+) -> tuple[float, float]:
     """Inference only, in the configuration the node serves: (fps, process CPU ms per frame)."""
     model = Model(
         bundle,
@@ -95,6 +100,7 @@ def session_cpu_ms(bundle: Bundle, serving: dict[str, Any], frame: np.ndarray, s
         precision=serving["precision"],
         workers=serving["workers"],
         threads=serving["threads"],
+        spin=spin,
     )
     timing = time_variant(model.build(224), frame, seconds=seconds, warmup=10)
     return timing.fps, timing.cpu_ms
@@ -111,6 +117,7 @@ def node_run(
     workers: str,
     seconds: float,
     runtime: str = "auto",
+    spin: bool | None = None,
 ) -> NodeRun:
     """Predictions per second as received by a subscriber (mosquitto_sub: a C client, so the measuring
     costs the 2-core machine as little as possible), over ``seconds`` after a warm-up, and CPU per frame."""
@@ -135,6 +142,8 @@ def node_run(
         EDGE_STATE_DIR=str(workdir / "state"),
         PYTHONPATH=str(root),
     )
+    if spin is not None:  # None: a checkout that predates the setting (it spins, and would refuse the variable)
+        env["EDGE_MODEL__SPIN"] = str(spin).lower()
     log = (workdir / "node.log").open("wb")
     # cwd=root: ``python -m`` puts the working directory first on sys.path, before PYTHONPATH.
     cmd = [sys.executable, "-m", "edge_node", "run"]
@@ -217,9 +226,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads of bare ORT and of the node, in all")
     parser.add_argument("--workers", default="1", help="the node's EDGE_MODEL__WORKERS")
     parser.add_argument("--runtime", default="auto", help="the node's EDGE_MODEL__RUNTIME")
-    parser.add_argument(
+    ab = parser.add_mutually_exclusive_group()
+    ab.add_argument(
         "--compare", type=Path, default=None, metavar="DIR", help="also run the node of this checkout, every round"
     )
+    ab.add_argument("--spin-ab", action="store_true", help="this node with EDGE_MODEL__SPIN off and on, every round")
     args = parser.parse_args()
     if args.bundle is None:
         from edge_node.modelzoo.demo import ensure_demo_bundle
@@ -233,11 +244,17 @@ def main() -> int:
     frame = camera.read()
     assert frame is not None
     tensor = Preprocessor(bundle.manifest.preprocess, 224)(frame).copy()
-    roots = {"node": ROOT} if args.compare is None else {"node": ROOT, "compared": args.compare.resolve()}
+    # name -> (checkout, EDGE_MODEL__SPIN). A checkout before model.spin existed spins (ORT's default) and
+    # would refuse the setting: it gets spin=True here only for the session timed alone.
+    roots: dict[str, tuple[Path, bool]] = {"node": (ROOT, False)}
+    if args.compare is not None:
+        roots["compared"] = (args.compare.resolve(), True)
+    elif args.spin_ab:
+        roots = {"spin-off": (ROOT, False), "spin-on": (ROOT, True)}
     print(
         f"model {model.name} ({bundle.manifest.name} {bundle.manifest.version}), threads={args.threads}, "
         f"{args.rounds} rounds of {args.seconds:.0f}s each, interleaved; "
-        + ", ".join(f"{name} = {root}" for name, root in roots.items())
+        + ", ".join(f"{name} = {root} (spin {'on' if spin else 'off'})" for name, (root, spin) in roots.items())
     )
     bares: list[float] = []
     runs: dict[str, list[NodeRun]] = {name: [] for name in roots}
@@ -249,7 +266,7 @@ def main() -> int:
             for i in range(args.rounds):
                 bares.append(bare_fps(model, tensor, args.threads, args.seconds))
                 print(f"round {i + 1}: bare ORT {bares[-1]:7.1f} fps")
-                for name, root in roots.items():
+                for name, (root, spin) in roots.items():
                     run = node_run(
                         root,
                         args.bundle,
@@ -260,8 +277,9 @@ def main() -> int:
                         workers=args.workers,
                         seconds=args.seconds,
                         runtime=args.runtime,
+                        spin=spin if root == ROOT else None,
                     )
-                    s_fps, s_cpu = session_cpu_ms(bundle, run.serving, frame, min(args.seconds, 5.0))
+                    s_fps, s_cpu = session_cpu_ms(bundle, run.serving, frame, min(args.seconds, 5.0), spin=spin)
                     runs[name].append(run)
                     beyond[name].append(run.cpu_ms - s_cpu)
                     d = run.serving

@@ -178,7 +178,9 @@ class Model:
         path = self.bundle.model_file(resolution, self.precision, self.runtime)
         t0 = time.perf_counter()
         try:
-            sessions = [open_session(path, self.runtime, threads=self.threads, spin=self.spin) for _ in range(self.workers)]
+            sessions = [
+                open_session(path, self.runtime, threads=self.threads, spin=self.spin) for _ in range(self.workers)
+            ]
         except InferenceError as exc:
             raise InferenceError(f"bundle {self.info.name} {self.info.version}: {exc}") from exc
         ms = 1000 * (time.perf_counter() - t0)
