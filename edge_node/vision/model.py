@@ -108,7 +108,7 @@ class Variant:
         return f"Variant({self.model.info.version} {self.model.info.runtime} {self.resolution}px)"
 
     def prepare(self, frame: npt.NDArray[np.uint8], out: Tensor) -> float:
-        """Preprocess ``frame`` into ``out``; returns the milliseconds it took (preprocess thread only)."""
+        """Preprocess ``frame`` into ``out``; returns the milliseconds it took (the worker that runs the job)."""
         t0 = time.perf_counter()
         self.preprocessor(frame, out)
         return (time.perf_counter() - t0) * 1000.0
