@@ -15,12 +15,14 @@ Measured in one run, interleaved (bare, session, node, bare, session, node, ...)
   with the sum outside the inference threads: a floor of the cost beyond inference that needs no session timed
   apart, so the load of a shared machine moves it less.
 It also reports the node's peak RSS (VmHWM). ``--compare DIR`` runs the node of another checkout (say the
-commit before a change) in every round too, right after this one's, with the same broker, state and settings.
-``--spin-ab`` runs this node twice a round instead, with ``EDGE_MODEL__SPIN`` off (its default) and on, and times
-the session alone the same way each time. Bare ORT keeps ONNX Runtime's own default: its pool threads spin.
+commit before a change) in every round too, right after this one's, with the same broker, state and settings;
+``--compared-spin on|off`` says how that checkout's ONNX Runtime sessions run (``on``: it predates
+``EDGE_MODEL__SPIN``, which it is never given), so that its session is timed alone alike. ``--spin-ab`` runs
+this node twice a round instead, with ``EDGE_MODEL__SPIN`` off (its default) and on, and times the session
+alone the same way each time. Bare ORT keeps ONNX Runtime's own default: its pool threads spin.
 
     .venv/bin/python bench/bench_pipeline.py [--bundle DIR] [--rounds 3] [--seconds 15] [--threads 2] \
-        [--workers 1] [--runtime auto] [--compare DIR | --spin-ab]
+        [--workers 1] [--runtime auto] [--compare DIR [--compared-spin on|off] | --spin-ab]
 """
 
 from __future__ import annotations
@@ -230,6 +232,9 @@ def main() -> int:
     ab.add_argument(
         "--compare", type=Path, default=None, metavar="DIR", help="also run the node of this checkout, every round"
     )
+    parser.add_argument(
+        "--compared-spin", choices=("on", "off"), default="on", help="whether the compared checkout's sessions spin"
+    )
     ab.add_argument("--spin-ab", action="store_true", help="this node with EDGE_MODEL__SPIN off and on, every round")
     args = parser.parse_args()
     if args.bundle is None:
@@ -244,11 +249,11 @@ def main() -> int:
     frame = camera.read()
     assert frame is not None
     tensor = Preprocessor(bundle.manifest.preprocess, 224)(frame).copy()
-    # name -> (checkout, EDGE_MODEL__SPIN). A checkout before model.spin existed spins (ORT's default) and
-    # would refuse the setting: it gets spin=True here only for the session timed alone.
+    # name -> (checkout, how its sessions spin). The compared checkout is never given EDGE_MODEL__SPIN (one from
+    # before the setting would refuse it): its spin is only for its session timed alone.
     roots: dict[str, tuple[Path, bool]] = {"node": (ROOT, False)}
     if args.compare is not None:
-        roots["compared"] = (args.compare.resolve(), True)
+        roots["compared"] = (args.compare.resolve(), args.compared_spin == "on")
     elif args.spin_ab:
         roots = {"spin-off": (ROOT, False), "spin-on": (ROOT, True)}
     print(
