@@ -72,8 +72,9 @@ class NodeRun:
     @property
     def outside_ms(self) -> float | None:
         """CPU per frame of every thread but the inference workers and the runtime's pools (None without py-spy):
-        a floor of the cost beyond inference that needs no session timed apart (the workers' own post-processing
-        and the pools' extra spinning are not in it)."""
+        a floor of the cost beyond inference that needs no session timed apart (the workers' own preprocessing and
+        post-processing and the pools' extra spinning are not in it; a checkout with a preprocess thread counts
+        that thread here)."""
         if "inference workers" not in self.threads_ms:
             return None
         return sum(v for k, v in self.threads_ms.items() if k not in ("inference workers", "runtime pools"))
