@@ -73,7 +73,7 @@ def softmax_top_k(logits: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[
 
 class BufferPool:
     """Input tensors lent to jobs: a job owns its buffer until its worker gives it back, so a buffer is never
-    written while it is being inferred. An empty pool makes the preprocess stage wait (back-pressure)."""
+    written while it is being inferred. An empty pool makes the worker wait (back-pressure)."""
 
     def __init__(self, preprocessor: Preprocessor, count: int) -> None:
         self._free = [preprocessor.new_output() for _ in range(count)]
