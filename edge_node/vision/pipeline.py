@@ -4,9 +4,10 @@ The capture thread fills a one-frame slot; a free worker takes whatever is newes
 a backlog, prepares it and runs it. Preprocessing in the worker, not in a thread of its own, saves a hand-off
 and a wake-up per frame and keeps one more Python thread off the cores the runtime's pool needs, at the price
 of no overlap between one frame's preprocessing and the previous frame's inference in a single worker; with
-several workers, frames are still prepared in parallel. Each job holds the :class:`~edge_node.vision.model.Variant` it was prepared on and a buffer lent by
-that variant, so a mode switch or a model swap can never pull a session from under a running frame. Outputs (a
-:class:`Result` or a :class:`Failure` per frame) leave in frame order, whichever worker finished first.
+several workers, frames are still prepared in parallel. Each job holds the
+:class:`~edge_node.vision.model.Variant` it was prepared on and a buffer lent by that variant, so a mode switch
+or a model swap can never pull a session from under a running frame. Outputs (a :class:`Result` or a
+:class:`Failure` per frame) leave in frame order, whichever worker finished first.
 
 Sessions for another resolution are built by one long-lived builder thread while frames keep flowing at the
 old resolution; which variants stay loaded, what to build and what to let go is decided by
