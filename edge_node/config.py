@@ -35,6 +35,7 @@ from edge_node.errors import ConfigError
 from edge_node.mqtt.servers import Server, parse_servers
 from edge_node.runtimes import Runtime
 from edge_node.wire import Mode, PublishPolicy, reserved_reason
+from edge_node.wire.watch import WatchRules
 
 __all__ = [
     "ENV_FILE_VARIABLE",
@@ -50,6 +51,7 @@ __all__ = [
     "Settings",
     "SnapshotConfig",
     "SupervisorConfig",
+    "WatchConfig",
     "cache_dir",
     "default_node_id",
     "load_settings",
@@ -300,6 +302,13 @@ class SnapshotConfig(_Section):
     max_width: int = Field(640, ge=64, le=4096, description="frames wider than this are scaled down first")
 
 
+class WatchConfig(_Section):
+    """Watch rules (docs/detections.md): ``EDGE_WATCH__RULES`` as JSON, and/or a JSON file of rules."""
+
+    rules: WatchRules = Field(default_factory=list, description='JSON list of rules, e.g. [{"name": "cat", ...}]')
+    rules_file: Path | None = Field(None, description="a JSON file with a list of rules, added to rules")
+
+
 MAX_CHART_POINTS = 1000  # per node, in the dashboard's memory and in every full picture
 
 
@@ -406,6 +415,7 @@ class Settings(BaseSettings):
     ota: OtaConfig = OtaConfig()
     ha: HaConfig = HaConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
+    watch: WatchConfig = WatchConfig()
     dashboard: DashboardConfig = DashboardConfig()
 
     @field_validator("node_id")

@@ -56,6 +56,7 @@ class Result:
     mode: Mode
     model: ModelInfo
     worker: int
+    frame: Frame | None = None  # the camera frame it was classified from (read-only; the watch rules' snapshots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,7 @@ class _Job:
     preprocess_ms: float
     mode: Mode
     started: float  # perf_counter() when preprocessing began
+    frame: Frame | None = None  # the frame itself, carried to the Result (a reference: frames are never written)
 
 
 @dataclass(slots=True)
@@ -348,7 +350,7 @@ class Pipeline:
             variant.buffers.release(tensor)
             self._complete(gen, seq, Failure("prepare", _describe(exc), variant.model.info, variant.resolution, seq))
             return None
-        return _Job(seq, variant, tensor, ms, mode, t0)
+        return _Job(seq, variant, tensor, ms, mode, t0, frame)
 
     def _work_loop(self, gen: _Generation, index: int) -> None:
         import cv2
@@ -455,7 +457,9 @@ class Pipeline:
         self._preprocess_ms.add(c.preprocess_ms)
         self._serving = c.resolution
         total_ms = (time.perf_counter() - job.started) * 1000.0
-        result = Result(job.seq, time.time(), c, round(fps, 2), total_ms, job.mode, job.variant.model.info, item.worker)
+        result = Result(
+            job.seq, time.time(), c, round(fps, 2), total_ms, job.mode, job.variant.model.info, item.worker, job.frame
+        )
         self._safe_call(self._listener.on_output, result)
         with self._lock:  # every mode: the controller learns each resolution's cost for when auto is chosen
             switched = self.controller.observe(now, fps=fps, resolution=c.resolution, inference_ms=c.inference_ms)
