@@ -46,6 +46,7 @@ __all__ = ["Node", "NodeLink"]
 log = logging.getLogger(__name__)
 
 SHUTDOWN_OTA_GRACE = 4.0  # seconds a running update gets to end cleanly when the node stops
+JOURNAL_GRACE = 5.0  # seconds the open detections get to reach the disk when the node stops
 
 
 class NodeLink(Sender, LinkCounters, Protocol):
@@ -208,6 +209,7 @@ class Node:
                     tg.create_task(run_watchdog(self.notifier, self.watchdog), name="watchdog"),
                     tg.create_task(self._supervise(), name="supervisor"),
                     tg.create_task(self.watcher.ticks(), name="watch"),
+                    tg.create_task(self.watcher.journal_writer(), name="watch-journal"),
                 ]
                 if self.updater is not None:
                     tasks.append(tg.create_task(self.updater.run(), name="ota"))
@@ -217,6 +219,7 @@ class Node:
                     await self.updater.aclose(SHUTDOWN_OTA_GRACE)
                 await asyncio.to_thread(self._stop_workers)
                 self.watcher.shutdown()  # before the link leaves: the ends go out with what is queued
+                await self.watcher.journal_drained(JOURNAL_GRACE)  # nothing left open on disk
                 for task in reversed(tasks):
                     await halt(task)
         finally:

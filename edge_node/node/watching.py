@@ -1,6 +1,7 @@
 """The node's watch rules: each result goes through the tracker (``edge_node.watch``) on the loop, and what it
 says goes out on ``detections/`` (QoS 1, queued through broker outages like events). The open detections are
-kept on disk, so a node killed mid-detection ends it when it starts again (docs/detections.md).
+kept on disk, so a node killed mid-detection ends it when it starts again (docs/detections.md). The file is
+written (with an fsync, slow on an SD card) by one task through a worker thread, never on the loop itself.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class Watcher:
         self._candidates: dict[tuple[str, float], tuple[Frame, str, float]] = {}
         self._detections: set[tuple[str, float]] = set()  # of those, the runs that became detections
         self._encoding: set[asyncio.Task[None]] = set()
+        # the journal: the newest open list waits here for journal_writer(), its one writer
+        self._pending: list[Detection] = []
+        self._dirty = asyncio.Event()
+        self._written = asyncio.Event()
+        self._written.set()
 
     def recover(self) -> None:
         """At start-up: end what a previous run left open (and say so), and name the rules paused from the start."""
@@ -67,7 +73,7 @@ class Watcher:
                     detail={"rule": rec.rule, "id": rec.id},
                 )
             )
-        self._journal.save([])
+        self._persist()
         for name, why in self.tracker.paused.items():
             self._paused(name, why)
 
@@ -155,8 +161,32 @@ class Watcher:
             await asyncio.sleep(interval)
             self._say(self.tracker.tick(self._clock()))
             beats += 1
-            if beats % JOURNAL_EVERY == 0:  # an open detection's figures on disk stay this fresh
-                self._journal.save(self.tracker.open())
+            if beats % JOURNAL_EVERY == 0 and self.tracker.open():  # an open detection's figures stay this fresh
+                self._persist()
+
+    async def journal_writer(self) -> None:
+        """The journal's one writer: the newest open list, one write at a time, in a worker thread."""
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await asyncio.to_thread(self._journal.save, self._pending)
+            if not self._dirty.is_set():
+                self._written.set()
+
+    async def journal_drained(self, grace: float) -> bool:
+        """At shutdown, before the writer task is stopped: wait until the newest open list is on disk."""
+        try:
+            async with asyncio.timeout(grace):
+                await self._written.wait()
+        except TimeoutError:
+            log.warning("the open detections were not written within %.0f s", grace)
+            return False
+        return True
+
+    def _persist(self) -> None:
+        self._pending = self.tracker.open()
+        self._written.clear()
+        self._dirty.set()
 
     def shutdown(self) -> None:
         """The node stops: end what is open (reason ``shutdown``), so no consumer waits for it."""
@@ -186,4 +216,4 @@ class Watcher:
         for d in said:
             log.info("detection %s %s (rule %s, %d frames)", d.event, d.id, d.rule, d.frames)
             self._outbox.detection(d)
-        self._journal.save(self.tracker.open())
+        self._persist()
