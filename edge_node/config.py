@@ -217,6 +217,11 @@ class ModelConfig(_Section):
         "auto", description="inference workers, each with its own sessions; auto: the split measured fastest"
     )
     top_k: int = Field(5, ge=1, le=20)
+    spin: bool = Field(
+        False,
+        description="let ONNX Runtime's pool threads busy-wait between frames (its default); off, the node used about "
+        "half the CPU per frame and delivered more frames on a loaded 2-core machine (docs/benchmarks.md)",
+    )
     sessions: int = Field(
         1, ge=1, le=8, description="resolutions kept loaded; more makes mode switches instant, each costs RAM"
     )
