@@ -1,4 +1,5 @@
-"""The ``edge-node`` command line: ``run``, ``bench``, ``model …``, ``ctl …``, ``monitor``, ``simulate``, ``dashboard``.
+"""The ``edge-node`` command line: ``run``, ``bench``, ``model …``, ``ctl …``, ``monitor``, ``simulate``, ``dashboard``,
+``record``, ``history``.
 
 Each command group lives in its own module and registers its sub-parsers here; heavy imports (torch,
 rich tables) happen inside the handlers, so ``edge-node run`` on a Pi never loads them.
@@ -25,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     from edge_node.fleet import cli as fleet_cli
     from edge_node.modelzoo import cli as model_cli
     from edge_node.node import runner
+    from edge_node.record import cli as record_cli
 
     parser = argparse.ArgumentParser(prog="edge-node", description="GhostPi edge node and fleet tools")
     parser.add_argument("--version", action="version", version=f"edge-node {__version__}")
@@ -35,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     model_cli.register(sub)
     fleet_cli.register(sub)
     dashboard_cli.register(sub)
+    record_cli.register(sub)
     return parser
 
 

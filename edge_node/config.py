@@ -48,6 +48,7 @@ __all__ = [
     "MqttConfig",
     "OtaConfig",
     "PublishConfig",
+    "RecordConfig",
     "Settings",
     "SnapshotConfig",
     "SupervisorConfig",
@@ -216,6 +217,11 @@ class ModelConfig(_Section):
         "auto", description="inference workers, each with its own sessions; auto: the split measured fastest"
     )
     top_k: int = Field(5, ge=1, le=20)
+    spin: bool = Field(
+        False,
+        description="let ONNX Runtime's pool threads busy-wait between frames (its default); off, the node used about "
+        "half the CPU per frame and delivered more frames on a loaded 2-core machine (docs/benchmarks.md)",
+    )
     sessions: int = Field(
         1, ge=1, le=8, description="resolutions kept loaded; more makes mode switches instant, each costs RAM"
     )
@@ -385,6 +391,41 @@ class DashboardConfig(_Section):
         return value or None
 
 
+class RecordConfig(_Section):
+    """``edge-node record`` and ``edge-node history`` (extra ``record``); see docs/history.md."""
+
+    dsn: SecretStr | None = Field(
+        None, description="PostgreSQL conninfo or URL (postgresql://...); unset: SQLite at path"
+    )
+    path: Path | None = Field(None, description="the SQLite file; default <state_dir>/history.db")
+    nats_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="nats://host:port,...: read the fleet through NATS (queue group, durable consumer), not MQTT",
+    )
+    group: str = Field("record", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="recorders of one group share the load")
+    name: str = Field(
+        default_factory=default_node_id,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="this recorder: its heartbeat topic and its persistent MQTT session",
+    )
+    keep_days: int = Field(10, ge=1, le=3650, description="history older than this is dropped")
+    batch_rows: int = Field(2000, ge=1, le=100_000, description="rows written per transaction at most")
+    commit_interval: float = Field(1.0, gt=0, le=60, description="seconds a received row waits for its commit")
+    max_queue: int = Field(200_000, ge=100, le=10_000_000, description="rows waiting; beyond it rows are dropped")
+    heartbeat_interval: float = Field(10.0, ge=0.5, le=3600)
+    session_expiry: int = Field(
+        86400, ge=0, description="seconds the broker keeps this recorder's QoS 1 messages while it is away"
+    )
+
+    @field_validator("nats_servers", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_list(value)
+
+    def resolved_dsn(self) -> str | None:
+        return self.dsn.get_secret_value() if self.dsn is not None else None
+
+
 def _split_list(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -420,6 +461,7 @@ class Settings(BaseSettings):
     snapshot: SnapshotConfig = SnapshotConfig()
     watch: WatchConfig = WatchConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    record: RecordConfig = RecordConfig()
 
     @field_validator("node_id")
     @classmethod

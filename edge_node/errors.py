@@ -20,6 +20,7 @@ __all__ = [
     "MissingExtraError",
     "MqttError",
     "NotifyError",
+    "RecordError",
     "SignatureError",
     "SnapshotError",
     "UpdateError",
@@ -92,3 +93,7 @@ class SnapshotError(EdgeError):
 
 class NotifyError(EdgeError):
     """A detection notification could not be delivered (``edge-node notify``: the command, the webhook)."""
+
+
+class RecordError(EdgeError):
+    """The history database cannot be opened, migrated, written or asked."""

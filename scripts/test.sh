@@ -4,7 +4,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] \
   || die "the tests need the mosquitto broker binary. Install it: sudo apt install mosquitto"
-ensure_venv "dev,demo,export,dashboard"
+ensure_venv "dev,demo,export,dashboard,record"
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
 bash "$ROOT/scripts/lint.sh"  # stops here on any finding (set -e)

@@ -1,7 +1,7 @@
 """The composition root: builds the parts, connects them, runs them in one TaskGroup and stops them cleanly.
 
 Data paths (see docs/architecture.md):
-  capture thread → frame slot → preprocess thread → inference workers → publisher (handoff) → outbox → link
+  capture thread → frame slot → inference workers (preprocess + infer) → publisher (handoff) → outbox → link
   link → inbound → command handler → outbox (events/, retained state/)
   snapshots of camera and pipeline → supervisor → events, restarts, systemd watchdog
 

@@ -34,6 +34,7 @@ __all__ = [
     "Ping",
     "PipelineState",
     "Prediction",
+    "RecorderHeartbeat",
     "ReferenceCheck",
     "Rollback",
     "SetMode",
@@ -215,6 +216,24 @@ class Event(_Wire):
         if isinstance(value, str):
             return value.encode("utf-8", "replace").decode("utf-8")[:1000]
         return value
+
+
+class RecorderHeartbeat(_Wire):
+    """``edge-node record``'s own heartbeat (``<prefix>/_recorders/<name>/heartbeat``, QoS 0)."""
+
+    recorder: str
+    ts: float
+    uptime_s: float
+    source: str  # mqtt or nats
+    store: str  # sqlite or postgres
+    rows_written: int
+    duplicates: int
+    queued: int
+    dropped: dict[str, int] = Field(default_factory=dict)  # reason -> rows not recorded
+    write_errors: int = 0
+    lag_p50_s: float | None = None
+    lag_p95_s: float | None = None
+    rss_mb: float | None = None
 
 
 OtaPhase = Literal["idle", "downloading", "verifying", "activating", "active", "failed", "rolled_back"]

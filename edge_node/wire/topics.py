@@ -85,6 +85,15 @@ class Topics:
         return f"{prefix}/+/{leaf}"
 
     @staticmethod
+    def recorder_heartbeat(prefix: str, name: str) -> str:
+        """``edge-node record``'s own heartbeat: three levels below the prefix, so node parsers skip it."""
+        return f"{prefix}/_recorders/{name}/heartbeat"
+
+    @staticmethod
+    def recorder_wildcard(prefix: str) -> str:
+        return f"{prefix}/_recorders/+/heartbeat"
+
+    @staticmethod
     def control_for(prefix: str, target: str) -> str:
         """Control topic of one node, or of the fleet when ``target`` is ``all``."""
         return f"{prefix}/{target}/control"

@@ -26,6 +26,7 @@ from tests.support.pki import Authority
 
 UNITS = REPO / "deploy" / "systemd"
 NODE, DASHBOARD = UNITS / "edge-node.service", UNITS / "edge-node-dashboard.service"
+RECORD = UNITS / "edge-node-record.service"
 ROLE = REPO / "deploy" / "ansible" / "roles" / "edge_node"
 ANALYZE = shutil.which("systemd-analyze")
 
@@ -78,7 +79,7 @@ def test_the_shipped_node_unit_is_what_the_role_renders_with_its_defaults() -> N
     assert _render_node_unit(edge_node_mqtt_password="x") == NODE.read_text()
 
 
-@pytest.mark.parametrize("unit", [NODE, DASHBOARD], ids=["node", "dashboard"])
+@pytest.mark.parametrize("unit", [NODE, DASHBOARD, RECORD], ids=["node", "dashboard", "record"])
 def test_each_unit_bounds_its_memory_and_its_network(unit: Path) -> None:
     d = _directives(unit)
     high, top = (d[key][-1] for key in ("MemoryHigh", "MemoryMax"))
@@ -153,7 +154,9 @@ def test_the_dashboard_units_credentials_are_what_the_code_reads(
 
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (apt-get install systemd)")
-@pytest.mark.parametrize(("unit", "exposure"), [(NODE, 1.8), (DASHBOARD, 1.3)], ids=["node", "dashboard"])
+@pytest.mark.parametrize(
+    ("unit", "exposure"), [(NODE, 1.8), (DASHBOARD, 1.3), (RECORD, 1.3)], ids=["node", "dashboard", "record"]
+)
 def test_systemd_accepts_each_unit_and_rates_its_exposure(unit: Path, exposure: float, tmp_path: Path) -> None:
     """``verify`` checks every directive (an unknown key or a bad value is only a warning, so the output is
     read); ExecStart= points at a program that exists here, since verify also checks that. ``security``

@@ -1,0 +1,147 @@
+"""``edge-node record`` processes on a real mosquitto (MQTT 5) into a fresh PostgreSQL database and into SQLite:
+two recorders share one ``$share`` group with no row written twice, and QoS 1 messages sent while every
+recorder is down are recorded once they are back."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from edge_node.fleet.simnode import SimNode
+from edge_node.wire import RecorderHeartbeat, Topics
+from tests.support.brokers import Mosquitto
+from tests.support.nodeproc import Collector
+from tests.support.paths import run_cli
+from tests.support.record_procs import RecorderProcess, wait_until
+
+PREFIX = "ghostpi"
+
+
+def _count(dsn: str, sql: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(sql.encode()).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.fixture
+def recorders(tmp_path: Path, mosquitto: Mosquitto, pg_fresh: str) -> Iterator[list[RecorderProcess]]:
+    env = {"EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(mosquitto.port), "EDGE_RECORD__DSN": pg_fresh}
+    procs = [RecorderProcess(tmp_path / "rec", f"rec-{i}", env) for i in (1, 2)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def _beats(bus: Collector, name: str) -> list[RecorderHeartbeat]:
+    return [RecorderHeartbeat.model_validate_json(m.payload) for m in bus.on(Topics.recorder_heartbeat(PREFIX, name))]
+
+
+def _wait_subscribed(bus: Collector, procs: list[RecorderProcess]) -> None:
+    for p in procs:
+        wait_until(lambda p=p: _beats(bus, p.name), 60, f"{p.name}'s heartbeat", p)  # type: ignore[misc]
+
+
+def test_two_recorders_share_the_fleet_and_write_each_row_once(
+    recorders: list[RecorderProcess], bus: Collector, pg_fresh: str
+) -> None:
+    for p in recorders:
+        p.start()
+    _wait_subscribed(bus, recorders)
+    sims = [SimNode(f"n{i}", rng=random.Random(i)) for i in range(10)]
+    sent = 0
+    for _ in range(60):
+        for sim in sims:
+            bus.publish(Topics(PREFIX, sim.node_id).predictions, sim.prediction(), qos=1)
+            sent += 1
+        bus.publish(Topics(PREFIX, sims[0].node_id).heartbeat, sims[0].heartbeat(), qos=1)
+    wait_until(lambda: _count(pg_fresh, "SELECT count(*) FROM predictions") >= sent, 60, "all rows", *recorders)
+    assert _count(pg_fresh, "SELECT count(*) FROM predictions") == sent
+    assert _count(pg_fresh, "SELECT count(*) FROM (SELECT DISTINCT node, seq FROM predictions) x") == sent
+    assert _count(pg_fresh, "SELECT count(*) FROM heartbeats") == 60
+
+    def shares() -> list[int] | None:
+        last = [_beats(bus, p.name)[-1] for p in recorders]
+        written = [b.rows_written for b in last]
+        return written if sum(written) == sent + 60 else None
+
+    written = wait_until(shares, 30, "the recorders' heartbeats to count every row", *recorders)
+    assert all(w > 0 for w in written), f"one recorder got nothing: {written}"  # the $share group split the load
+    assert all(_beats(bus, p.name)[-1].duplicates == 0 for p in recorders)
+
+
+def test_qos1_messages_sent_while_the_recorders_are_down_are_recorded(
+    recorders: list[RecorderProcess], bus: Collector, pg_fresh: str
+) -> None:
+    for p in recorders:
+        p.start()
+    _wait_subscribed(bus, recorders)
+    for p in recorders:
+        p.stop()
+    node = Topics(PREFIX, "door")
+    for i in range(40):  # stamped in 2001: beyond retention, so counted as dropped, not written
+        bus.publish(node.events, json.dumps({"id": f"c{i}", "cmd": "ping", "ok": True, "ts": 1e9 + i}), qos=1)
+    bus.publish(node.status, b"offline", qos=1)
+    now = time.time()
+    for i in range(40):
+        bus.publish(node.events, json.dumps({"id": f"e{i}", "cmd": "ping", "ok": True, "ts": now + i / 100}), qos=1)
+    for p in recorders:
+        p.start()
+    wait_until(lambda: _count(pg_fresh, "SELECT count(*) FROM events") >= 40, 60, "the queued events", *recorders)
+    assert _count(pg_fresh, "SELECT count(*) FROM events") == 40
+    assert _count(pg_fresh, "SELECT count(*) FROM statuses WHERE NOT online") == 1
+
+    def dropped_old() -> int:
+        beats = [_beats(bus, p.name)[-1] for p in recorders]
+        return sum(b.dropped.get("out_of_range", 0) for b in beats)
+
+    assert wait_until(lambda: dropped_old() == 40, 30, "the old events to be counted as dropped", *recorders)
+
+
+def test_sqlite_by_default_and_history_answers(tmp_path: Path, mosquitto: Mosquitto, bus: Collector) -> None:
+    env = {"EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(mosquitto.port)}
+    rec = RecorderProcess(tmp_path / "rec", "solo", env)
+    rec.start()
+    try:
+        _wait_subscribed(bus, [rec])
+        sim = SimNode("porch", rng=random.Random(3))
+        t = Topics(PREFIX, "porch")
+        bus.publish(t.status, b"online")
+        for _ in range(30):
+            bus.publish(t.predictions, sim.prediction(), qos=1)
+        bus.publish(t.heartbeat, sim.heartbeat(), qos=1)
+        db = tmp_path / "rec" / "state" / "history.db"
+
+        def answered() -> dict[str, object] | None:
+            out = run_cli("history", "--since", "10m", "--node", "porch", "--json", env=_cli_env(rec))
+            assert out.returncode == 0, out.stderr
+            report = json.loads(out.stdout)
+            return report if sum(x["count"] for x in report["labels"]) == 30 and report["series"] else None
+
+        report = wait_until(answered, 60, "history to show the 30 predictions", rec)
+        assert db.exists()
+        assert report["spans"] and report["spans"][0]["online"] is True
+        table = run_cli("history", "--since", "10m", env=_cli_env(rec))
+        assert table.returncode == 0 and "porch" in table.stdout and "Labels" in table.stdout, table.stderr
+    finally:
+        rec.stop()
+
+
+def _cli_env(rec: RecorderProcess) -> dict[str, str]:
+    from tests.support.paths import clean_env
+
+    return clean_env(**{k: v for k, v in rec.settings.items() if k in ("EDGE_STATE_DIR", "EDGE_RECORD__DSN")})
+
+
+def test_history_without_a_database_says_what_to_do(tmp_path: Path) -> None:
+    from tests.support.paths import clean_env
+
+    out = run_cli("history", env=clean_env(EDGE_STATE_DIR=str(tmp_path)))
+    assert out.returncode == 2 and "run `edge-node record` first" in out.stderr
