@@ -12,11 +12,12 @@ Three steps, so that the middle one can run under emulation (``qemu-x86_64 -cpu 
 ``prepare`` takes the bundle's INT8 ONNX file at 224 px (the demo bundle by default), and writes degraded
 copies of it: every activation's quantisation scale multiplied by ``exp(sigma * N(0, 1))`` (one draw per
 tensor, seeded), for a range of sigmas; ``widened``, its 7-bit dense weights made 8-bit (saturating on x86
-without VNNI only); and any ``--extra`` files (another recipe's INT8 file, e.g. one that saturates on AVX2). Each file's agreement with FP32 on all held-out images is its known
-agreement. ``rates`` draws ``--frames`` images from the held-out pool ``--draws`` times; on each draw the gate
-is ``divergence_gate`` of the shipped file's mean divergence on those frames (what the build stores), and a
-file passes when its own mean divergence on the same frames is at most that. It prints the pass rate per
-file, so the false-accept rate of files at <= 95% agreement and the false-refuse rate of files at >= 97%.
+without VNNI only); and any ``--extra`` files (another recipe's INT8 file, e.g. one that saturates on AVX2).
+Each file's agreement with FP32 on all held-out images is its known agreement. ``rates`` draws ``--frames``
+images from the held-out pool ``--draws`` times; on each draw the gate is ``divergence_gate`` of the shipped
+file's mean divergence on those frames (what the build stores), and a file passes when its own mean divergence
+on the same frames is at most that. It prints the pass rate per file, so the false-accept rate of files at <=
+95% agreement and the false-refuse rate of files at >= 97%.
 """
 
 from __future__ import annotations
