@@ -15,10 +15,14 @@ Measured in one run, interleaved (bare, session, node, bare, session, node, ...)
   with the sum outside the inference threads: a floor of the cost beyond inference that needs no session timed
   apart, so the load of a shared machine moves it less.
 It also reports the node's peak RSS (VmHWM). ``--compare DIR`` runs the node of another checkout (say the
-commit before a change) in every round too, right after this one's, with the same broker, state and settings.
+commit before a change) in every round too, right after this one's, with the same broker, state and settings;
+``--compared-spin on|off`` says how that checkout's ONNX Runtime sessions run (``on``: it predates
+``EDGE_MODEL__SPIN``, which it is never given), so that its session is timed alone alike. ``--spin-ab`` runs
+this node twice a round instead, with ``EDGE_MODEL__SPIN`` off (its default) and on, and times the session
+alone the same way each time. Bare ORT keeps ONNX Runtime's own default: its pool threads spin.
 
     .venv/bin/python bench/bench_pipeline.py [--bundle DIR] [--rounds 3] [--seconds 15] [--threads 2] \
-        [--workers 1] [--runtime auto] [--compare DIR]
+        [--workers 1] [--runtime auto] [--compare DIR [--compared-spin on|off] | --spin-ab]
 """
 
 from __future__ import annotations
@@ -68,15 +72,17 @@ class NodeRun:
     @property
     def outside_ms(self) -> float | None:
         """CPU per frame of every thread but the inference workers and the runtime's pools (None without py-spy):
-        a floor of the cost beyond inference that needs no session timed apart (the workers' own post-processing
-        and the pools' extra spinning are not in it)."""
+        a floor of the cost beyond inference that needs no session timed apart (the workers' own preprocessing and
+        post-processing and the pools' extra spinning are not in it; a checkout with a preprocess thread counts
+        that thread here)."""
         if "inference workers" not in self.threads_ms:
             return None
         return sum(v for k, v in self.threads_ms.items() if k not in ("inference workers", "runtime pools"))
 
 
 def bare_fps(model: Path, tensor: np.ndarray, threads: int, seconds: float) -> float:
-    sess = ort.InferenceSession(str(model), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+    opts = session_options(threads, spin=True)  # ONNX Runtime as it ships
+    sess = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     for _ in range(20):
         sess.run(None, {name: tensor})
@@ -87,7 +93,9 @@ def bare_fps(model: Path, tensor: np.ndarray, threads: int, seconds: float) -> f
     return n / (time.perf_counter() - t0)
 
 
-def session_cpu_ms(bundle: Bundle, serving: dict[str, Any], frame: np.ndarray, seconds: float) -> tuple[float, float]:
+def session_cpu_ms(
+    bundle: Bundle, serving: dict[str, Any], frame: np.ndarray, seconds: float, *, spin: bool
+) -> tuple[float, float]:
     """Inference only, in the configuration the node serves: (fps, process CPU ms per frame)."""
     model = Model(
         bundle,
@@ -95,6 +103,7 @@ def session_cpu_ms(bundle: Bundle, serving: dict[str, Any], frame: np.ndarray, s
         precision=serving["precision"],
         workers=serving["workers"],
         threads=serving["threads"],
+        spin=spin,
     )
     timing = time_variant(model.build(224), frame, seconds=seconds, warmup=10)
     return timing.fps, timing.cpu_ms
@@ -111,6 +120,7 @@ def node_run(
     workers: str,
     seconds: float,
     runtime: str = "auto",
+    spin: bool | None = None,
 ) -> NodeRun:
     """Predictions per second as received by a subscriber (mosquitto_sub: a C client, so the measuring
     costs the 2-core machine as little as possible), over ``seconds`` after a warm-up, and CPU per frame."""
@@ -135,6 +145,8 @@ def node_run(
         EDGE_STATE_DIR=str(workdir / "state"),
         PYTHONPATH=str(root),
     )
+    if spin is not None:  # None: a checkout that predates the setting (it spins, and would refuse the variable)
+        env["EDGE_MODEL__SPIN"] = str(spin).lower()
     log = (workdir / "node.log").open("wb")
     # cwd=root: ``python -m`` puts the working directory first on sys.path, before PYTHONPATH.
     cmd = [sys.executable, "-m", "edge_node", "run"]
@@ -217,9 +229,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads of bare ORT and of the node, in all")
     parser.add_argument("--workers", default="1", help="the node's EDGE_MODEL__WORKERS")
     parser.add_argument("--runtime", default="auto", help="the node's EDGE_MODEL__RUNTIME")
-    parser.add_argument(
+    ab = parser.add_mutually_exclusive_group()
+    ab.add_argument(
         "--compare", type=Path, default=None, metavar="DIR", help="also run the node of this checkout, every round"
     )
+    parser.add_argument(
+        "--compared-spin", choices=("on", "off"), default="on", help="whether the compared checkout's sessions spin"
+    )
+    ab.add_argument("--spin-ab", action="store_true", help="this node with EDGE_MODEL__SPIN off and on, every round")
     args = parser.parse_args()
     if args.bundle is None:
         from edge_node.modelzoo.demo import ensure_demo_bundle
@@ -233,11 +250,17 @@ def main() -> int:
     frame = camera.read()
     assert frame is not None
     tensor = Preprocessor(bundle.manifest.preprocess, 224)(frame).copy()
-    roots = {"node": ROOT} if args.compare is None else {"node": ROOT, "compared": args.compare.resolve()}
+    # name -> (checkout, how its sessions spin). The compared checkout is never given EDGE_MODEL__SPIN (one from
+    # before the setting would refuse it): its spin is only for its session timed alone.
+    roots: dict[str, tuple[Path, bool]] = {"node": (ROOT, False)}
+    if args.compare is not None:
+        roots["compared"] = (args.compare.resolve(), args.compared_spin == "on")
+    elif args.spin_ab:
+        roots = {"spin-off": (ROOT, False), "spin-on": (ROOT, True)}
     print(
         f"model {model.name} ({bundle.manifest.name} {bundle.manifest.version}), threads={args.threads}, "
         f"{args.rounds} rounds of {args.seconds:.0f}s each, interleaved; "
-        + ", ".join(f"{name} = {root}" for name, root in roots.items())
+        + ", ".join(f"{name} = {root} (spin {'on' if spin else 'off'})" for name, (root, spin) in roots.items())
     )
     bares: list[float] = []
     runs: dict[str, list[NodeRun]] = {name: [] for name in roots}
@@ -249,7 +272,7 @@ def main() -> int:
             for i in range(args.rounds):
                 bares.append(bare_fps(model, tensor, args.threads, args.seconds))
                 print(f"round {i + 1}: bare ORT {bares[-1]:7.1f} fps")
-                for name, root in roots.items():
+                for name, (root, spin) in roots.items():
                     run = node_run(
                         root,
                         args.bundle,
@@ -260,8 +283,9 @@ def main() -> int:
                         workers=args.workers,
                         seconds=args.seconds,
                         runtime=args.runtime,
+                        spin=spin if root == ROOT else None,
                     )
-                    s_fps, s_cpu = session_cpu_ms(bundle, run.serving, frame, min(args.seconds, 5.0))
+                    s_fps, s_cpu = session_cpu_ms(bundle, run.serving, frame, min(args.seconds, 5.0), spin=spin)
                     runs[name].append(run)
                     beyond[name].append(run.cpu_ms - s_cpu)
                     d = run.serving

@@ -92,7 +92,7 @@ def _handle(args: argparse.Namespace) -> int:
         for resolution in [r for r in resolutions if wanted is None or r in wanted]:
             for workers, per_worker in splits:
                 candidate = Candidate(runtime, precision, workers, per_worker)
-                trial = measure(bundle, candidate, resolution, TEXTURED, args.seconds)
+                trial = measure(bundle, candidate, resolution, TEXTURED, args.seconds, spin=cfg.spin)
                 if trial is None:
                     console.print(f"  {candidate.describe()} at {resolution}px: [red]cannot run here[/] (see the log)")
                     continue

@@ -35,6 +35,7 @@ from edge_node.errors import ConfigError
 from edge_node.mqtt.servers import Server, parse_servers
 from edge_node.runtimes import Runtime
 from edge_node.wire import Mode, PublishPolicy, reserved_reason
+from edge_node.wire.watch import WatchRules
 
 __all__ = [
     "ENV_FILE_VARIABLE",
@@ -50,6 +51,7 @@ __all__ = [
     "Settings",
     "SnapshotConfig",
     "SupervisorConfig",
+    "WatchConfig",
     "cache_dir",
     "default_node_id",
     "load_settings",
@@ -214,6 +216,11 @@ class ModelConfig(_Section):
         "auto", description="inference workers, each with its own sessions; auto: the split measured fastest"
     )
     top_k: int = Field(5, ge=1, le=20)
+    spin: bool = Field(
+        False,
+        description="let ONNX Runtime's pool threads busy-wait between frames (its default); off, the node used about "
+        "half the CPU per frame and delivered more frames on a loaded 2-core machine (docs/benchmarks.md)",
+    )
     sessions: int = Field(
         1, ge=1, le=8, description="resolutions kept loaded; more makes mode switches instant, each costs RAM"
     )
@@ -293,6 +300,13 @@ class SnapshotConfig(_Section):
     enabled: bool = False
     max_bytes: int = Field(50_000, ge=4096, le=1_000_000, description="largest JPEG sent; quality and size shrink")
     max_width: int = Field(640, ge=64, le=4096, description="frames wider than this are scaled down first")
+
+
+class WatchConfig(_Section):
+    """Watch rules (docs/detections.md): ``EDGE_WATCH__RULES`` as JSON, and/or a JSON file of rules."""
+
+    rules: WatchRules = Field(default_factory=list, description='JSON list of rules, e.g. [{"name": "cat", ...}]')
+    rules_file: Path | None = Field(None, description="a JSON file with a list of rules, added to rules")
 
 
 MAX_CHART_POINTS = 1000  # per node, in the dashboard's memory and in every full picture
@@ -401,6 +415,7 @@ class Settings(BaseSettings):
     ota: OtaConfig = OtaConfig()
     ha: HaConfig = HaConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
+    watch: WatchConfig = WatchConfig()
     dashboard: DashboardConfig = DashboardConfig()
 
     @field_validator("node_id")

@@ -19,6 +19,7 @@ __all__ = [
     "InferenceError",
     "MissingExtraError",
     "MqttError",
+    "NotifyError",
     "SignatureError",
     "SnapshotError",
     "UpdateError",
@@ -87,3 +88,7 @@ class UpdateError(EdgeError):
 
 class SnapshotError(EdgeError):
     """A snapshot could not be taken or encoded within its size limit."""
+
+
+class NotifyError(EdgeError):
+    """A detection notification could not be delivered (``edge-node notify``: the command, the webhook)."""

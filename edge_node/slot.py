@@ -1,4 +1,4 @@
-"""The newest-wins mailbox that connects the node's threads (capture → preprocess → inference)."""
+"""The newest-wins mailbox that connects the node's threads (capture → inference workers)."""
 
 from __future__ import annotations
 

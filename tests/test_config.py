@@ -149,3 +149,12 @@ def test_env_example_documents_every_setting() -> None:
     expected = set(setting_names())
     assert expected - documented == set(), "undocumented settings"
     assert documented - expected == set(), "documented settings that do not exist"
+
+
+def test_model_spin_is_off_unless_set_and_must_be_a_boolean(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().model.spin is False
+    monkeypatch.setenv("EDGE_MODEL__SPIN", "true")
+    assert load_settings().model.spin is True
+    monkeypatch.setenv("EDGE_MODEL__SPIN", "sometimes")
+    with pytest.raises(ConfigError, match="EDGE_MODEL__SPIN: Input should be a valid boolean"):
+        load_settings()

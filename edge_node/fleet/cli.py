@@ -1,4 +1,4 @@
-"""``edge-node monitor``, ``edge-node simulate`` and ``edge-node ctl``: the operator's fleet tools.
+"""``edge-node monitor``, ``simulate``, ``ctl`` and ``notify``: the operator's fleet tools.
 
 Broker settings come from the same ``EDGE_MQTT__*`` environment as the node's (``edge_node.config``), so
 one ``.env`` serves the node and the tools; ``--prefix`` overrides ``EDGE_TOPIC_PREFIX``.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from edge_node.config import load_settings
-from edge_node.fleet import ctl
+from edge_node.fleet import ctl, notify
 
 __all__ = ["register"]
 
@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     simulate.set_defaults(handler=_simulate)
 
     ctl.register(sub)
+    notify.register(sub)
 
 
 def _monitor(args: argparse.Namespace) -> int:

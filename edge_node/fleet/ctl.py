@@ -23,12 +23,25 @@ from pydantic import ValidationError
 
 from edge_node.config import MqttConfig, load_settings
 from edge_node.errors import CommandError
-from edge_node.wire import FLEET, ONLINE, Event, Mode, OtaStatus, Ping, Rollback, SetMode, Snapshot, Topics, UpdateModel
+from edge_node.wire import (
+    FLEET,
+    ONLINE,
+    Event,
+    Mode,
+    OtaStatus,
+    Ping,
+    Rollback,
+    SetMode,
+    SetWatch,
+    Snapshot,
+    Topics,
+    UpdateModel,
+)
 
 __all__ = ["Answer", "Tracker", "build_command", "register", "run_ctl", "save_snapshots"]
 
 DISCOVERY = 1.0  # seconds to collect retained statuses when the target is "all"
-Command = SetMode | Ping | UpdateModel | Rollback | Snapshot
+Command = SetMode | Ping | UpdateModel | Rollback | Snapshot | SetWatch
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,6 +83,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="file to write (one node) or folder (all); default: NODE-snapshot.jpg in the current folder",
     )
     _timeout(snap, 10.0)
+
+    watch = actions.add_parser("watch", help="set the watch rules (docs/detections.md); no rules: stop watching")
+    watch.add_argument(
+        "rules",
+        nargs="*",
+        metavar="RULE",
+        help='a rule as JSON, e.g. \'{"name": "cat", "classes": ["cat"], "min_confidence": 0.3, "min_frames": 3}\'',
+    )
+    watch.add_argument("--file", type=Path, metavar="PATH", help="a JSON file with a list of rules, added after RULEs")
+    _timeout(watch, 10.0)
     parser.set_defaults(handler=_handle)
 
 
@@ -91,6 +114,8 @@ def build_command(args: argparse.Namespace, ident: str) -> Command:
         return Rollback(cmd="rollback", id=ident)
     if args.action == "snapshot":
         return Snapshot(cmd="snapshot", id=ident)
+    if args.action == "watch":
+        return SetWatch.model_validate({"cmd": "set_watch", "id": ident, "rules": _rules(args.rules, args.file)})
     return Ping(cmd="ping", id=ident)
 
 
@@ -228,6 +253,27 @@ def save_snapshots(answers: list[Answer], out: Path | None, *, fleet: bool) -> l
         path.write_bytes(answer.snapshot)
         saved.append((answer.node, path))
     return saved
+
+
+def _rules(texts: list[str], file: Path | None) -> list[object]:
+    """The rules of ``ctl watch`` as JSON values, validated afterwards like the node validates them."""
+    rules: list[object] = []
+    for text in texts:
+        try:
+            rules.append(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise CommandError(
+                f"invalid command: rule {text!r} is not JSON ({exc.msg}); quote it in single quotes"
+            ) from exc
+    if file is not None:
+        try:
+            listed = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CommandError(f"invalid command: cannot read rules from {file}: {exc}") from exc
+        if not isinstance(listed, list):
+            raise CommandError(f"invalid command: {file} must hold a JSON list of rules")
+        rules += listed
+    return rules
 
 
 def _payload(raw: object) -> bytes:

@@ -166,7 +166,9 @@ class Link:
         return True
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Queued until sent; survives broker outages (the oldest is dropped past ``max_reliable``)."""
+        """Queued until sent; survives broker outages (the oldest is dropped past ``max_reliable``, and counted)."""
+        if len(self._reliable) == self._reliable.maxlen:
+            self.dropped_offline[self._reliable[0].topic.rsplit("/", 1)[-1]] += 1
         self._reliable.append(Outgoing(topic, payload, qos, retain))
         self._wake.set()
 

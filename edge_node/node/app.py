@@ -1,7 +1,7 @@
 """The composition root: builds the parts, connects them, runs them in one TaskGroup and stops them cleanly.
 
 Data paths (see docs/architecture.md):
-  capture thread → frame slot → preprocess thread → inference workers → publisher (handoff) → outbox → link
+  capture thread → frame slot → inference workers (preprocess + infer) → publisher (handoff) → outbox → link
   link → inbound → command handler → outbox (events/, retained state/)
   snapshots of camera and pipeline → supervisor → events, restarts, systemd watchdog
 
@@ -33,17 +33,20 @@ from edge_node.node.publisher import PredictionPublisher
 from edge_node.node.sdnotify import Notifier, WatchdogGate, run_watchdog
 from edge_node.node.status import LinkCounters, NodeStatus
 from edge_node.node.supervisor import Health, supervise
+from edge_node.node.watching import Watcher
 from edge_node.ota.store import BundleStore
 from edge_node.ota.updater import Updater
 from edge_node.vision.modes import ModeController
 from edge_node.vision.pipeline import Loaded, Pipeline
-from edge_node.wire import Event, Prediction, Topics
+from edge_node.watch import Journal, load_rules
+from edge_node.wire import Event, Prediction, Topics, WatchRule
 
 __all__ = ["Node", "NodeLink"]
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_OTA_GRACE = 4.0  # seconds a running update gets to end cleanly when the node stops
+JOURNAL_GRACE = 5.0  # seconds the open detections get to reach the disk when the node stops
 
 
 class NodeLink(Sender, LinkCounters, Protocol):
@@ -81,8 +84,21 @@ class Node:
             lambda: make_source(cam), stall_timeout=cam.stall_timeout, reopen_delay=cam.reopen_delay, at_end=cam.at_end
         )
         self.gate = PublishGate(settings.publish.policy, settings.publish.max_hz)
+        self.watcher = Watcher(
+            node_id,
+            load_rules(settings.watch),
+            self.outbox,
+            Journal(self.watch_journal(settings)),
+            labels=loaded.model.labels,
+            snapshots=settings.snapshot,
+        )
         self.publisher = PredictionPublisher(
-            node_id, self.gate, self.outbox, ready=self.notifier.ready, on_prediction=on_prediction
+            node_id,
+            self.gate,
+            self.outbox,
+            ready=self.notifier.ready,
+            on_prediction=on_prediction,
+            watch=self.watcher.on_result,
         )
         self.pipeline = Pipeline(
             self.grabber.slot,
@@ -114,6 +130,8 @@ class Node:
             pipeline=self.pipeline.snapshot,
             camera=self.grabber.snapshot,
             model_source=(lambda: updater.model_source) if updater is not None else (lambda: model_source),
+            watch=self.watcher.state,
+            detections=self.watcher.counts,
         )
         snapshots = Snapshots(
             settings.snapshot,
@@ -131,6 +149,7 @@ class Node:
             updates=updater,
             take_snapshot=snapshots.take,
             publish_snapshot=self.outbox.snapshot,
+            set_watch=self._set_watch,
         )
         discovery = None
         if settings.ha.enabled:
@@ -140,7 +159,9 @@ class Node:
                 node_id=node_id,
                 model_name=lambda: self.pipeline.model.info.name,
                 publish=self.outbox.discovery,
+                rules=lambda: [r.name for r in self.watcher.tracker.rules],
             )
+        self._discovery = discovery
         say_on_connect = [self.status.announce_choice, self.status.state]
         say_on_connect += [discovery.announce] if discovery is not None else []
         say_on_connect += [updater.republish] if updater is not None else []
@@ -152,10 +173,16 @@ class Node:
         """Where the node remembers what serves best on this device."""
         return settings.state_dir / "device-choice.json"
 
+    @staticmethod
+    def watch_journal(settings: Settings) -> Path:
+        """Where the node keeps its open detections, to end them after a crash (docs/detections.md)."""
+        return settings.state_dir / "watch-open.json"
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         observe = self.updater.observe if self.updater is not None else None
-        self.publisher.start(loop, changed=self.status.state, observe=observe)
+        self.publisher.start(loop, changed=self.serving_changed, observe=observe)
+        self.watcher.recover()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
@@ -181,6 +208,8 @@ class Node:
                     tg.create_task(self.status.heartbeats(s.heartbeat.interval), name="heartbeat"),
                     tg.create_task(run_watchdog(self.notifier, self.watchdog), name="watchdog"),
                     tg.create_task(self._supervise(), name="supervisor"),
+                    tg.create_task(self.watcher.ticks(), name="watch"),
+                    tg.create_task(self.watcher.journal_writer(), name="watch-journal"),
                 ]
                 if self.updater is not None:
                     tasks.append(tg.create_task(self.updater.run(), name="ota"))
@@ -189,12 +218,26 @@ class Node:
                 if self.updater is not None:  # an update in progress ends cleanly and says so
                     await self.updater.aclose(SHUTDOWN_OTA_GRACE)
                 await asyncio.to_thread(self._stop_workers)
+                self.watcher.shutdown()  # before the link leaves: the ends go out with what is queued
+                await self.watcher.journal_drained(JOURNAL_GRACE)  # nothing left open on disk
                 for task in reversed(tasks):
                     await halt(task)
         finally:
             self._stop_workers()
             self.notifier.close()
             log.info("node %s stopped", s.node_id)
+
+    def serving_changed(self) -> None:
+        """What serves changed (a swap, a mode step): the watch rules look at the labels, the state is said again."""
+        self.watcher.labels(self.pipeline.model.labels)
+        self.status.state()
+
+    def _set_watch(self, rules: list[WatchRule]) -> dict[str, object]:
+        """``set_watch``: new rules, and Home Assistant learns their event entities."""
+        detail = self.watcher.set_rules(rules)
+        if self._discovery is not None:
+            self._discovery.announce()
+        return detail
 
     def stop(self) -> None:
         if not self._stop.is_set():

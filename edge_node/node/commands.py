@@ -29,9 +29,11 @@ from edge_node.wire import (
     Rollback,
     SetMode,
     SetPublish,
+    SetWatch,
     Snapshot,
     Topics,
     UpdateModel,
+    WatchRule,
     parse_mode_select,
 )
 
@@ -85,6 +87,7 @@ class CommandHandler:
     updates: Updates | None
     take_snapshot: Callable[[], Awaitable[Jpeg]]
     publish_snapshot: Callable[[bytes], None]
+    set_watch: Callable[[list[WatchRule]], dict[str, object]] | None = None  # the node's watcher (docs/detections.md)
 
     def accepts(self, topic: str) -> bool:
         return topic in self.routes
@@ -130,6 +133,13 @@ class CommandHandler:
                 self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=False, error="over-the-air updates are not available"))
                 return
             self.updates.submit(cmd)
+        elif isinstance(cmd, SetWatch):
+            if self.set_watch is None:
+                self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=False, error="this node does not run watch rules"))
+                return
+            detail = self.set_watch(cmd.rules)
+            self.emit(Event(id=cmd.id, cmd=cmd.cmd, ok=True, detail=detail))
+            self.publish_state()
         elif isinstance(cmd, Snapshot):
             try:
                 jpeg = await self.take_snapshot()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from edge_node import __version__
 from edge_node.config import HaConfig
@@ -24,6 +24,7 @@ class HaDiscovery:
         node_id: str,
         model_name: Callable[[], str],
         publish: Callable[[str, bytes], None],
+        rules: Callable[[], Sequence[str]] = lambda: (),
     ) -> None:
         from edge_node.node.hass import ha_status_topic
 
@@ -32,6 +33,7 @@ class HaDiscovery:
         self.node_id = node_id
         self._model_name = model_name
         self._publish = publish
+        self._rules = rules  # the watch rules' names: an event entity each
         self.status_topic = ha_status_topic(cfg.discovery_prefix)
 
     def announce(self) -> None:
@@ -44,6 +46,7 @@ class HaDiscovery:
             discovery_prefix=self.cfg.discovery_prefix,
             sw_version=__version__,
             model_name=self._model_name(),
+            rules=self._rules(),
         )
         self._publish(topic, payload)
 

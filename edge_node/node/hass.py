@@ -1,7 +1,8 @@
 """Home Assistant MQTT device discovery for one node (off by default: ``EDGE_HA__ENABLED``).
 
 One retained message on ``<discovery_prefix>/device/<object_id>/config`` declares the whole device:
-sensors fed by the node's own ``predictions`` and ``heartbeat`` JSON, a ``select`` whose option goes, as a
+sensors fed by the node's own ``predictions`` and ``heartbeat`` JSON, an ``event`` entity per watch rule fed by
+``detections`` (docs/detections.md), a ``select`` whose option goes, as a
 bare mode name, to the node's Home Assistant mode topic (``ghostpi/<node>/ha/mode``: never the control topic,
 so Home Assistant's identity needs no right to send commands, docs/security.md), and availability from
 ``status``. The node publishes it after connecting and again, after a random delay, whenever HA announces
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Sequence
 
 from edge_node.wire import OFFLINE, ONLINE, Mode, Topics
 
@@ -20,6 +22,7 @@ __all__ = [
     "HA_ONLINE",
     "HA_STATUS_TOPIC",
     "ORIGIN_NAME",
+    "detection_template",
     "discovery_message",
     "discovery_topic",
     "ha_status_topic",
@@ -50,6 +53,35 @@ def discovery_topic(node_id: str, discovery_prefix: str = "homeassistant") -> st
 
 def _sensor(uid: str, name: str, topic: str, template: str, **extra: object) -> dict[str, object]:
     return {"p": "sensor", "name": name, "uniq_id": uid, "stat_t": topic, "val_tpl": template, **extra}
+
+
+def detection_template(rule: str) -> str:
+    """The event entity's value template: this rule's detections become ``{"event_type": "start"|"end", ...}``;
+    other rules' render empty, which Home Assistant's MQTT event ignores (one topic carries every rule)."""
+    fields = ", ".join(
+        f'"{key}": {{{{ value_json.{key} | default(None) | tojson }}}}'
+        for key in ("id", "label", "peak_confidence", "started", "duration_s", "reason")
+    )
+    return (
+        f"{{% if value_json.rule == {json.dumps(rule)} %}}"
+        f'{{"event_type": {{{{ value_json.event | tojson }}}}, {fields}}}'
+        "{% endif %}"
+    )
+
+
+def _watch(topics: Topics, base: str, rules: Sequence[str]) -> dict[str, dict[str, object]]:
+    return {
+        f"watch_{_UNSAFE.sub('_', rule)}": {
+            "p": "event",
+            "name": f"Watch {rule}",
+            "uniq_id": f"{base}_watch_{_UNSAFE.sub('_', rule)}",
+            "stat_t": topics.detections,
+            "evt_typ": ["start", "end"],
+            "val_tpl": detection_template(rule),
+            "ic": "mdi:eye-outline",
+        }
+        for rule in rules
+    }
 
 
 def _components(topics: Topics, base: str) -> dict[str, dict[str, object]]:
@@ -112,8 +144,10 @@ def discovery_message(
     discovery_prefix: str = "homeassistant",
     sw_version: str,
     model_name: str,
+    rules: Sequence[str] = (),
 ) -> tuple[str, bytes]:
-    """(topic, payload) of the device discovery message for ``node_id`` under topic prefix ``prefix``."""
+    """(topic, payload) of the device discovery message for ``node_id`` under topic prefix ``prefix``, with an
+    event entity for each watch rule in ``rules``."""
     topics = Topics(prefix, node_id)
     base = object_id(node_id)
     payload = {
@@ -127,7 +161,7 @@ def discovery_message(
         "o": {"name": ORIGIN_NAME, "sw": sw_version},
         "avty": [{"t": topics.status, "pl_avail": ONLINE.decode(), "pl_not_avail": OFFLINE.decode()}],
         "qos": 1,
-        "cmps": _components(topics, base),
+        "cmps": _components(topics, base) | _watch(topics, base, rules),
     }
     return discovery_topic(node_id, discovery_prefix), json.dumps(payload, separators=(",", ":")).encode()
 

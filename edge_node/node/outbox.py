@@ -1,7 +1,7 @@
 """Every kind of message the node sends, with its topic, QoS and retain flag: the one place that says so.
 
 Predictions and heartbeats are QoS 0 and dropped while the broker is away (a stale one is worth nothing);
-events, the OTA status, the state, snapshots and discovery are queued until sent (QoS 1), and the state, the
+events, detections, the OTA status, the state, snapshots and discovery are queued until sent (QoS 1), and the state, the
 OTA status and discovery are retained, so a subscriber that comes later still learns them. docs/mqtt-api.md
 lists the topics.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from edge_node.wire import Event, Heartbeat, NodeState, OtaStatus, Topics
+from edge_node.wire import Detection, Event, Heartbeat, NodeState, OtaStatus, Topics
 
 __all__ = ["Outbox", "Sender"]
 
@@ -41,6 +41,14 @@ class Outbox:
 
     def event(self, ev: Event) -> None:
         self._link.publish(self.topics.events, ev.to_bytes(), qos=1)
+
+    def detection(self, d: Detection) -> None:
+        """A watch rule's start or end: queued like events, so it survives a broker outage."""
+        self._link.publish(self.topics.detections, d.to_bytes(), qos=1)
+
+    def detection_snapshot(self, ident: str, jpeg: bytes) -> None:
+        """The JPEG of a detection's best frame in its first second (``EDGE_SNAPSHOT__ENABLED`` only)."""
+        self._link.publish(self.topics.detection_snapshot(ident), jpeg, qos=1)
 
     def state(self, st: NodeState) -> None:
         self._link.publish(self.topics.state, st.to_bytes(), qos=1, retain=True)

@@ -33,6 +33,7 @@ class PredictionPublisher:
         *,
         ready: Callable[[], None],
         on_prediction: Callable[[Prediction], None] | None = None,
+        watch: Callable[[Result], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = node_id
@@ -40,6 +41,7 @@ class PredictionPublisher:
         self._outbox = outbox
         self._ready = ready
         self._on_prediction = on_prediction
+        self._watch = watch  # the watch rules see every result, whatever the publish policy lets through
         self._encode = PredictionEncoder(node_id)
         self._clock = clock
         self._handoff: LoopHandoff[Output | None] | None = None
@@ -95,6 +97,8 @@ class PredictionPublisher:
                 "first inference done: %s (%.2f) at %dpx", best.label, best.confidence, r.classification.resolution
             )
         self.last = r
+        if self._watch is not None:
+            self._watch(r)
         if not self.gate.allow(r.classification.best.label, self._clock()):
             return
         if self._outbox.prediction(self._encode(r)):

@@ -15,7 +15,7 @@ from edge_node.node.outbox import Outbox
 from edge_node.node.publish_policy import PublishGate
 from edge_node.node.supervisor import Health
 from edge_node.vision.pipeline import PipelineSnapshot
-from edge_node.wire import Event, Heartbeat
+from edge_node.wire import Event, Heartbeat, WatchState
 
 __all__ = ["LinkCounters", "NodeStatus"]
 
@@ -52,6 +52,8 @@ class NodeStatus:
     pipeline: Callable[[], PipelineSnapshot]
     camera: Callable[[], CameraSnapshot]
     model_source: Callable[[], str]  # "active", "previous" or "factory": the OTA updater knows it once it runs
+    watch: Callable[[], WatchState] | None = None  # the watch rules in force, for the retained state
+    detections: Callable[[], dict[str, int]] | None = None  # detections started per rule, for heartbeats
 
     def __post_init__(self) -> None:
         self._beats = HeartbeatBuilder(self.node_id)
@@ -59,11 +61,14 @@ class NodeStatus:
 
     def state(self) -> None:
         """The retained state: mode, resolution, model, publish policy, the device choice."""
-        self.outbox.state(node_state(self.node_id, self.pipeline(), self.gate.policy, self.gate.max_hz))
+        st = node_state(self.node_id, self.pipeline(), self.gate.policy, self.gate.max_hz)
+        if self.watch is not None:
+            st.watch = self.watch()
+        self.outbox.state(st)
 
     def heartbeat(self) -> Heartbeat:
         link = self.link
-        return self._beats.build(
+        hb = self._beats.build(
             pipe=self.pipeline(),
             cam=self.camera(),
             link=LinkFigures(
@@ -73,6 +78,9 @@ class NodeStatus:
             restarts=self.health.restarts,
             model_source=self.model_source(),
         )
+        if self.detections is not None:
+            hb.detections = self.detections()
+        return hb
 
     def publish_heartbeat(self) -> None:
         self.outbox.heartbeat(self.heartbeat())

@@ -42,17 +42,20 @@ __all__ = [
 
 
 @overload
-def open_session(path: Path, runtime: Literal["onnxruntime"], *, threads: int) -> OrtSession: ...
+def open_session(path: Path, runtime: Literal["onnxruntime"], *, threads: int, spin: bool = ...) -> OrtSession: ...
 
 
 @overload
-def open_session(path: Path, runtime: Runtime, *, threads: int) -> Session: ...
+def open_session(path: Path, runtime: Runtime, *, threads: int, spin: bool = ...) -> Session: ...
 
 
-def open_session(path: Path, runtime: Runtime, *, threads: int) -> Session:
+def open_session(path: Path, runtime: Runtime, *, threads: int, spin: bool = False) -> Session:
     """Load ``path`` with ``runtime`` using ``threads`` CPU threads; raises InferenceError or MissingExtraError.
+
+    ``spin`` lets the runtime's pool threads busy-wait between runs (ONNX Runtime's default; the node's is off:
+    ``model.spin``); runtimes without such a switch ignore it.
 
     An ONNX Runtime session also runs named outputs (``OrtSession.run_outputs``), which the toolchain's
     feature export needs.
     """
-    return session_class(runtime)(path, threads=threads)
+    return session_class(runtime)(path, threads=threads, spin=spin)

@@ -3,7 +3,7 @@
 ``ai_edge_litert`` is imported when the first session is opened, never at module import, so a node that
 installs only ONNX Runtime can still import everything else. The interpreter's built-in op resolver applies
 the XNNPACK delegate to every op it supports (FP32 and INT8 alike) with ``num_threads`` threads; ``invoke``
-releases the GIL, so the node's preprocess thread keeps working while a frame is inferred.
+releases the GIL, so the node's other threads (another worker, the event loop) keep working meanwhile.
 
 The toolchain's TFLite files take and return float32 (their INT8 files quantise the input inside the
 graph), but files with an INT8/UINT8 input or output are accepted as well: the tensor is quantised or the
@@ -30,7 +30,8 @@ class LiteRTSession:
 
     runtime: Literal["litert"] = "litert"
 
-    def __init__(self, path: Path, *, threads: int) -> None:
+    def __init__(self, path: Path, *, threads: int, spin: bool = False) -> None:
+        """``spin`` is accepted for the common interface and ignored: the LiteRT wrapper has no such switch."""
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as exc:

@@ -16,8 +16,13 @@ from edge_node.runtimes.base import Tensor
 __all__ = ["OrtSession", "session_options"]
 
 
-def session_options(threads: int) -> ort.SessionOptions:
-    """The options every session uses (node, toolchain and benchmarks alike)."""
+def session_options(threads: int, *, spin: bool = False) -> ort.SessionOptions:
+    """The options every session uses (node, toolchain and benchmarks alike).
+
+    ``spin``: ONNX Runtime's default lets its pool threads busy-wait for the next run. Between two frames of the
+    node (a hand-off, the preprocessing of the next frame) they burn CPU that the node's own threads need on a
+    2-core device; off, they sleep (docs/benchmarks.md has the figures).
+    """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -28,6 +33,9 @@ def session_options(threads: int) -> ort.SessionOptions:
     # bought no speed here and cost ~7 MB per session, which kept a 2-worker node above 200 MB
     # (docs/reliability.md has the figures).
     opts.enable_mem_pattern = False
+    allow = "1" if spin else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", allow)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", allow)
     return opts
 
 
@@ -36,10 +44,10 @@ class OrtSession:
 
     runtime: Literal["onnxruntime"] = "onnxruntime"
 
-    def __init__(self, path: Path, *, threads: int) -> None:
+    def __init__(self, path: Path, *, threads: int, spin: bool = False) -> None:
         try:
             self._session = ort.InferenceSession(
-                str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+                str(path), sess_options=session_options(threads, spin=spin), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own types (Fail, InvalidProtobuf, NoSuchFile, ...)
             raise InferenceError(f"ONNX Runtime cannot load {path.name}: {str(exc).strip()[:300]}") from exc

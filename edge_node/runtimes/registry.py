@@ -94,9 +94,9 @@ def versions() -> dict[Runtime, str | None]:
 
 
 class _Opener(Protocol):
-    """What a session class looks like from here: built from a path and a thread count."""
+    """What a session class looks like from here: built from a path, a thread count and the spin switch."""
 
-    def __call__(self, path: Path, *, threads: int) -> Session: ...
+    def __call__(self, path: Path, *, threads: int, spin: bool = False) -> Session: ...
 
 
 def session_class(runtime: Runtime) -> _Opener:

@@ -128,7 +128,7 @@ def choice_key(bundle: Bundle, cfg: ModelConfig, threads: int, *, cores: int) ->
         "cpu": cpu,
         "cores": cores,
         "runtimes": versions(),
-        "settings": [cfg.runtime, cfg.precision, cfg.workers, threads],
+        "settings": [cfg.runtime, cfg.precision, cfg.workers, threads, cfg.spin],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -38,7 +38,13 @@ def select_model(
     )
     c = choice.candidate
     model = Model(
-        bundle, runtime=c.runtime, precision=c.precision, workers=c.workers, threads=c.threads, top_k=cfg.top_k
+        bundle,
+        runtime=c.runtime,
+        precision=c.precision,
+        workers=c.workers,
+        threads=c.threads,
+        top_k=cfg.top_k,
+        spin=cfg.spin,
     )
     return model, choice
 

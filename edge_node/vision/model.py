@@ -73,7 +73,7 @@ def softmax_top_k(logits: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[
 
 class BufferPool:
     """Input tensors lent to jobs: a job owns its buffer until its worker gives it back, so a buffer is never
-    written while it is being inferred. An empty pool makes the preprocess stage wait (back-pressure)."""
+    written while it is being inferred. An empty pool makes the worker wait (back-pressure)."""
 
     def __init__(self, preprocessor: Preprocessor, count: int) -> None:
         self._free = [preprocessor.new_output() for _ in range(count)]
@@ -108,7 +108,7 @@ class Variant:
         return f"Variant({self.model.info.version} {self.model.info.runtime} {self.resolution}px)"
 
     def prepare(self, frame: npt.NDArray[np.uint8], out: Tensor) -> float:
-        """Preprocess ``frame`` into ``out``; returns the milliseconds it took (preprocess thread only)."""
+        """Preprocess ``frame`` into ``out``; returns the milliseconds it took (the worker that runs the job)."""
         t0 = time.perf_counter()
         self.preprocessor(frame, out)
         return (time.perf_counter() - t0) * 1000.0
@@ -146,6 +146,7 @@ class Model:
         workers: int = 1,
         threads: int = 1,
         top_k: int = 5,
+        spin: bool = False,
     ) -> None:
         manifest = bundle.manifest
         self.resolutions = manifest.resolutions(precision, runtime)
@@ -158,6 +159,7 @@ class Model:
         self.labels = bundle.labels
         self.workers = workers
         self.threads = threads  # per worker session
+        self.spin = spin  # the runtime's pool threads busy-wait between runs (ModelConfig.spin)
         self.top_k = top_k
         self.runtime: Runtime = runtime
         self.precision = precision
@@ -176,7 +178,9 @@ class Model:
         path = self.bundle.model_file(resolution, self.precision, self.runtime)
         t0 = time.perf_counter()
         try:
-            sessions = [open_session(path, self.runtime, threads=self.threads) for _ in range(self.workers)]
+            sessions = [
+                open_session(path, self.runtime, threads=self.threads, spin=self.spin) for _ in range(self.workers)
+            ]
         except InferenceError as exc:
             raise InferenceError(f"bundle {self.info.name} {self.info.version}: {exc}") from exc
         ms = 1000 * (time.perf_counter() - t0)

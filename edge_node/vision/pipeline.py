@@ -1,11 +1,13 @@
-"""The frame path: newest frame → preprocess (one thread) → inference workers (N threads) → outputs in order.
+"""The frame path: newest frame → inference workers (N threads, each preprocesses its frame) → outputs in order.
 
-The capture thread fills a one-frame slot; the preprocess stage takes whatever is newest, so a slow model never
-builds a backlog. It prepares the next tensor while the workers run theirs (runtimes release the GIL) and hands
-it over through a one-job slot with back-pressure: it prepares again only once a worker took the job. Each job
-holds the :class:`~edge_node.vision.model.Variant` it was prepared on and a buffer lent by that variant, so a
-mode switch or a model swap can never pull a session from under a running frame. Outputs (a
-:class:`Result` or a :class:`Failure` per frame) leave in frame order, whichever worker finished first.
+The capture thread fills a one-frame slot; a free worker takes whatever is newest, so a slow model never builds
+a backlog, prepares it and runs it. Preprocessing in the worker, not in a thread of its own, saves a hand-off
+and a wake-up per frame and keeps one more Python thread off the cores the runtime's pool needs, at the price
+of no overlap between one frame's preprocessing and the previous frame's inference in a single worker; with
+several workers, frames are still prepared in parallel. Each job holds the
+:class:`~edge_node.vision.model.Variant` it was prepared on and a buffer lent by that variant, so a mode switch
+or a model swap can never pull a session from under a running frame. Outputs (a :class:`Result` or a
+:class:`Failure` per frame) leave in frame order, whichever worker finished first.
 
 Sessions for another resolution are built by one long-lived builder thread while frames keep flowing at the
 old resolution; which variants stay loaded, what to build and what to let go is decided by
@@ -54,6 +56,7 @@ class Result:
     mode: Mode
     model: ModelInfo
     worker: int
+    frame: Frame | None = None  # the camera frame it was classified from (read-only; the watch rules' snapshots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class _Job:
     preprocess_ms: float
     mode: Mode
     started: float  # perf_counter() when preprocessing began
+    frame: Frame | None = None  # the frame itself, carried to the Result (a reference: frames are never written)
 
 
 @dataclass(slots=True)
@@ -149,7 +153,7 @@ class _Generation:
 
 
 class Pipeline:
-    """Owns the preprocess, inference and builder threads, the serving model's loaded variants and the mode."""
+    """Owns the inference and builder threads, the serving model's loaded variants and the mode."""
 
     def __init__(
         self,
@@ -170,7 +174,6 @@ class Pipeline:
         self._workers = loaded.model.workers
         self._lock = threading.Lock()  # the variant cache (the serving model, its variants, builds) and the mode
         self._emit_lock = threading.Lock()  # frame numbering, reordering and the figures derived from outputs
-        self._jobs: LatestSlot[_Job] = LatestSlot(keep_last=False)
         self._gen = _Generation(self._workers)
         # Guarded by _emit_lock:
         self._seq = 0
@@ -293,8 +296,9 @@ class Pipeline:
     # --- threads ---------------------------------------------------------------------------------------
 
     def _start(self, gen: _Generation) -> None:
-        targets: list[tuple[str, Callable[..., None], tuple[object, ...]]] = [("preprocess", self._prepare_loop, ())]
-        targets += [(f"inference-{i}", self._work_loop, (i,)) for i in range(self._workers)]
+        targets: list[tuple[str, Callable[..., None], tuple[object, ...]]] = [
+            (f"inference-{i}", self._work_loop, (i,)) for i in range(self._workers)
+        ]
         targets.append(("session-builder", self._build_loop, ()))
         for name, target, args in targets:
             thread = threading.Thread(target=self._guard, args=(gen, target, *args), name=name, daemon=True)
@@ -321,26 +325,21 @@ class Pipeline:
                     self._last_error = f"{type(exc).__name__}: {exc}"
                 time.sleep(0.05)  # never spin on a persistent fault
 
-    def _prepare_loop(self, gen: _Generation) -> None:
-        import cv2
-
-        cv2.setNumThreads(1)  # OpenCV's own pool would fight the runtimes' threads for the same cores
-        while not gen.stop.is_set():
-            self._prepare_one(gen)
-
-    def _prepare_one(self, gen: _Generation) -> None:
+    def _prepare_one(self, gen: _Generation) -> _Job | None:
+        """The newest frame, numbered and prepared on the variant the mode asks for; None when there is none to
+        run (no frame within POLL, nothing loaded, or it failed: then its Failure is already on its way)."""
         frame = self._frames.get(timeout=POLL)
         if frame is None:
-            return
+            return None
         t0 = time.perf_counter()
         with self._lock:
             mode = self.controller.mode
             variant = self._variants.pick(self.controller.resolution, self._serving)
         if variant is None:
-            return  # nothing is loaded (after a restart, or every build failed): the frame is dropped
+            return None  # nothing is loaded (after a restart, or every build failed): the frame is dropped
         tensor = variant.buffers.acquire(POLL)
         if tensor is None:
-            return  # every buffer is in flight: the workers are behind, and this frame is stale anyway
+            return None  # every buffer is in flight (a worker left behind by a restart): this frame is stale anyway
         with self._emit_lock:
             self._seq += 1
             seq = self._seq
@@ -350,16 +349,16 @@ class Pipeline:
         except Exception as exc:
             variant.buffers.release(tensor)
             self._complete(gen, seq, Failure("prepare", _describe(exc), variant.model.info, variant.resolution, seq))
-            return
-        self._jobs.put(_Job(seq, variant, tensor, ms, mode, t0))
-        while not self._jobs.wait_taken(POLL):
-            if gen.stop.is_set():
-                return
+            return None
+        return _Job(seq, variant, tensor, ms, mode, t0, frame)
 
     def _work_loop(self, gen: _Generation, index: int) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)  # OpenCV's own pool would fight the runtimes' threads for the same cores
         stats = gen.stats[index]
         while not gen.stop.is_set():
-            job = self._jobs.get(timeout=POLL)
+            job = self._prepare_one(gen)
             if job is None:
                 continue
             started = time.perf_counter()
@@ -458,7 +457,9 @@ class Pipeline:
         self._preprocess_ms.add(c.preprocess_ms)
         self._serving = c.resolution
         total_ms = (time.perf_counter() - job.started) * 1000.0
-        result = Result(job.seq, time.time(), c, round(fps, 2), total_ms, job.mode, job.variant.model.info, item.worker)
+        result = Result(
+            job.seq, time.time(), c, round(fps, 2), total_ms, job.mode, job.variant.model.info, item.worker, job.frame
+        )
         self._safe_call(self._listener.on_output, result)
         with self._lock:  # every mode: the controller learns each resolution's cost for when auto is chosen
             switched = self.controller.observe(now, fps=fps, resolution=c.resolution, inference_ms=c.inference_ms)

@@ -193,7 +193,7 @@ def choose(
     trials: list[Trial] = []
 
     def trial(candidate: Candidate) -> Trial | None:
-        result = measure(bundle, candidate, resolution, frame, seconds)
+        result = measure(bundle, candidate, resolution, frame, seconds, spin=cfg.spin)
         if result is not None:
             trials.append(result)
             if progress is not None:
@@ -245,10 +245,13 @@ def describe(t: Trial) -> str:
     )
 
 
-def measure(bundle: Bundle, candidate: Candidate, resolution: int, frame: np.ndarray, seconds: float) -> Trial | None:
-    """Build ``candidate``'s sessions, check them and time them; None (logged) when it cannot run here."""
+def measure(
+    bundle: Bundle, candidate: Candidate, resolution: int, frame: np.ndarray, seconds: float, *, spin: bool = False
+) -> Trial | None:
+    """Build ``candidate``'s sessions (as the node will: ``spin``), check them and time them; None (logged) when
+    it cannot run here."""
     c = candidate
-    model = Model(bundle, runtime=c.runtime, precision=c.precision, workers=c.workers, threads=c.threads)
+    model = Model(bundle, runtime=c.runtime, precision=c.precision, workers=c.workers, threads=c.threads, spin=spin)
     r = model.nearest(resolution)
     try:
         variant = model.build(r)

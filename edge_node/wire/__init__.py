@@ -36,6 +36,7 @@ from edge_node.wire.messages import (
     Rollback,
     SetMode,
     SetPublish,
+    SetWatch,
     Snapshot,
     Trial,
     UpdateModel,
@@ -47,6 +48,12 @@ from edge_node.wire.messages import (
 from edge_node.wire.topics import (
     FLEET,
     Topics,
+)
+from edge_node.wire.watch import (
+    Detection,
+    WatchRule,
+    WatchRules,
+    WatchState,
 )
 
 __all__ = [
@@ -60,6 +67,7 @@ __all__ = [
     "Camera",
     "ClassScore",
     "Command",
+    "Detection",
     "DeviceChoice",
     "Event",
     "Heartbeat",
@@ -77,10 +85,14 @@ __all__ = [
     "Rollback",
     "SetMode",
     "SetPublish",
+    "SetWatch",
     "Snapshot",
     "Topics",
     "Trial",
     "UpdateModel",
+    "WatchRule",
+    "WatchRules",
+    "WatchState",
     "WorkerStatus",
     "command_id",
     "parse_command",

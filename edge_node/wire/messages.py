@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from edge_node.errors import CommandError
 from edge_node.wire.domain import Mode, PublishPolicy
+from edge_node.wire.watch import WatchRules, WatchState
 
 __all__ = [
     "OFFLINE",
@@ -37,6 +38,7 @@ __all__ = [
     "Rollback",
     "SetMode",
     "SetPublish",
+    "SetWatch",
     "Snapshot",
     "Trial",
     "UpdateModel",
@@ -137,6 +139,7 @@ class Heartbeat(_Wire):
     publish_denied: int = 0  # publishes the broker refused (MQTT 5 reason codes; 3.1.1 cannot tell)
     server: str | None = None  # host:port of the MQTT server this node is connected to (EDGE_MQTT__HOSTS)
     failovers: int = 0  # connections made to another server than the one before
+    detections: dict[str, int] = Field(default_factory=dict)  # detections started per watch rule since start
 
 
 class Trial(_Wire):
@@ -192,6 +195,7 @@ class NodeState(_Wire):
     publish_max_hz: float
     version: str  # edge-node software version
     device: DeviceChoice | None = None
+    watch: WatchState | None = None  # the watch rules in force (docs/detections.md)
 
 
 class Event(_Wire):
@@ -281,7 +285,16 @@ class Snapshot(_Command):
     cmd: Literal["snapshot"]
 
 
-Command = Annotated[SetMode | Ping | SetPublish | UpdateModel | Rollback | Snapshot, Field(discriminator="cmd")]
+class SetWatch(_Command):
+    """Replace the node's watch rules (docs/detections.md); an empty list stops watching."""
+
+    cmd: Literal["set_watch"]
+    rules: WatchRules
+
+
+Command = Annotated[
+    SetMode | Ping | SetPublish | UpdateModel | Rollback | Snapshot | SetWatch, Field(discriminator="cmd")
+]
 _COMMAND: TypeAdapter[Command] = TypeAdapter(Command)
 
 

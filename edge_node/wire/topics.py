@@ -40,6 +40,15 @@ class Topics:
         return self._t("events")
 
     @property
+    def detections(self) -> str:
+        """Watch rules' ``start`` and ``end`` records (QoS 1, docs/detections.md)."""
+        return self._t("detections")
+
+    def detection_snapshot(self, ident: str) -> str:
+        """A JPEG (raw bytes) of detection ``ident``'s best frame in its first second, when snapshots are enabled."""
+        return self._t(f"detections/snapshot/{ident}")
+
+    @property
     def ota(self) -> str:
         return self._t("ota")
 

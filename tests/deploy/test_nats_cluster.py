@@ -76,8 +76,12 @@ def test_a_node_publishes_only_its_own_topics_on_any_server(connect: Callable[..
     n1.publish("ghostpi/n2/events", b"forged")  # 3.1.1 has no refusal code: the server drops it
     n1.publish("ghostpi/n1/control", b"self-command")
     n1.publish("ghostpi/n1/after", b"marker")  # not a node topic either
+    n1.publish("ghostpi/n1/detections", b"seen")  # watch rules (docs/detections.md) and their snapshots
+    n1.publish("ghostpi/n1/detections/snapshot/cat-1796279628916", b"jpeg")
     n1.publish("ghostpi/n1/heartbeat", b"last")
     assert viewer.got("ghostpi/n1/events", b"mine")
+    assert viewer.got("ghostpi/n1/detections", b"seen")
+    assert viewer.got("ghostpi/n1/detections/snapshot/cat-1796279628916", b"jpeg")
     assert viewer.got("ghostpi/n1/heartbeat", b"last")  # in order after the refused ones
     topics = [t for t, _ in viewer.messages]
     assert "ghostpi/n2/events" not in topics

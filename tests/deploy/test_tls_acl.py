@@ -154,6 +154,8 @@ def test_acl_confines_each_identity(connect: Callable[..., Client]) -> None:
     allowed = [
         (n2, "ghostpi/n2/events"),
         (n2, "ghostpi/n2/snapshot"),
+        (n2, "ghostpi/n2/detections"),
+        (n2, "ghostpi/n2/detections/snapshot/cat-1796279628916"),
         (n2, "homeassistant/device/ghostpi_n2/config"),
         (operator, "ghostpi/n2/control"),
         (dashboard, "ghostpi/all/control"),

@@ -56,8 +56,9 @@ COMPONENT_KEYS = {
     "json_attr_t",
     "json_attr_tpl",
     "qos",
+    "evt_typ",
 }
-PLATFORMS = {"sensor", "select", "binary_sensor", "button", "number", "switch", "text"}
+PLATFORMS = {"sensor", "select", "binary_sensor", "button", "number", "switch", "text", "event"}
 
 MODEL = ModelRef(name="mobilenetv3", version="1.2.0", precision="int8")
 

@@ -36,6 +36,7 @@ def test_each_kind_leaves_as_the_mqtt_api_documents_it() -> None:
     outbox.event(msg)
     outbox.ota(msg)
     outbox.snapshot(b"\xff\xd8jpeg")
+    outbox.detection(msg)
     sent = {s.topic.rsplit("/", 1)[-1]: (s.qos, s.retain) for s in link.sent}
     documented = _documented()
     documented.pop("status")  # the link's own: online on connect, offline as the will and on a clean exit

@@ -86,3 +86,19 @@ def test_onnx_session_runs_named_outputs(tiny_bundle: Path) -> None:
     np.testing.assert_array_equal(named, session.run(x))
     with pytest.raises(InferenceError, match="inference failed"):
         session.run_outputs(x, ["no_such_output"])
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_onnx_sessions_get_the_spin_switch(tiny_bundle: Path, spin: bool) -> None:
+    """``spin`` reaches ONNX Runtime as its two allow_spinning entries; off is the default everywhere."""
+    from edge_node.runtimes.onnx import OrtSession
+
+    path = open_bundle(tiny_bundle).model_file(160, "int8")
+    session = open_session(path, "onnxruntime", threads=2, spin=spin)
+    assert isinstance(session, OrtSession)
+    options = session._session.get_session_options()
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        assert options.get_session_config_entry(key) == ("1" if spin else "0")
+    default = open_session(path, "onnxruntime", threads=2)
+    assert isinstance(default, OrtSession)
+    assert default._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import statistics
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,17 @@ def test_outputs_leave_in_frame_order_while_workers_finish_out_of_order(tmp_path
 
     async def main() -> None:
         async with live_node(tmp_path / "ota", slow, OtaConfig(), model=TWO_WORKERS) as node:
-            for i in range(16):
+            # flip until enough has been seen, not for a fixed time: a loaded CI gets fewer frames per second
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 90
+
+            def seen_enough() -> bool:
+                both = all(w.frames > 0 for w in node.pipeline.snapshot().workers)
+                return len(node.seqs) > 30 and {224, 160} <= set(node.resolutions) and both
+
+            for i in itertools.count():
+                if (i >= 16 and seen_enough()) or loop.time() > deadline:
+                    break
                 node.pipeline.set_mode(Mode.PERFORMANCE if i % 2 else Mode.HIGH)
                 await asyncio.sleep(0.25)
             assert len(node.seqs) > 30
@@ -64,13 +75,19 @@ def test_mode_switches_with_several_workers_leave_no_gap(tmp_path: Path) -> None
             await asyncio.sleep(3.0)
             normal = _normal(node, quiet)
             start = len(node.results)
+            switched_at = []
             for mode in [Mode.PERFORMANCE, Mode.BALANCED, Mode.HIGH] * 3:
+                switched_at.append(time.monotonic())
                 node.pipeline.set_mode(mode)
                 await asyncio.sleep(0.5)
-            switching = _gaps([t for t, _ in node.results[start:]])
+            times = [t for t, _ in node.results[start:]]
             assert {224, 192, 160} <= set(node.resolutions[start:])
-            assert max(switching) <= 2 * normal, (
-                f"worst gap {max(switching) * 1000:.0f} ms, normal {normal * 1000:.0f} ms"
+            # The worst gap in the half second after each switch. A switch that stalls the pipeline stalls it
+            # every time, so the median switch shows it; a loaded machine's random stall hits one switch, not most.
+            worst = [max((b - a for a, b in itertools.pairwise(times) if b >= at and a < at + 0.5), default=0.0)
+                     for at in switched_at]  # fmt: skip
+            assert statistics.median(worst) <= 2 * normal, (
+                f"gaps after each switch {[round(w * 1000) for w in worst]} ms, normal {normal * 1000:.0f} ms"
             )
             assert node.seqs == sorted(node.seqs)
 

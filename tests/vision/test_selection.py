@@ -130,3 +130,22 @@ def test_the_remembered_choices_survive_junk_and_keep_the_newest_16(tmp_path: Pa
     assert back is not None and back.cached and back.candidate == fast and back.trials[0].fps == 119.0
     path.write_text('{"k19": {"candidate": {"runtime": "onnxruntime"}}}')  # an older or damaged entry
     assert recall(path, "k19") is None
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_the_spin_setting_reaches_the_served_sessions_and_the_choice(
+    tiny_bundle: Path, tmp_path: Path, spin: bool
+) -> None:
+    """model.spin is measured as it will serve: a choice made with the other value is not reused."""
+    from edge_node.runtimes.onnx import OrtSession
+    from edge_node.vision.loading import select_model
+
+    bundle, cache = open_bundle(tiny_bundle), tmp_path / "c.json"
+    cfg = ModelConfig(runtime="onnxruntime", precision="fp32", threads=2, workers="auto", spin=spin)
+    choose(bundle, cfg.model_copy(update={"spin": not spin}), resolution=160, cache=cache, seconds=0.2)
+    model, choice = select_model(bundle, cfg, resolution=160, cache=cache)
+    assert not choice.cached and model.spin is spin
+    session = model.build(160).sessions[0]
+    assert isinstance(session, OrtSession)
+    allow = session._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    assert allow == ("1" if spin else "0")

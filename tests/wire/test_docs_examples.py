@@ -8,7 +8,16 @@ import pytest
 from pydantic import BaseModel
 
 from edge_node.errors import CommandError
-from edge_node.wire import Event, Heartbeat, NodeState, OtaStatus, Prediction, parse_command, parse_mode_select
+from edge_node.wire import (
+    Detection,
+    Event,
+    Heartbeat,
+    NodeState,
+    OtaStatus,
+    Prediction,
+    parse_command,
+    parse_mode_select,
+)
 from tests.support.paths import REPO
 
 DOC = REPO / "docs" / "mqtt-api.md"
@@ -20,6 +29,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "events": Event,
     "ota": OtaStatus,
     "snapshot": Event,
+    "detections": Detection,
     HA_MODE: Event,
 }
 
