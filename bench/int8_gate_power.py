@@ -11,11 +11,13 @@ Three steps, so that the middle one can run under emulation (``qemu-x86_64 -cpu 
 
 ``prepare`` takes the bundle's INT8 ONNX file at 224 px (the demo bundle by default), and writes degraded
 copies of it: every activation's quantisation scale multiplied by ``exp(sigma * N(0, 1))`` (one draw per
-tensor, seeded), for a range of sigmas. Each file's agreement with FP32 on all held-out images is its known
-agreement. ``rates`` draws ``--frames`` images from the held-out pool ``--draws`` times; on each draw the gate
-is ``divergence_gate`` of the shipped file's mean divergence on those frames (what the build stores), and a
-file passes when its own mean divergence on the same frames is at most that. It prints the pass rate per
-file, so the false-accept rate of files at <= 95% agreement and the false-refuse rate of files at >= 97%.
+tensor, seeded), for a range of sigmas; ``widened``, its 7-bit dense weights made 8-bit (saturating on x86
+without VNNI only); and any ``--extra`` files (another recipe's INT8 file, e.g. one that saturates on AVX2).
+Each file's agreement with FP32 on all held-out images is its known agreement. ``rates`` draws ``--frames``
+images from the held-out pool ``--draws`` times; on each draw the gate is ``divergence_gate`` of the shipped
+file's mean divergence on those frames (what the build stores), and a file passes when its own mean divergence
+on the same frames is at most that. It prints the pass rate per file, so the false-accept rate of files at <=
+95% agreement and the false-refuse rate of files at >= 97%.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from edge_node.bundle.reference import divergence
 from edge_node.modelzoo.reference import DIVERGENCE_TOLERANCE, divergence_gate, reference_frame
 from edge_node.runtimes import open_session
 from edge_node.vision.preprocess import Preprocessor
-from tests.support.int8_degrade import degrade_activation_ranges
+from tests.support.int8_degrade import degrade_activation_ranges, widen_reduced_weights
 
 RESOLUTION = 224
 SIGMAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
@@ -82,6 +84,10 @@ def prepare(args: argparse.Namespace) -> None:
     for sigma in SIGMAS[1:]:
         for seed in SEEDS:
             degrade_activation_ranges(shipped, work / "files" / f"sigma{sigma:g}_seed{seed}.onnx", sigma, seed)
+    # 8-bit instead of 7-bit dense weights: exact on VNNI and ARM, saturating in ORT's AVX2 U8S8 kernels
+    widen_reduced_weights(shipped, work / "files" / "widened.onnx")
+    for extra in args.extra or []:  # other INT8 files of the same model, e.g. an older recipe's
+        (work / "files" / f"extra_{extra.stem}.onnx").write_bytes(extra.read_bytes())
     (work / "images.json").write_text(json.dumps([im.path.name for im in held]))
     print(f"{len(held)} held-out images, {len(list((work / 'files').iterdir()))} files in {work}")
 
@@ -150,6 +156,7 @@ def main() -> None:
     p.add_argument("work", type=Path)
     p.add_argument("--bundle", type=Path)
     p.add_argument("--images", type=Path)
+    p.add_argument("--extra", type=Path, action="append", help="another INT8 ONNX file to gate (repeatable)")
     p.set_defaults(run=prepare)
     e = sub.add_parser("eval")
     e.add_argument("work", type=Path)

@@ -53,6 +53,12 @@ def _variants() -> dict[str, QuantRecipe | LiteRTRecipe]:
         "onnx:s8s8": dataclasses.replace(previous, activation_type="QInt8"),
         "onnx:u8u8": dataclasses.replace(previous, weight_type="QUInt8"),
         "onnx:stem_fc_fp32": dataclasses.replace(previous, exclude_stem=True, op_types_to_exclude=("Gemm",)),
+        # issue 18 (x86 AVX2 without VNNI, native): variants tried against the v5 recipe's -0.6-point top-1 loss
+        "onnx:pct9999": dataclasses.replace(shipped, percentile=99.99),  # the demo v5 recipe
+        "onnx:head_fp32": dataclasses.replace(shipped, scopes_to_exclude=(*blocks, "bn2")),  # conv_head (BN folded)
+        "onnx:blocks6_fp32": dataclasses.replace(shipped, scopes_to_exclude=(*blocks, "blocks.6")),
+        "onnx:minmax": dataclasses.replace(shipped, method="MinMax"),
+        "onnx:entropy": dataclasses.replace(shipped, method="Entropy"),
         "litert:shipped": litert_recipe_for(ARCH),
         "litert:plain": LiteRTRecipe(weight_only_ops=()),
         "litert:fc_weight_only": LiteRTRecipe(),

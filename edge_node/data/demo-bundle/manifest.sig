@@ -1,1 +1,1 @@
-wxM+t7IB9Q9AZoXJ/BttUnNd/RaZ0n1KEJgx12oDjFqobuATOlj8/HRe+FRv+oat7JMrYE/0ibLbk2mRPugfBQ==
+hGl82Q5oIVuO5WAvy4kDWwV/tGc/N2KRJqkjOOiqwAzk3Ft8zt1tdNug1meho/f2IqiDrf66IPuyg2WbbuhhBw==
