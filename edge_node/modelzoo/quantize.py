@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,13 @@ class QuantRecipe:
     # 7 bits cannot (2 * 255 * 64 < 32768). Depthwise kernels widen to 16 bits first and keep 8-bit weights.
     reduce_range_dense: bool = True
     percentile: float = 99.999
+    # (resolution, percentile) pairs overriding ``percentile`` for that input size: the best clip differs by size
+    percentile_at: tuple[tuple[int, float], ...] = ()
     extra: dict[str, object] = field(default_factory=dict)
+
+    def at(self, resolution: int) -> QuantRecipe:
+        """The recipe as used for one input size: its percentile resolved, so the manifest records what ran."""
+        return replace(self, percentile=dict(self.percentile_at).get(resolution, self.percentile), percentile_at=())
 
 
 # Measured per-architecture recipes (docs/quantization.md); anything else gets the default.
@@ -92,11 +98,16 @@ _RECIPES: dict[str, QuantRecipe] = {
     # GhostNet(V2): the DFC branch's pool folded into its conv (INT8 ~7 % faster, INT8 file ~35 % larger).
     "ghostnet": QuantRecipe(pooled_convs=True),
     # The first two blocks (112 px, 16-24 channels) stay FP32 (0.2 % of the weights) and activation ranges
-    # clip the 0.001 % tails (99.99 lost 0.6 top-1 points on the arm64 lane's held-out images, 99.999 none;
-    # docs/quantization.md has the figures, with and without VNNI).
+    # clip the 0.001 % tails at 224 px (99.99 lost 0.6 top-1 points on the arm64 lane's held-out images, 99.999
+    # none), the 0.01 % tails at 192 and 160 px (there 99.999 lost 1.3 and 0.5 points more than 99.99);
+    # docs/quantization.md has the figures, with and without VNNI.
     # On top of the defaults (7-bit dense weights, float-output classifier): the stem conv stays FP32 too.
     "efficientnet_lite0": QuantRecipe(
-        method="Percentile", percentile=99.999, scopes_to_exclude=("blocks.0", "blocks.1"), exclude_stem=True
+        method="Percentile",
+        percentile=99.999,
+        percentile_at=((192, 99.99), (160, 99.99)),
+        scopes_to_exclude=("blocks.0", "blocks.1"),
+        exclude_stem=True,
     ),
 }
 
@@ -390,7 +401,7 @@ def quantize_int8(
     """Quantise ``fp32_onnx`` to ``out``; return the recipe (plus calibration facts) for the manifest."""
     if not calibration:
         raise BundleError("INT8 quantisation needs calibration images; pass at least one")
-    recipe = recipe or recipe_for(arch)
+    recipe = (recipe or recipe_for(arch)).at(int(calibration[0].shape[-1]))
     try:
         model = onnx.load(str(fp32_onnx))
     except (OSError, DecodeError) as exc:

@@ -197,6 +197,9 @@ def test_lite0_recipe_is_measured_one() -> None:
     assert lite0.method == "Percentile" and lite0.scopes_to_exclude == ("blocks.0", "blocks.1")
     assert recipe_for("ghostnetv2_100") == QuantRecipe(pooled_convs=True)
     assert recipe_for("mobilenetv3_large_100") == QuantRecipe()
+    # the clip is measured per input size: 99.999 at 224 px, 99.99 at 192 and 160 (docs/quantization.md)
+    assert [lite0.at(r).percentile for r in (224, 192, 160)] == [99.999, 99.99, 99.99]
+    assert lite0.at(192).percentile_at == () and QuantRecipe().at(160) == QuantRecipe()
 
 
 class GateNet(torch.nn.Module):
