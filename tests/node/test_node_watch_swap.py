@@ -88,4 +88,5 @@ async def _storm_and_swap(tmp_path: Path, site: tuple[Path, FaultServer]) -> Non
         )
     said = [d for d in _detections(node) if d.rule == "any"]
     assert [(d.event, d.id) for d in said] == [("start", start.id), ("end", start.id)]
-    assert said[1].reason == "shutdown" and said[1].frames > 40
+    # every frame counts for "any": at least the 5 + 10 + 5 predictions awaited above (a loaded CI makes no more)
+    assert said[1].reason == "shutdown" and said[1].frames >= 20
