@@ -9,4 +9,4 @@ export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
 bash "$ROOT/scripts/lint.sh"  # stops here on any finding (set -e)
 echo "== pytest" >&2
-exec python -m pytest -q -ra --durations=30 "$@"
+exec python -m pytest -q -ra "$@"
