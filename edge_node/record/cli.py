@@ -122,19 +122,19 @@ def _detections(args: argparse.Namespace) -> int:
 
 
 def _print_detections(r: TimeRange, found: list[dict[str, Any]], rule: str | None) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     who = (r.node or "the fleet") + (f", rule {rule}" if rule else "")
-    title = f"Detections of {who} from {_when(r.since)} to {_when(r.until)}"
+    console.print(f"[bold]Detections[/bold] of {who} from {_when(r.since)} to {_when(r.until)}: {len(found) or 'none'}")
     if not found:
-        console.print(f"{title}: none")
         return
-    t = Table(title=f"{title} (newest first)")
-    for column, justify in (("node", "left"), ("rule", "left"), ("label", "left"), ("start", "left"),
-                            ("duration", "right"), ("frames", "right"), ("peak", "right")):  # fmt: skip
-        t.add_column(column, justify=justify)  # type: ignore[arg-type]
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # 80 columns hold it, full start time
+    for column in ("node", "rule", "label", "start", "duration", "frames", "peak"):
+        numeric = column in ("duration", "frames", "peak")
+        t.add_column(column, justify="right" if numeric else "left", no_wrap=column == "start")
     for d in found:
         duration = "open" if d["open"] else f"{d['duration_s']:.1f} s" if d["duration_s"] is not None else "-"
         peak = "-" if d["peak_confidence"] is None else f"{d['peak_confidence']:.2f}"

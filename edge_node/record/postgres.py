@@ -111,11 +111,10 @@ class PostgresStore:
         self._days |= missing
 
     def write(self, rows: Sequence[Row]) -> int:
-        rows = fold(rows)
+        rows, inserted = fold(rows)  # an end folded into its start counts as written, as in two batches
         by_table: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         for row in rows:
             by_table[row.table].append(row.values)
-        inserted = 0
         try:
             self.ensure_days({int(row.values[0] // _DAY) for row in rows})
             with self._conn.transaction(), self._conn.cursor() as cur:

@@ -79,11 +79,13 @@ def _merge(old: tuple[Any, ...], new: tuple[Any, ...]) -> tuple[Any, ...]:
     return out if out[_SNAPSHOT] == snapshot else (*out[:_SNAPSHOT], snapshot, *out[_SNAPSHOT + 1 :])
 
 
-def fold(rows: Sequence[Row]) -> list[Row]:
-    """One row per detection in a batch (PostgreSQL cannot upsert one key twice in a statement); other rows as
-    they are, in order."""
+def fold(rows: Sequence[Row]) -> tuple[list[Row], int]:
+    """One row per detection in a batch (PostgreSQL cannot upsert one key twice in a statement), other rows as
+    they are, in order; and how many folded rows changed the row they met (an end its start), so that a store
+    counts a batch's rows as written or duplicate the same way whichever batches they came in."""
     out: list[Row] = []
     at: dict[tuple[Any, ...], int] = {}
+    changed = 0
     for row in rows:
         if row.table != "detections":
             out.append(row)
@@ -93,9 +95,12 @@ def fold(rows: Sequence[Row]) -> list[Row]:
         if i is None:
             at[key] = len(out)
             out.append(row)
-        else:
-            out[i] = replace(row, values=_merge(out[i].values, row.values))
-    return out
+            continue
+        merged = _merge(out[i].values, row.values)
+        if merged != out[i].values:
+            changed += 1
+            out[i] = replace(row, values=merged)
+    return out, changed
 
 
 def _not_json(name: str) -> float:

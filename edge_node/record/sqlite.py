@@ -69,7 +69,8 @@ class SqliteStore:
 
     def write(self, rows: Sequence[Row]) -> int:
         by_table: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-        for row in fold(rows):
+        folded, merged = fold(rows)
+        for row in folded:
             by_table[row.table].append(row.values)
         before = self._conn.total_changes
         try:
@@ -81,7 +82,7 @@ class SqliteStore:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             raise RecordError(f"cannot write to {self.where}: {exc}") from exc
-        return self._conn.total_changes - before
+        return self._conn.total_changes - before + merged
 
     def purge(self, cutoff: float) -> int:
         deleted = 0
