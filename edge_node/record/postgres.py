@@ -1,5 +1,6 @@
 """The PostgreSQL history (``EDGE_RECORD__DSN``): psycopg 3, COPY into a session's staging tables, then one
-``INSERT ... ON CONFLICT DO NOTHING`` per table, so a row another recorder already wrote is skipped.
+``INSERT ... ON CONFLICT DO NOTHING`` per table, so a row another recorder already wrote is skipped (detections:
+``DO UPDATE``, an end completes its start's row).
 
 Every table is partitioned by day; the partitions a batch needs are made on the way (under an advisory lock,
 since several recorders may meet the same new day), and retention drops whole partitions.

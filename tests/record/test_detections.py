@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from edge_node.wire import RecorderHeartbeat, Topics
 from edge_node.wire.watch import Detection
 from tests.support.brokers import Mosquitto
 from tests.support.nodeproc import Collector
-from tests.support.paths import clean_env, run_cli
+from tests.support.paths import REPO, clean_env, run_cli
 from tests.support.record_procs import RecorderProcess, wait_until
 
 NOW = round(time.time(), 3)
@@ -126,6 +127,13 @@ def test_detections_are_subscribed_with_qos1_and_their_snapshots_are_not() -> No
     assert not [f for f, _ in subs if topic_matches_sub(f, "ghostpi/door/detections/snapshot/cat-1")]
     shared = subscriptions(PREFIX, "record", shared=True)
     assert ("$share/record/ghostpi/+/detections", 1) in shared
+
+
+def test_the_recorder_keeps_every_json_leaf_a_node_sends_at_its_documented_qos() -> None:
+    table = (REPO / "docs" / "mqtt-api.md").read_text()
+    sent = {leaf: int(qos) for leaf, qos in re.findall(r"^\| `([a-z/]+)` \| node → \| (\d) \|", table, flags=re.M)}
+    assert "detections" in sent and sent.pop("snapshot") == 1  # a JPEG: not recorded
+    assert dict((f.split("/")[-1], q) for f, q in subscriptions(PREFIX, "record", shared=False)) == sent
 
 
 # --- both stores -----------------------------------------------------------------------------------------------
