@@ -1,8 +1,9 @@
 """What one fleet message becomes in the history: a row of one table, or nothing (pure, no I/O).
 
 Payloads are read leniently (``fleet.decode``'s helpers): a newer node's extra fields are ignored, a payload that is not
-a JSON object is counted as bad by the caller. Every row carries the node's own timestamp (``ts``) and the
-moment the recorder received it (``received``), so lag is measurable and a node's clock error visible.
+a JSON object is counted as bad by the caller. Every row carries the node's own time (``ts``; a detection:
+``started``) and the moment the recorder received it (``received``), so lag is measurable and a node's clock error
+visible.
 
 A table's first column is its time: retention, PostgreSQL's day partitions and the writer's range check go by it.
 A detection is one row for its ``start`` and its ``end`` (same ``id``): the stores upsert it (``DETECTION_UPSERT``)
