@@ -5,6 +5,11 @@ recorders of a group each get a part of the messages. The session survives the r
 ``EDGE_RECORD__SESSION_EXPIRY``): QoS 1 messages (events, state, OTA, status) that arrive while it restarts are
 kept by the broker and delivered when it is back. MQTT 3.1.1 knows no shared subscriptions: each recorder
 then gets everything and the tables' unique keys keep one copy.
+
+A QoS 1 message is acknowledged only after its row is committed (paho's manual acknowledgement; the writer
+calls the ack from its thread, and the ack is handed to the event loop that owns the connection). A recorder
+that dies in between leaves the message with the broker, which sends it again when the session is back; a
+committed row sent again is a duplicate the unique keys skip.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from functools import partial
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -57,7 +63,7 @@ class MqttSource:
         if v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self._cfg.session_expiry
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             server.host,
             server.port,
             username=one.username,
@@ -72,6 +78,20 @@ class MqttSource:
             tls_context=ctx,
             tls_insecure=True if ctx is not None and one.tls_insecure else None,
         )
+        # aiomqtt has no switch for it: paho's own, set before the connect, because a persistent session's
+        # queued messages arrive right after it.
+        client._client.manual_ack_set(True)
+        return client
+
+    def _ack_later(self, loop: asyncio.AbstractEventLoop, client: aiomqtt.Client, mid: int, qos: int) -> None:
+        """From the writer's thread: the connection belongs to the loop, so the ack is handed to it."""
+        loop.call_soon_threadsafe(self._ack, client, mid, qos)
+
+    def _ack(self, client: aiomqtt.Client, mid: int, qos: int) -> None:
+        """On the loop: acknowledge a committed message, if its connection is still the current one (after a
+        reconnect the broker sends it again, and its copy is acknowledged instead)."""
+        if client is self._client:
+            client._client.ack(mid, qos)
 
     async def run(self) -> None:
         order = ServerOrder(self._mqtt.servers(DEFAULT_HOST))
@@ -91,10 +111,12 @@ class MqttSource:
                     how = f"shared group {self._cfg.group}" if shared else "MQTT 3.1.1: no shared group"
                     log.info("recording from MQTT %s (%s)", order.current, how)
                     self.subscribed.set()
+                    loop = asyncio.get_running_loop()
                     async for msg in client.messages:
                         payload = msg.payload
                         raw = payload if isinstance(payload, bytes) else str(payload).encode()
-                        self._intake.on_message(msg.topic.value, raw)
+                        ack = partial(self._ack_later, loop, client, msg.mid, msg.qos) if msg.qos else None
+                        self._intake.on_message(msg.topic.value, raw, ack)
             except aiomqtt.MqttError as exc:
                 was_up = self._client is not None
                 self._client = None

@@ -3,7 +3,10 @@ batches (``EDGE_RECORD__BATCH_ROWS`` rows or ``EDGE_RECORD__COMMIT_INTERVAL`` se
 
 The queue between them is bounded: rows beyond ``EDGE_RECORD__MAX_QUEUE`` are dropped and counted, never
 allowed to grow memory without end while the database is away. A failed write keeps its batch and retries
-with backoff. A row may carry an acknowledgement (a JetStream message), called only after its commit.
+with backoff. A row may carry an acknowledgement (an MQTT QoS 1 message, a JetStream message), called only
+after its commit. Brokers hold back what a consumer has not acknowledged (mosquitto sends an MQTT 3.1.1 client
+20 QoS 1 messages at a time), so rows with an acknowledgement do not wait out the commit interval once
+``ACK_BATCH`` of them are queued.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from edge_node.errors import RecordError
 from edge_node.record.rows import Row
 from edge_node.record.store import Store
 
-__all__ = ["Ack", "BatchWriter", "WriterStats", "in_range", "percentile"]
+__all__ = ["ACK_BATCH", "Ack", "BatchWriter", "WriterStats", "in_range", "percentile"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ Ack = Callable[[], None]
 _FUTURE = 86400.0  # rows stamped more than a day ahead are refused (a node's clock is wrong)
 _PURGE_EVERY = 3600.0
 _LAGS = 20_000  # recent publish-to-commit lags kept for p50/p95
+ACK_BATCH = 10  # acknowledgements waiting that start a commit: half of mosquitto's default in-flight window
 
 
 def _ack_all(acks: list[Ack]) -> None:
@@ -75,6 +79,7 @@ class BatchWriter:
         self._on_acks = on_acks or _ack_all
         self._clock = clock
         self._queue: deque[tuple[Row, Ack | None]] = deque()
+        self._unacked = 0  # rows in the queue that carry an acknowledgement
         self._cond = threading.Condition()
         self._stopping = False
         self._stats = WriterStats()
@@ -93,9 +98,14 @@ class BatchWriter:
                 self._stats.dropped["queue_full" if ack is None else "deferred"] += 1
                 return False
             self._queue.append((row, ack))
-            if len(self._queue) >= self._cfg.batch_rows:
+            self._unacked += ack is not None
+            if self._due():
                 self._cond.notify()
         return True
+
+    def _due(self) -> bool:
+        """A batch is ready without waiting out the commit interval (called under the lock)."""
+        return len(self._queue) >= self._cfg.batch_rows or self._unacked >= ACK_BATCH
 
     def count(self, reason: str) -> None:
         """A message the ingest side could not turn into a row (bad payload, unknown topic)."""
@@ -164,24 +174,27 @@ class BatchWriter:
     def _take(self) -> list[tuple[Row, Ack | None]] | None:
         """The next batch: full, or whatever arrived within the commit interval; None once stopped and empty."""
         with self._cond:
-            self._cond.wait_for(
-                lambda: self._stopping or len(self._queue) >= self._cfg.batch_rows, timeout=self._cfg.commit_interval
-            )
+            self._cond.wait_for(lambda: self._stopping or self._due(), timeout=self._cfg.commit_interval)
             if self._stopping and not self._queue:
                 return None
             n = min(len(self._queue), self._cfg.batch_rows)
-            return [self._queue.popleft() for _ in range(n)]
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._unacked -= sum(ack is not None for _, ack in batch)
+            return batch
 
     def _requeue(self, batch: list[tuple[Row, Ack | None]]) -> None:
         with self._cond:
             self._queue.extendleft(reversed(batch))
+            self._unacked += sum(ack is not None for _, ack in batch)
             while len(self._queue) > self._cfg.max_queue:
                 _, ack = self._queue.pop()
+                self._unacked -= ack is not None
                 self._stats.dropped["queue_full" if ack is None else "deferred"] += 1
             if self._stopping:
                 # no database while stopping: what is left is lost (rows with an ack are sent again)
                 self._stats.dropped["stopped"] += sum(1 for _, a in self._queue if a is None)
                 self._queue.clear()
+                self._unacked = 0
 
     def _commit(self, store: Store, batch: list[tuple[Row, Ack | None]]) -> bool:
         now = self._clock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import time
@@ -23,6 +24,7 @@ FPS = 5.0  # the demo camera holds each photo 2 s (capture.factory.DEMO_HOLD_S):
 HOLD_S = 2.0
 CYCLE_S = 4 * HOLD_S  # cat, coffee, rocket, astronaut
 CATS = {name for _, name in GROUPS["cat"]}
+WATCH_S = 60.0  # the bar: exactly one start and one end per appearance of the cat over 60 s
 CAT_RULE = {"name": "cat", "classes": ["cat"], "min_confidence": 0.3, "min_frames": 3}
 
 
@@ -77,12 +79,15 @@ def test_one_start_and_one_end_per_appearance_of_the_cat(
     started.append(node)
     state = NodeState.model_validate_json(bus.wait(f"{T}/state", timeout=120).payload)
     assert state.watch is not None and [r.name for r in state.watch.rules] == ["cat", "dog"]
-    # Three ends: the first appearance may have begun before the first inference; the next two are whole.
-    deadline = time.monotonic() + 3 * CYCLE_S + 60
-    while sum(d.event == "end" for d in _detections(bus)) < 3:
-        assert time.monotonic() < deadline, f"fewer than 3 ends: {_detections(bus)}\n{node.log()[-3000:]}"
-        bus.wait(f"{T}/detections", since=time.monotonic(), timeout=60)
+    # The bar's 60 s of camera time from the first detection: about 7 appearances of the cat (the first may have
+    # begun before the first inference, the last may be cut by the shutdown; the ones between are whole).
+    first = _wait_detection(bus, node, "a first detection", 120)
+    watched_until = time.monotonic() + WATCH_S
+    while (left := watched_until - time.monotonic()) > 0:
+        with contextlib.suppress(AssertionError):  # no detection in this slice: the counts below judge that
+            bus.wait(f"{T}/detections", since=time.monotonic(), timeout=min(left, 2 * CYCLE_S))
     node.terminate()
+    assert first.event == "start"
     said = _detections(bus)
     assert {d.rule for d in said} == {"cat"}, "a detection for something else than the cat"
     assert all(d.label in CATS for d in said)
@@ -92,6 +97,7 @@ def test_one_start_and_one_end_per_appearance_of_the_cat(
     assert all(events[i][1] == events[i + 1][1] for i in range(0, len(events), 2))
     ends = [d for d in said if d.event == "end" and d.reason == "gap"]
     starts = [d for d in said if d.event == "start"]
+    assert len(starts) >= WATCH_S // CYCLE_S and len(ends) >= WATCH_S // CYCLE_S - 1, (len(starts), len(ends))
     # One per appearance: the cat shows once per cycle, so starts are a cycle apart.
     gaps = [b.started - a.started for a, b in itertools.pairwise(starts)]
     assert all(abs(g - CYCLE_S) <= 1.0 / FPS + 0.5 for g in gaps), gaps
@@ -101,7 +107,9 @@ def test_one_start_and_one_end_per_appearance_of_the_cat(
         assert end.frames >= HOLD_S * FPS - 2, end  # a loaded machine may drop a frame (newest wins)
         assert end.mean_confidence is not None and 0.3 <= end.mean_confidence <= end.peak_confidence
     hb = Heartbeat.model_validate_json(bus.on(f"{T}/heartbeat")[-1].payload)
-    assert hb.detections["cat"] >= 3 and hb.detections["dog"] == 0
+    assert hb.detections["cat"] >= len(starts) - 1 and hb.detections["dog"] == 0
+    print("WATCHED", WATCH_S, "s:", len(starts), "starts,", len(ends), "gap ends, gaps", gaps, "durations",
+          [e.duration_s for e in ends])  # fmt: skip
     print("CAPTURED", [d.to_bytes().decode() for d in said[:4]])
 
 

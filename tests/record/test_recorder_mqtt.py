@@ -145,3 +145,35 @@ def test_history_without_a_database_says_what_to_do(tmp_path: Path) -> None:
 
     out = run_cli("history", env=clean_env(EDGE_STATE_DIR=str(tmp_path)))
     assert out.returncode == 2 and "run `edge-node record` first" in out.stderr
+
+
+def _waiting_on_a_lock(dsn: str) -> int:
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    return _count(dsn, sql)
+
+
+def test_a_recorder_killed_before_its_commit_loses_no_qos1_message(
+    tmp_path: Path, mosquitto: Mosquitto, bus: Collector, pg_fresh: str
+) -> None:
+    """A QoS 1 message is acknowledged to the broker only once its row is committed. Here the commit is held
+    on a table lock while the recorder is killed: the broker still owns the messages and sends them again to
+    the recorder's session when it is back. (Acknowledged on receipt, as aiomqtt does by itself, they were
+    lost.)"""
+    env = {"EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(mosquitto.port), "EDGE_RECORD__DSN": pg_fresh}
+    rec = RecorderProcess(tmp_path / "rec", "solo", env).start()
+    try:
+        _wait_subscribed(bus, [rec])
+        node, now = Topics(PREFIX, "door"), time.time()
+        with psycopg.connect(pg_fresh) as holder:
+            holder.execute(b"LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # held until the rollback below
+            for i in range(5):
+                bus.publish(node.events, json.dumps({"id": f"k{i}", "cmd": "ping", "ok": True, "ts": now + i}), qos=1)
+            wait_until(lambda: _waiting_on_a_lock(pg_fresh), 30, "the recorder's commit to wait on the lock", rec)
+            rec.kill()
+            holder.rollback()
+        assert _count(pg_fresh, "SELECT count(*) FROM events") == 0
+        rec.start()  # the same name: the same client id, so the same session on the broker
+        wait_until(lambda: _count(pg_fresh, "SELECT count(*) FROM events") >= 5, 30, "the 5 events", rec)
+        assert _count(pg_fresh, "SELECT count(*) FROM events") == 5
+    finally:
+        rec.stop()

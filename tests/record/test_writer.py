@@ -17,7 +17,7 @@ from edge_node.fleet.simnode import SimNode
 from edge_node.record.rows import Row, to_row
 from edge_node.record.sqlite import SqliteStore
 from edge_node.record.store import Store
-from edge_node.record.writer import BatchWriter
+from edge_node.record.writer import ACK_BATCH, BatchWriter
 
 
 def _rows(n: int, ts: float | None = None) -> list[Row]:
@@ -60,6 +60,26 @@ def test_acknowledgements_come_after_the_rows_are_committed(tmp_path: Path) -> N
     assert seen_at_ack[0] >= 10 and seen_at_ack[-1] == 50
     stats = writer.stats()
     assert stats.rows_written == 50 and stats.batches >= 5 and stats.lag_p50_s is not None
+
+
+def test_rows_to_acknowledge_do_not_wait_out_the_commit_interval(tmp_path: Path) -> None:
+    """A broker sends a consumer only a few unacknowledged QoS 1 messages at a time (mosquitto: 20 to an MQTT
+    3.1.1 client); held for a one-minute commit interval, they would crawl. ACK_BATCH of them commit at once,
+    while rows without an acknowledgement still wait for the interval (or a full batch)."""
+    acked = threading.Event()
+    writer = BatchWriter(lambda: SqliteStore(tmp_path / "h.db"), RecordConfig(commit_interval=60, batch_rows=2000))
+    writer.start()
+    try:
+        rows = _rows(2 * ACK_BATCH)
+        for row in rows[:ACK_BATCH]:
+            writer.put(row)  # no acknowledgement: these may wait
+        assert writer.stats().batches == 0
+        for i, row in enumerate(rows[ACK_BATCH:]):
+            writer.put(row, acked.set if i == ACK_BATCH - 1 else lambda: None)
+        assert acked.wait(20), "the acknowledged rows waited for the 60 s commit interval"
+        assert _count(tmp_path / "h.db") == 2 * ACK_BATCH  # the batch took what was queued before them too
+    finally:
+        writer.stop()
 
 
 def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
