@@ -704,8 +704,11 @@ function drawStrip(data) {
     const x0 = ((d.started - start) / width) * w;
     const x1 = (((d.open ? now : (d.ended || d.started)) - start) / width) * w;
     ctx.fillStyle = RULE_COLOURS[lane];
+    ctx.globalAlpha = d.open ? 0.4 : 1; // open: it may end any moment, or its node may have stopped
     ctx.fillRect(x0, 1 + lane * laneH, Math.max(2, x1 - x0), laneH - 1);
   }
+  ctx.globalAlpha = 1;
+  canvas.title = `${clock(start)} to now; one lane per rule: ${data.rules.slice(0, 8).join(", ")}`;
 }
 
 // Snapshots need the token (a camera image): fetched with it, only for rows on screen, shown from blob URLs.
