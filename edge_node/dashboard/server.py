@@ -60,6 +60,7 @@ _REPORT_EVERY = 60.0  # seconds between two log lines about refused nodes or dro
 _CARDS_PER_SLICE = 25  # cards encoded between two turns of the event loop (~25 ms at 300 chart points)
 _DETECTIONS_PER_TICK = 1000  # detection messages taken into the store per tick (4000/s at 4 Hz)
 _DETECTION_LEAVES = ("detections", "detections/snapshot/+")
+_ANSWERS_KEPT = 16  # distinct timeline queries kept encoded per store version
 
 
 def _asset(name: str) -> bytes:
@@ -131,6 +132,7 @@ class Dashboard:
         self.inbox = Inbox(prefix, max_nodes=cfg.max_nodes, backlog=_STREAMED_BACKLOG)
         self.board = Board(prefix, cfg)
         self.detections = Detections(prefix, kept=cfg.detections_kept, thumbnail_bytes=cfg.detection_thumbnail_bytes)
+        self._answers: tuple[int, dict[Query, bytes]] = (-1, {})  # timeline answers encoded at a store version
         # A fleet of thousands: heartbeats and state only (EDGE_DASHBOARD__PREDICTIONS=false, or unset and more
         # than EDGE_DASHBOARD__LARGE_FLEET nodes: see follow_predictions), a tenth of the messages
         leaves = ("predictions",) * (cfg.predictions is not False) + ("heartbeat", "status", "state", "snapshot")
@@ -417,7 +419,21 @@ class Dashboard:
             query = _detection_query(request.query)
         except ValueError as exc:
             return _error(400, str(exc))
-        return _json(self.detections.query(query))
+        return web.Response(body=self.timeline(query), content_type="application/json")
+
+    def timeline(self, query: Query) -> bytes:
+        """The answer to ``query``, encoded once per store version for every browser that asks the same (each
+        open page asks again when the stream says detections changed: most ask for the same view)."""
+        version, answers = self._answers
+        if version != self.detections.version:
+            answers = {}
+            self._answers = (self.detections.version, answers)
+        body = answers.get(query)
+        if body is None:
+            body = _dumps(self.detections.query(query)).encode()
+            if len(answers) < _ANSWERS_KEPT:
+                answers[query] = body
+        return body
 
     async def detection_thumbnail(self, request: web.Request) -> web.Response:
         if (verdict := self._token(request)) != "ok":  # a camera image: never without the token

@@ -1,15 +1,20 @@
 """The dashboard's detection store (issue 21, the timeline): pairing a start and an end by (node, id), the caps
 on records and thumbnail bytes with the oldest going first and every drop counted, the lenient finite-only
-decoding, the query's filters; and the inbox's own bounded queue for detections. Pure: no broker, no mocks."""
+decoding, the query's filters; the inbox's own bounded queue for detections, and what the stream carries of
+them. No broker, no mocks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
+from edge_node.config import DashboardConfig, MqttConfig
 from edge_node.dashboard.detections import Detections, Query
+from edge_node.dashboard.exposure import exposure
 from edge_node.dashboard.inbox import DETECTION_BYTES, MAX_STREAMED, Inbox, Refused
+from edge_node.dashboard.server import Dashboard, _Client
 from tests.support.detection_feed import end, jpeg, start
 
 T0 = 1_796_279_600.0
@@ -174,3 +179,25 @@ def test_the_inbox_queues_detections_bounded_in_messages_and_bytes() -> None:
     waiting = big.take_detections(1000)
     assert sum(len(raw) for _, raw, _ in waiting) <= DETECTION_BYTES and big.detections_dropped == 20 - len(waiting)
     assert waiting[-1][0] == "gp/a/detections/snapshot/cat-19"  # the oldest went first
+
+
+def test_the_stream_carries_a_mark_of_the_timeline_not_its_records() -> None:
+    """The per-browser bounds of the stream (issue 16) hold: a burst of detections adds a version and a count
+    to the batch, a few bytes; the page asks /api/detections for the records, one encoded answer per view."""
+    config = DashboardConfig(detections_kept=300)
+    dash = Dashboard(config, MqttConfig(host="127.0.0.1"), "gp", None, exposure(config, "127.0.0.1", "here"))
+    browser = _Client(asyncio.Queue(maxsize=40), "a browser")
+    dash.clients.add(browser)  # what the stream handler does for a connected browser
+    for i in range(500):
+        dash.inbox.detection(f"gp/n{i % 7}/detections", start(f"n{i % 7}", "cat", T0 + i).to_bytes())
+    dash.tick()
+    frame = browser.queue.get_nowait()
+    assert frame is not None and len(frame) < 500, frame
+    batch = json.loads(frame.partition(b"data: ")[2])
+    assert batch["detections"] == {"version": 500, "kept": 300} and batch["nodes"] == []
+    assert dash.detections.dropped == 200
+    answer = dash.timeline(Query(rule="cat", limit=2000))
+    assert dash.timeline(Query(rule="cat", limit=2000)) is answer  # encoded once for every browser asking
+    assert len(json.loads(answer)["detections"]) == 300
+    dash.tick()
+    assert browser.queue.empty()  # nothing changed: no batch
