@@ -6,10 +6,14 @@ import argparse
 import datetime as dt
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_node.config import load_settings
-from edge_node.errors import MissingExtraError
+from edge_node.errors import ConfigError, MissingExtraError
+
+if TYPE_CHECKING:
+    from edge_node.record.query import TimeRange
+    from edge_node.record.store import Store
 
 __all__ = ["register"]
 
@@ -21,11 +25,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     history = sub.add_parser("history", help="what the recorder saw: labels, series, offline spans, events, OTA")
     history.add_argument("--node", help="one node (default: the whole fleet)")
-    history.add_argument("--since", default="1h", help="how far back: 10m, 24h, 7d (default 1h)")
+    history.add_argument("--since", help="how far back: 10m, 24h, 7d (default 1h; 24h for detections)")
     history.add_argument("--until", help="end of the range, as far back as --since takes (default: now)")
     history.add_argument("--json", action="store_true", help="print JSON instead of tables")
     history.add_argument("--hourly", action="store_true", help="also predictions per hour (and label with --node)")
     history.set_defaults(handler=_history)
+    what = history.add_subparsers(dest="what", metavar="WHAT")
+    detections = what.add_parser("detections", help="watch-rule detections, newest first (open ones included)")
+    # SUPPRESS: an option given before ``detections`` is not overwritten by this parser's default
+    detections.add_argument("--node", default=argparse.SUPPRESS, help="one node (default: the whole fleet)")
+    detections.add_argument("--rule", help="one watch rule, by name")
+    detections.add_argument("--since", default=argparse.SUPPRESS, help="how far back: 10m, 24h, 7d (default 24h)")
+    detections.add_argument("--until", default=argparse.SUPPRESS, help="end of the range (default: now)")
+    detections.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    detections.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    detections.set_defaults(handler=_detections)
 
 
 def _need_extra() -> None:
@@ -49,17 +63,28 @@ def _record(args: argparse.Namespace) -> int:
     return run_recorder(settings.record, settings.mqtt, args.prefix or settings.topic_prefix, settings.state_dir)
 
 
-def _history(args: argparse.Namespace) -> int:
-    from edge_node.record.query import History, TimeRange, parse_duration
+def _range(args: argparse.Namespace, since: str) -> TimeRange:
+    from edge_node.record.query import TimeRange, parse_duration
+
+    now = time.time()
+    until = now - parse_duration(args.until) if args.until else now
+    return TimeRange(until - parse_duration(args.since or since), until, args.node)
+
+
+def _open() -> Store:
     from edge_node.record.store import open_store
 
     settings = load_settings()
     if settings.record.dsn is not None:
         _need_extra()
-    now = time.time()
-    until = now - parse_duration(args.until) if args.until else now
-    r = TimeRange(until - parse_duration(args.since), until, args.node)
-    store = open_store(settings.record, settings.state_dir, create=False)
+    return open_store(settings.record, settings.state_dir, create=False)
+
+
+def _history(args: argparse.Namespace) -> int:
+    from edge_node.record.query import History
+
+    r = _range(args, "1h")
+    store = _open()
     try:
         history = History(store)
         report = history.report(r)
@@ -76,6 +101,49 @@ def _history(args: argparse.Namespace) -> int:
     else:
         _print_tables(report)
     return 0
+
+
+def _detections(args: argparse.Namespace) -> int:
+    from edge_node.record.query import History
+
+    if args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    r = _range(args, "24h")
+    store = _open()
+    try:
+        found = History(store).detections(r, rule=args.rule, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(found, indent=1))
+    else:
+        _print_detections(r, found, args.rule)
+    return 0
+
+
+def _print_detections(r: TimeRange, found: list[dict[str, Any]], rule: str | None) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    who = (r.node or "the fleet") + (f", rule {rule}" if rule else "")
+    console.print(f"[bold]Detections[/bold] of {who} from {_when(r.since)} to {_when(r.until)}: {len(found) or 'none'}")
+    if not found:
+        return
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # 80 columns hold it, full start time
+    for column in ("node", "rule", "label", "start", "duration", "frames", "peak"):
+        numeric = column in ("duration", "frames", "peak")
+        t.add_column(column, justify="right" if numeric else "left", no_wrap=column == "start")
+    for d in found:
+        duration = "open" if d["open"] else f"{d['duration_s']:.1f} s" if d["duration_s"] is not None else "-"
+        peak = "-" if d["peak_confidence"] is None else f"{d['peak_confidence']:.2f}"
+        t.add_row(d["node"], d["rule"], d["label"] or "-", _when(d["started"]), duration,
+                  "-" if d["frames"] is None else str(d["frames"]), peak)  # fmt: skip
+    console.print(t)
+    opened = sum(1 for d in found if d["open"])
+    if opened:
+        console.print(f"{opened} open: their end has not been recorded yet")
 
 
 def _when(ts: float | None) -> str:

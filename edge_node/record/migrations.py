@@ -2,8 +2,8 @@
 
 A migration is applied once, in order, and its number is written to ``schema_migrations`` in the same
 transaction; a database newer than this program is refused rather than written wrongly. In PostgreSQL every
-table is partitioned by day on ``ts`` (``<table>_pYYYYMMDD``, made by the writer as days come), so retention
-drops whole partitions; SQLite keeps one table each and deletes old rows.
+table is partitioned by day on its time, ``ts`` (a detection's ``started``): ``<table>_pYYYYMMDD``, made by the
+writer as days come, so retention drops whole partitions; SQLite keeps one table each and deletes old rows.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 __all__ = ["PARTITIONED", "POSTGRES", "SQLITE", "Migration", "latest"]
 
-PARTITIONED = ("predictions", "heartbeats", "events", "states", "ota", "statuses")
+PARTITIONED = ("predictions", "heartbeats", "events", "states", "ota", "statuses", "detections")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,18 @@ SQLITE: tuple[Migration, ...] = (
             "CREATE INDEX statuses_node_ts ON statuses (node, ts)",
         ),
     ),
+    Migration(
+        2,
+        "detections",
+        (
+            # one row per detection: its start makes it, its end completes it (rows.DETECTION_UPSERT)
+            """CREATE TABLE detections (
+                started REAL NOT NULL, node TEXT NOT NULL, id TEXT NOT NULL, rule TEXT NOT NULL, label TEXT,
+                ended REAL, duration_s REAL, frames INTEGER, peak_confidence REAL, mean_confidence REAL,
+                best_ts REAL, reason TEXT, snapshot INTEGER, received REAL NOT NULL, UNIQUE (node, id, started))""",
+            "CREATE INDEX detections_started ON detections (started)",
+        ),
+    ),
 )
 
 POSTGRES: tuple[Migration, ...] = (
@@ -93,6 +105,19 @@ POSTGRES: tuple[Migration, ...] = (
                 ts timestamptz NOT NULL, node text NOT NULL, online boolean NOT NULL,
                 received timestamptz NOT NULL) PARTITION BY RANGE (ts)""",
             "CREATE INDEX statuses_node_ts ON statuses (node, ts)",
+        ),
+    ),
+    Migration(
+        2,
+        "detections",
+        (
+            # partitioned by the detection's start, which its end carries too: both land in one partition
+            """CREATE TABLE detections (
+                started timestamptz NOT NULL, node text NOT NULL, id text NOT NULL, rule text NOT NULL, label text,
+                ended timestamptz, duration_s float8, frames integer, peak_confidence float8,
+                mean_confidence float8, best_ts timestamptz, reason text, snapshot boolean,
+                received timestamptz NOT NULL, UNIQUE (node, id, started)) PARTITION BY RANGE (started)""",
+            "CREATE INDEX detections_started ON detections (started)",
         ),
     ),
 )

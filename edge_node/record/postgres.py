@@ -1,5 +1,6 @@
 """The PostgreSQL history (``EDGE_RECORD__DSN``): psycopg 3, COPY into a session's staging tables, then one
-``INSERT ... ON CONFLICT DO NOTHING`` per table, so a row another recorder already wrote is skipped.
+``INSERT ... ON CONFLICT DO NOTHING`` per table, so a row another recorder already wrote is skipped (detections:
+``DO UPDATE``, an end completes its start's row).
 
 Every table is partitioned by day; the partitions a batch needs are made on the way (under an advisory lock,
 since several recorders may meet the same new day), and retention drops whole partitions.
@@ -17,7 +18,7 @@ import psycopg
 
 from edge_node.errors import RecordError
 from edge_node.record.migrations import PARTITIONED, POSTGRES, Migration, latest
-from edge_node.record.rows import COLUMNS, Row
+from edge_node.record.rows import COLUMNS, DETECTION_UPSERT, Row, fold
 from edge_node.record.store import Dialect
 
 __all__ = ["PostgresStore", "partition_name"]
@@ -25,7 +26,7 @@ __all__ = ["PostgresStore", "partition_name"]
 _LOCK = 0x6770_7265_6364  # pg_advisory_xact_lock key of migrations and partition making ("gprecd")
 _DAY = 86400
 _PART = re.compile(r"^(?P<table>[a-z]+)_p(?P<day>\d{8})$")
-_TIMES = ("ts", "received")
+_TIMES = ("ts", "received", "started", "ended", "best_ts")  # timestamptz columns, epoch seconds in staging
 
 
 def partition_name(table: str, day: int) -> str:
@@ -85,12 +86,13 @@ class PostgresStore:
                     f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
                     f"SELECT {', '.join(COLUMNS[table])} FROM {table} WITH NO DATA"
                 )
-                for col in _TIMES:
+                for col in (c for c in COLUMNS[table] if c in _TIMES):
                     self._conn.execute(f"ALTER TABLE {stage} ALTER COLUMN {col} TYPE float8 USING NULL")
         self._insert = {
             table: f"INSERT INTO {table} ({', '.join(cols)}) SELECT "
             + ", ".join(f"to_timestamp({c})" if c in _TIMES else c for c in cols)
-            + f" FROM _in_{table} ON CONFLICT DO NOTHING"
+            + f" FROM _in_{table} "
+            + (DETECTION_UPSERT if table == "detections" else "ON CONFLICT DO NOTHING")
             for table, cols in COLUMNS.items()
         }
 
@@ -110,10 +112,10 @@ class PostgresStore:
         self._days |= missing
 
     def write(self, rows: Sequence[Row]) -> int:
+        rows, inserted = fold(rows)  # an end folded into its start counts as written, as in two batches
         by_table: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         for row in rows:
             by_table[row.table].append(row.values)
-        inserted = 0
         try:
             self.ensure_days({int(row.values[0] // _DAY) for row in rows})
             with self._conn.transaction(), self._conn.cursor() as cur:

@@ -174,6 +174,35 @@ class History:
         names = ("ts", "node", "phase", "version", "error")
         return [dict(zip(names, row, strict=True)) for row in rows]
 
+    def detections(
+        self, r: TimeRange, node: str | None = None, rule: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Detections that ran during the range (started before its end, not ended before its start), newest
+        first; an open one (its end not seen yet) has ``open`` true and no ``ended``."""
+        d = self._d
+        where = f"started < {d.ts_in()} AND (ended IS NULL OR ended >= {d.ts_in()})"
+        params: list[Any] = [r.until, r.since]
+        node = node if node is not None else r.node
+        for column, value in (("node", node), ("rule", rule)):
+            if value is not None:
+                where += f" AND {column} = {d.ph}"
+                params.append(value)
+        rows = self._store.query(
+            f"SELECT {d.ts_out('started')}, node, id, rule, label, {d.ts_out('ended')}, duration_s, frames, "
+            f"peak_confidence, mean_confidence, {d.ts_out('best_ts')}, reason, snapshot, {d.ts_out('received')} "
+            f"FROM detections WHERE {where} ORDER BY started DESC, node, id LIMIT {int(limit)}",
+            params,
+        )
+        names = ("started", "node", "id", "rule", "label", "ended", "duration_s", "frames", "peak_confidence",
+                 "mean_confidence", "best_ts", "reason", "snapshot", "received")  # fmt: skip
+        out = []
+        for row in rows:
+            one = dict(zip(names, row, strict=True))
+            one["snapshot"] = None if one["snapshot"] is None else bool(one["snapshot"])
+            one["open"] = one["ended"] is None
+            out.append(one)
+        return out
+
     def report(self, r: TimeRange) -> dict[str, Any]:
         """Everything ``edge-node history`` shows, as JSON-ready data."""
         return {

@@ -11,7 +11,7 @@ from typing import Any
 
 from edge_node.errors import RecordError
 from edge_node.record.migrations import SQLITE, Migration, latest
-from edge_node.record.rows import COLUMNS, Row
+from edge_node.record.rows import COLUMNS, DETECTION_UPSERT, Row, fold
 from edge_node.record.store import Dialect
 
 __all__ = ["SqliteStore", "migrate"]
@@ -62,10 +62,15 @@ class SqliteStore:
             table: f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
             for table, cols in COLUMNS.items()
         }
+        cols = COLUMNS["detections"]
+        self._sql["detections"] = (
+            f"INSERT INTO detections ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) {DETECTION_UPSERT}"
+        )
 
     def write(self, rows: Sequence[Row]) -> int:
         by_table: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-        for row in rows:
+        folded, merged = fold(rows)
+        for row in folded:
             by_table[row.table].append(row.values)
         before = self._conn.total_changes
         try:
@@ -77,14 +82,14 @@ class SqliteStore:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             raise RecordError(f"cannot write to {self.where}: {exc}") from exc
-        return self._conn.total_changes - before
+        return self._conn.total_changes - before + merged
 
     def purge(self, cutoff: float) -> int:
         deleted = 0
         try:
             self._conn.execute("BEGIN IMMEDIATE")
-            for table in COLUMNS:
-                deleted += self._conn.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,)).rowcount
+            for table, cols in COLUMNS.items():  # a table's first column is its time
+                deleted += self._conn.execute(f"DELETE FROM {table} WHERE {cols[0]} < ?", (cutoff,)).rowcount
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._conn.in_transaction:

@@ -200,7 +200,7 @@ class BatchWriter:
             self._stats.rows_written += inserted
             self._stats.duplicates += len(keep) - inserted
             self._stats.dropped["out_of_range"] += len(batch) - len(keep)
-            self._lags.extend(done - row.values[0] for row in keep)
+            self._lags.extend(done - (row.values[0] if row.sent is None else row.sent) for row in keep)
         if acks:
             self._on_acks(acks)
         return True

@@ -1,6 +1,7 @@
 """``edge-node record`` on a real 3-server NATS cluster (tests/support/nats.py): two recorders in one queue group
 and one durable consumer into a fresh PostgreSQL database. A recorder killed with SIGKILL loses no QoS 1
-message (they are acknowledged only once committed) and no (node, seq) is written twice."""
+message (they are acknowledged only once committed) and no (node, seq) is written twice; a detection's start and
+end make one row."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import psycopg
 
 from edge_node.fleet.simnode import SimNode
 from edge_node.wire import Topics
+from edge_node.wire.watch import Detection
 from tests.support.nats import NatsCluster
 from tests.support.nodeproc import Collector
 from tests.support.record_procs import RecorderProcess, wait_until
@@ -49,8 +51,20 @@ def test_recorders_share_a_nats_cluster_and_a_killed_one_loses_no_qos1_message(
             events += 1
             if step == 20:
                 recs[0].kill()  # whatever it held uncommitted is delivered again to the other
+        # a detection's start and end come through the same durable consumer (QoS 1), its snapshot does not
+        now = round(time.time(), 3)
+        start = Detection(node="n0", rule="cat", event="start", id="cat-1", ts=now, started=now - 1, label="tabby",
+                          frames=3, peak_confidence=0.7, best_ts=now - 1)  # fmt: skip
+        end = start.model_copy(update={"event": "end", "ended": now, "duration_s": 1.0, "reason": "gap"})
+        n0 = Topics(PREFIX, "n0")
+        bus.publish(n0.detections, start.to_bytes())
+        bus.publish(n0.detection_snapshot(start.id), b"\xff\xd8 a JPEG")
+        bus.publish(n0.detections, end.to_bytes())
         wait_until(lambda: _count(pg_fresh, "SELECT count(*) FROM events") >= events, 90, "every event", *recs)
         assert _count(pg_fresh, "SELECT count(*) FROM events") == events
+        ended = "SELECT count(*) FROM detections WHERE ended IS NOT NULL AND duration_s = 1"
+        wait_until(lambda: _count(pg_fresh, ended) == 1, 30, "the detection, ended", *recs)
+        assert _count(pg_fresh, "SELECT count(*) FROM detections") == 1
         predictions = _count(pg_fresh, "SELECT count(*) FROM predictions")
         assert predictions > 0
         assert _count(pg_fresh, "SELECT count(*) FROM (SELECT DISTINCT node, seq FROM predictions) x") == predictions

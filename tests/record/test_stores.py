@@ -106,7 +106,10 @@ def test_sqlite_is_in_wal_mode_and_migrates_once(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "h.db")
     try:
         assert s.query("PRAGMA journal_mode") == [("wal",)]
-        assert s.query("SELECT version, name FROM schema_migrations") == [(1, "initial")]
+        assert s.query("SELECT version, name FROM schema_migrations ORDER BY version") == [
+            (1, "initial"),
+            (2, "detections"),
+        ]
     finally:
         s.close()
 
@@ -132,7 +135,7 @@ def test_postgres_partitions_by_day_and_retention_drops_them(pg_fresh: str) -> N
         assert partition_name("statuses", day - 5) in names and partition_name("predictions", day) in names
         assert partition_name("statuses", day - 5) == "statuses_p" + time.strftime("%Y%m%d", time.gmtime(old))
         dropped = s.purge(NOW - 2 * 86400)
-        assert dropped == 6  # one day of each of the six tables
+        assert dropped == 7  # one day of each of the seven tables
         assert s.query("SELECT count(*) FROM statuses") == [(1,)]
         assert all(d >= day - 2 for _, d in s.partitions())
         s.write([_row("n1", "status", b"offline", old)])  # a dropped day is made again when needed
@@ -151,7 +154,7 @@ def test_postgres_stores_real_timestamps_for_sql_users(pg_fresh: str) -> None:
         (ts,) = conn.execute("SELECT ts AT TIME ZONE 'UTC' FROM statuses").fetchone() or (None,)
         assert str(ts) == "2023-11-14 22:13:20.250000"
         (version,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone() or (None,)
-        assert version == 1
+        assert version == 2
 
 
 def test_two_postgres_stores_migrate_the_same_database_once(pg_fresh: str) -> None:
@@ -159,7 +162,7 @@ def test_two_postgres_stores_migrate_the_same_database_once(pg_fresh: str) -> No
     try:
         rows = _fleet_rows(nodes=1, seconds=20)
         assert a.write(rows) + b.write(rows) == len(rows)
-        assert a.query("SELECT count(*) FROM schema_migrations") == [(1,)]
+        assert a.query("SELECT count(*) FROM schema_migrations") == [(2,)]
     finally:
         a.close()
         b.close()
