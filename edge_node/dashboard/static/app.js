@@ -741,6 +741,17 @@ async function loadThumb(li) {
   window.ghostpiStats.detections.thumbnails++;
 }
 
+// A token entered after the rows were drawn: the thumbnails it was missing are fetched again.
+function retryThumbs() {
+  det.shown = -1; // and the list is asked for again (viewing may have needed the token too)
+  for (const li of det.rows.values()) {
+    if (li.dataset.thumb === "loading" && !li.querySelector("img")) {
+      delete li.dataset.thumb;
+      li.children[8].replaceChildren();
+    }
+  }
+}
+
 function showNodeDetections(name) {
   const select = $("#det-node");
   if (![...select.options].some((o) => o.value === name)) select.append(new Option(name, name));
@@ -789,6 +800,7 @@ function start() {
     if (value) sessionStorage.setItem(TOKEN_KEY, value);
     $("#token").value = "";
     await loadConfig();
+    retryThumbs();
     connect();
   });
   $("#token-forget").addEventListener("click", async () => {
