@@ -14,6 +14,13 @@ from tests.support.nodeproc import Collector
 from tests.support.paths import SHARED
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding slow tests run first: scripts/test.sh hands whole files to two xdist workers in collection
+    order, and a long file collected last kept one worker busy for minutes after the other had finished."""
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)  # stable: the order within each group stays
+
+
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A private, anonymous mosquitto on a free port."""

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from edge_node.fleet.simnode import SimNode
 from edge_node.wire import Topics
@@ -28,6 +29,7 @@ def _count(dsn: str, sql: str) -> int:
     return int(row[0]) if row else 0
 
 
+@pytest.mark.slow
 def test_recorders_share_a_nats_cluster_and_a_killed_one_loses_no_qos1_message(
     cluster: NatsCluster, tmp_path: Path, pg_fresh: str
 ) -> None:
