@@ -332,6 +332,12 @@ class DashboardConfig(_Section):
     history_interval: float = Field(2.0, ge=0.1, le=600, description="seconds between two chart points")
     push_interval: float = Field(0.25, ge=0.05, le=5, description="seconds between two batches to the browsers")
     events_kept: int = Field(10, ge=1, le=100, description="command results kept per node")
+    detections_kept: int = Field(
+        5000, ge=10, le=50_000, description="detections kept for the timeline (the earliest arrived go first)"
+    )
+    detection_thumbnail_bytes: int = Field(
+        32_000_000, ge=0, le=1_000_000_000, description="bytes of detection snapshots kept (the oldest go first)"
+    )
     max_clients: int = Field(32, ge=1, le=1000, description="browser streams open at once")
     max_nodes: int = Field(1000, ge=1, le=100_000, description="nodes tracked; messages of further nodes ignored")
     predictions: bool | None = Field(

@@ -4,7 +4,8 @@ Apart from the node's runtime: a Pi that only runs the node never imports this p
 the MQTT thread receives, bounded; ``board`` holds the fleet state and computes batched changes (pure),
 ``fleet.decode`` reads payloads leniently (but refuses numbers a browser cannot read), ``security`` checks tokens
 and origins and ``limits`` rates per address (pure), ``exposure`` decides what a bind requires (TLS, Host
-names, the token to watch), ``server`` is the aiohttp edge and ``cli`` registers the command.
+names, the token to watch), ``detections`` keeps the detections seen for the timeline (pure, bounded),
+``server`` is the aiohttp edge and ``cli`` registers the command.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ check and a dict store. A topic is looked at closely only the first time it is s
 usable (the same rule as a node's own id) and, past ``max_nodes`` nodes, messages of further nodes are
 ignored and counted. A payload larger than its leaf may be is not kept: a :class:`Refused` stands in for it,
 which the board counts as a bad payload on that node's card. Command results and OTA phases, where every
-message matters, wait in a bounded queue that the push loop drains a bounded number at a time.
+message matters, wait in a bounded queue that the push loop drains a bounded number at a time. Detections and
+their snapshots (``detections``, ``detections/snapshot/<id>``) wait in one more queue of their own, bounded in
+messages and in bytes, so that a burst of detections neither crowds out command results nor is crowded out.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from collections import deque
 from edge_node.fleet import FleetView
 from edge_node.wire import Topics
 
-__all__ = ["MAX_PAYLOAD", "MAX_SNAPSHOT", "MAX_STREAMED", "NODE_ID", "Inbox", "Message", "Refused"]
+__all__ = [
+    "DETECTION_BYTES",
+    "MAX_PAYLOAD",
+    "MAX_SNAPSHOT",
+    "MAX_STREAMED",
+    "NODE_ID",
+    "Inbox",
+    "Message",
+    "Refused",
+]
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # what a node may call itself (edge_node/config.py)
 MAX_PAYLOAD = 64 * 1024  # a latest-wins JSON leaf: a real heartbeat is ~1-2 KB
@@ -26,6 +37,7 @@ MAX_SNAPSHOT = 1_000_000  # a snapshot JPEG: the most EDGE_SNAPSHOT__MAX_BYTES a
 _LIMITS = {"snapshot": MAX_SNAPSHOT, "events": MAX_STREAMED, "ota": MAX_STREAMED}
 Message = tuple[str, bytes | bytearray, float]  # topic, payload, monotonic arrival time
 _REFUSED = -1
+DETECTION_BYTES = 16_000_000  # payload bytes waiting in the detections queue (snapshots are up to 1 MB each)
 
 
 class Refused(bytes):
@@ -36,29 +48,38 @@ class Inbox(FleetView):
     """The newest payload per admitted topic (for the board's latest-wins leaves) and a bounded queue of
     every message on the streamed leaves."""
 
-    def __init__(self, prefix: str, *, max_nodes: int, backlog: int) -> None:
+    def __init__(self, prefix: str, *, max_nodes: int, backlog: int, detections_backlog: int = 5000) -> None:
         super().__init__(prefix)
         self.max_nodes = max_nodes
         self._limits: dict[str, int] = {}  # admitted topic -> largest payload kept
         self._nodes: set[str] = set()
         self._streamed: deque[Message] = deque(maxlen=backlog)
+        self._detections: deque[Message] = deque()  # guarded by FleetView's lock, as is _detection_bytes
+        self._detection_bytes = 0
+        self.detections_backlog = detections_backlog
         self._changed: set[str] = set()  # topics stored since the last take_changed; guarded by FleetView's lock
         # counters, each written by the MQTT thread only
         self.nodes_refused = 0  # messages of nodes beyond max_nodes, or with ids no node can have
         self.streamed_dropped = 0  # streamed messages pushed out of a full queue before the board took them
+        self.detections_dropped = 0  # detection messages pushed out of their full queue before the store took them
 
     def _admit(self, topic: str) -> int:
         parsed = Topics.parse(self.prefix, topic)
         if parsed is None:
             return _REFUSED
         node, leaf = parsed
+        if not self._admit_node(node):
+            return _REFUSED
+        limit = self._limits[topic] = _LIMITS.get(leaf, MAX_PAYLOAD)
+        return limit
+
+    def _admit_node(self, node: str) -> bool:
         if node not in self._nodes:
             if len(self._nodes) >= self.max_nodes or not NODE_ID.match(node):
                 self.nodes_refused += 1
-                return _REFUSED
+                return False
             self._nodes.add(node)
-        limit = self._limits[topic] = _LIMITS.get(leaf, MAX_PAYLOAD)
-        return limit
+        return True
 
     def _bounded(self, topic: str, payload: bytes | bytearray) -> bytes | bytearray | None:
         limit = self._limits.get(topic)
@@ -98,3 +119,28 @@ class Inbox(FleetView):
         while self._streamed and len(taken) < most:
             taken.append(self._streamed.popleft())
         return taken
+
+    def detection(self, topic: str, payload: bytes | bytearray) -> None:
+        """A detection (``<node>/detections``) or its snapshot (``<node>/detections/snapshot/<id>``): every
+        one matters, so they queue, the oldest going first past ``detections_backlog`` messages or
+        DETECTION_BYTES bytes. Not remembered per topic: every detection id is a new snapshot topic."""
+        parts = topic[len(self.prefix) + 1 :].split("/", 2)
+        if len(parts) < 2 or not self._admit_node(parts[0]):
+            return
+        limit = MAX_STREAMED if len(parts) == 2 else MAX_SNAPSHOT
+        kept = payload if len(payload) <= limit else Refused()
+        with self._lock:
+            self._detections.append((topic, kept, time.monotonic()))
+            self._detection_bytes += len(kept)
+            while len(self._detections) > self.detections_backlog or self._detection_bytes > DETECTION_BYTES:
+                self._detection_bytes -= len(self._detections.popleft()[1])
+                self.detections_dropped += 1
+
+    def take_detections(self, most: int) -> list[Message]:
+        """Up to ``most`` detection messages, oldest first; the rest wait for the next call."""
+        with self._lock:
+            taken: list[Message] = []
+            while self._detections and len(taken) < most:
+                taken.append(self._detections.popleft())
+                self._detection_bytes -= len(taken[-1][1])
+            return taken

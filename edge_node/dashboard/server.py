@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from importlib.resources import files
@@ -33,6 +34,7 @@ from aiohttp import web
 from edge_node import __version__
 from edge_node.config import DashboardConfig, MqttConfig
 from edge_node.dashboard.board import STREAMED, Board
+from edge_node.dashboard.detections import IDENT, MAX_LIMIT, RULE_NAME, Detections, Query
 from edge_node.dashboard.exposure import Exposure, host_name
 from edge_node.dashboard.inbox import NODE_ID, Inbox
 from edge_node.dashboard.limits import RateLimit, client_key
@@ -56,6 +58,9 @@ _STREAMED_BACKLOG = 2000  # command results and OTA phases waiting for the next 
 _STREAMED_PER_TICK = 250  # of those, taken into one batch (1000/s at 4 Hz)
 _REPORT_EVERY = 60.0  # seconds between two log lines about refused nodes or dropped results
 _CARDS_PER_SLICE = 25  # cards encoded between two turns of the event loop (~25 ms at 300 chart points)
+_DETECTIONS_PER_TICK = 1000  # detection messages taken into the store per tick (4000/s at 4 Hz)
+_DETECTION_LEAVES = ("detections", "detections/snapshot/+")
+_ANSWERS_KEPT = 16  # distinct timeline queries kept encoded per store version
 
 
 def _asset(name: str) -> bytes:
@@ -126,12 +131,13 @@ class Dashboard:
         self.gate = TokenGate(token, cfg.token_failures_per_minute)
         self.inbox = Inbox(prefix, max_nodes=cfg.max_nodes, backlog=_STREAMED_BACKLOG)
         self.board = Board(prefix, cfg)
+        self.detections = Detections(prefix, kept=cfg.detections_kept, thumbnail_bytes=cfg.detection_thumbnail_bytes)
+        self._answers: tuple[int, dict[Query, bytes]] = (-1, {})  # timeline answers encoded at a store version
         # A fleet of thousands: heartbeats and state only (EDGE_DASHBOARD__PREDICTIONS=false, or unset and more
         # than EDGE_DASHBOARD__LARGE_FLEET nodes: see follow_predictions), a tenth of the messages
         leaves = ("predictions",) * (cfg.predictions is not False) + ("heartbeat", "status", "state", "snapshot")
-        self.mqtt = MonitorClient(
-            mqtt, self.inbox, tool="dashboard", leaves=leaves, every=dict.fromkeys(STREAMED, self.inbox.stream)
-        )
+        every = dict.fromkeys(STREAMED, self.inbox.stream) | dict.fromkeys(_DETECTION_LEAVES, self.inbox.detection)
+        self.mqtt = MonitorClient(mqtt, self.inbox, tool="dashboard", leaves=leaves, every=every)
         self.clients: set[_Client] = set()  # the browsers that get every batch
         self.connections = 0  # stream handlers running: each counts until it has returned
         self._connects = RateLimit(cfg.stream_connects_per_minute)
@@ -153,7 +159,9 @@ class Dashboard:
         streamed = self.inbox.take_streamed(_STREAMED_PER_TICK)
         self.follow_predictions()
         delta = self.board.update(self.inbox.take_changed(), streamed, time.monotonic(), time.time())
-        for key, value in (("broker", self.broker_status()), ("limits", self.limits())):
+        self.detections.ingest(self.inbox.take_detections(_DETECTIONS_PER_TICK))
+        shown = (("broker", self.broker_status()), ("limits", self.limits()), ("detections", self.detection_mark()))
+        for key, value in shown:
             if value != self._shown.get(key):
                 self._shown[key] = delta[key] = value
         self._report(self._shown["limits"])
@@ -169,6 +177,11 @@ class Dashboard:
                      "predictions; EDGE_DASHBOARD__PREDICTIONS=true follows them", len(self.board.nodes))  # fmt: skip
             self.mqtt.drop("predictions")
 
+    def detection_mark(self) -> dict[str, int]:
+        """What the stream says about detections: only that they changed (the page asks /api/detections for
+        what it shows), so a burst of detections costs every browser a few bytes a tick, not the records."""
+        return {"version": self.detections.version, "kept": len(self.detections)}
+
     def large(self) -> bool:
         return len(self.board.nodes) > self.cfg.large_fleet
 
@@ -178,6 +191,7 @@ class Dashboard:
             "max_nodes": self.cfg.max_nodes,
             "node_messages_ignored": self.inbox.nodes_refused,
             "results_dropped": self.inbox.streamed_dropped,
+            "detections_dropped": self.inbox.detections_dropped,
         }
 
     def _report(self, limits: dict[str, int]) -> None:
@@ -192,6 +206,9 @@ class Dashboard:
         if limits["results_dropped"] > last.get("results_dropped", 0):
             log.warning("%d command results/OTA messages arrived faster than shown and were dropped",
                         limits["results_dropped"])  # fmt: skip
+        if limits["detections_dropped"] > last.get("detections_dropped", 0):
+            log.warning("%d detection messages arrived faster than the timeline could take them and were dropped",
+                        limits["detections_dropped"])  # fmt: skip
 
     def broadcast(self, frame: bytes | None) -> None:
         for client in list(self.clients):
@@ -219,7 +236,7 @@ class Dashboard:
         the batches that follow), then encoded a few cards at a time, shared by every browser of the tick."""
         if self._full is None:
             picture = self.board.full(time.monotonic(), time.time())
-            picture |= {"broker": self.broker_status(), "limits": self.limits()}
+            picture |= {"broker": self.broker_status(), "limits": self.limits(), "detections": self.detection_mark()}
             self._full = asyncio.ensure_future(_full_frame(picture))
             self.fulls_built += 1
         return self._full
@@ -258,6 +275,8 @@ class Dashboard:
         app.router.add_get("/api/config", self.config)
         app.router.add_get("/api/stream", self.stream)
         app.router.add_get("/api/nodes/{node}/snapshot.jpg", self.snapshot)
+        app.router.add_get("/api/detections", self.detection_list)
+        app.router.add_get("/api/detections/{node}/{ident}.jpg", self.detection_thumbnail)
         app.router.add_post("/api/nodes/{target}/command", self.command)
         return app
 
@@ -391,6 +410,43 @@ class Dashboard:
             body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store", "X-Snapshot": str(version)}
         )
 
+    async def detection_list(self, request: web.Request) -> web.Response:
+        """The timeline: detections this dashboard has seen, newest first, filtered (``node``, ``rule``,
+        ``since``, ``until``: seconds since the epoch, ``limit``); open ones say ``"open": true``."""
+        if self.exposure.view_needs_token and (verdict := self._token(request)) != "ok":
+            return self._refuse(request, verdict, "viewing this dashboard")
+        try:
+            query = _detection_query(request.query)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        return web.Response(body=self.timeline(query), content_type="application/json")
+
+    def timeline(self, query: Query) -> bytes:
+        """The answer to ``query``, encoded once per store version for every browser that asks the same (each
+        open page asks again when the stream says detections changed: most ask for the same view)."""
+        version, answers = self._answers
+        if version != self.detections.version:
+            answers = {}
+            self._answers = (self.detections.version, answers)
+        body = answers.get(query)
+        if body is None:
+            body = _dumps(self.detections.query(query)).encode()
+            if len(answers) < _ANSWERS_KEPT:
+                answers[query] = body
+        return body
+
+    async def detection_thumbnail(self, request: web.Request) -> web.Response:
+        if (verdict := self._token(request)) != "ok":  # a camera image: never without the token
+            return self._refuse(request, verdict, "viewing snapshots")
+        node, ident = request.match_info["node"], request.match_info["ident"]
+        if not NODE_ID.match(node) or not IDENT.match(ident):
+            return _error(400, "no such detection: the path is /api/detections/<node>/<id>.jpg")
+        data = self.detections.thumbnail(node, ident)
+        if data is None:
+            return _error(404, f"no snapshot of detection {ident} of {node} here (snapshots are off on that node, "
+                          "or it was dropped to stay within EDGE_DASHBOARD__DETECTION_THUMBNAIL_BYTES)")  # fmt: skip
+        return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
     async def command(self, request: web.Request) -> web.Response:
         reason = cross_site_reason(request.method, request.headers, request.scheme, request.host)
         if reason is not None:
@@ -422,6 +478,38 @@ class Dashboard:
             return _error(504, f"the broker did not acknowledge the command within {_ACK_TIMEOUT:g} s")
         log.info("sent %s (id %s) to %s for %s", command.cmd, command.id, topic, request.remote)
         return _json({"id": command.id, "cmd": command.cmd, "target": target}, 202)
+
+
+def _detection_query(params: Mapping[str, str]) -> Query:
+    """The timeline's query parameters, checked; ValueError says which one is wrong and what it must be."""
+    unknown = sorted(set(params) - {"node", "rule", "since", "until", "limit"})
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0][:40]!r}: use node, rule, since, until and limit")
+    node, rule = params.get("node") or None, params.get("rule") or None
+    if node is not None and not NODE_ID.match(node):
+        raise ValueError("node must be a node id (letters, digits, '_', '.', '-'; at most 64 characters)")
+    if rule is not None and not RULE_NAME.match(rule):
+        raise ValueError("rule must be a watch rule's name (letters, digits, '_', '.', '-'; at most 64 characters)")
+    times: dict[str, float | None] = {}
+    for name in ("since", "until"):
+        text = params.get(name) or None
+        try:
+            value = None if text is None else float(text)
+        except ValueError:
+            value = math.nan
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a time in seconds since the epoch, such as 1796279628.9")
+        times[name] = value
+    since, until = times["since"], times["until"]
+    if since is not None and until is not None and since > until:
+        raise ValueError("since must not be later than until")
+    try:
+        limit = int(params.get("limit") or 100)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return Query(node=node, rule=rule, since=since, until=until, limit=limit)
 
 
 @web.middleware

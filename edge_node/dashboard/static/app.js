@@ -127,6 +127,7 @@ function showLimits(limits) {
       "(EDGE_DASHBOARD__MAX_NODES)");
   }
   if (limits.results_dropped) parts.push(`${limits.results_dropped} command results dropped: they came too fast`);
+  if (limits.detections_dropped) parts.push(`${limits.detections_dropped} detection messages dropped: they came too fast`);
   const el = $("#limits");
   el.textContent = parts.join("; ");
   el.hidden = parts.length === 0;
@@ -148,6 +149,7 @@ function applyFull(msg) {
   showBroker(msg.broker);
   showLimits(msg.limits);
   if (msg.summary) renderSummary(msg.summary);
+  if (msg.detections) detectionsChanged(msg.detections);
   schedule();
 }
 
@@ -156,6 +158,7 @@ function applyDelta(msg) {
   if (msg.broker) showBroker(msg.broker);
   if (msg.limits) showLimits(msg.limits);
   if (msg.summary) renderSummary(msg.summary);
+  if (msg.detections) detectionsChanged(msg.detections);
   schedule();
 }
 
@@ -505,6 +508,7 @@ function wireCard(node) {
   $(".ping", el).addEventListener("click", () => act({ cmd: "ping" }));
   $(".snapshot", el).addEventListener("click", () => act({ cmd: "snapshot" }));
   $(".rollback", el).addEventListener("click", () => act({ cmd: "rollback" }));
+  $(".detections", el).addEventListener("click", () => showNodeDetections(node.name));
   $(".update-form", el).addEventListener("submit", (e) => {
     e.preventDefault();
     act(updateBody(e.target));
@@ -545,6 +549,234 @@ async function fetchSnapshot(node) {
   node.refs["snap-info"].textContent = `snapshot ${at.toLocaleTimeString()} · ${(node.data.snapshot.bytes / 1024).toFixed(1)} KB`;
 }
 
+// --- detections timeline -----------------------------------------------------------------------------
+// The stream only says that detections changed ({version, kept}); the page asks /api/detections for what its
+// filters select, at most once a second and one request at a time, so a burst of detections costs the stream
+// a few bytes a tick and the page one request a second.
+
+const DET_EVERY = 1000; // ms between two requests while detections keep arriving
+const DET_LIMIT = 1000; // rows asked for (the newest that match)
+const RULE_COLOURS = ["#7fb3ff", "#3fb970", "#e3b341", "#c98bff", "#f0a04f", "#5fd4d4", "#f0534f", "#b0b8c4"];
+const det = { version: -1, shown: -1, inflight: false, timer: null, last: 0, rows: new Map(), data: null };
+window.ghostpiStats.detections = { fetches: 0, rendered: 0, thumbnails: 0 };
+
+function detectionsChanged(mark) {
+  det.version = mark.version;
+  if (mark.version !== det.shown) loadDetections();
+}
+
+function loadDetections(now = false) {
+  if (det.inflight) { det.again = true; return; }
+  const wait = now ? 0 : Math.max(0, det.last + DET_EVERY - Date.now());
+  if (det.timer) { if (!now) return; clearTimeout(det.timer); }
+  det.timer = setTimeout(fetchDetections, wait);
+}
+
+function detectionQuery() {
+  const q = new URLSearchParams({ limit: String(DET_LIMIT) });
+  const node = $("#det-node").value, rule = $("#det-rule").value, range = $("#det-range").value;
+  if (node) q.set("node", node);
+  if (rule) q.set("rule", rule);
+  const serverNow = Date.now() / 1000 + app.offset;
+  if (range === "custom") {
+    const since = $("#det-since").value, until = $("#det-until").value;
+    if (since) q.set("since", String(new Date(since).getTime() / 1000));
+    if (until) q.set("until", String(new Date(until).getTime() / 1000));
+  } else if (range) {
+    q.set("since", (serverNow - Number(range)).toFixed(3));
+  }
+  return q;
+}
+
+async function fetchDetections() {
+  det.timer = null;
+  det.inflight = true;
+  det.again = false;
+  det.last = Date.now();
+  const asked = det.version;
+  try {
+    const response = await fetch("/api/detections?" + detectionQuery(), { headers: authHeaders(), cache: "no-store" });
+    if (!response.ok) {
+      $("#det-state").textContent = response.status === 401 ? "viewing detections needs the operator token: enter it above"
+        : await errorText(response);
+      return;
+    }
+    const data = await response.json();
+    det.shown = asked;
+    window.ghostpiStats.detections.fetches++;
+    $("#det-state").textContent = "";
+    renderDetections(data);
+  } catch (err) {
+    $("#det-state").textContent = "could not load detections: " + err.message;
+  } finally {
+    det.inflight = false;
+    if (det.again || det.version !== det.shown) loadDetections();
+  }
+}
+
+function setOptions(select, values, all) {
+  const current = select.value;
+  const want = [""].concat(values);
+  if (current && !want.includes(current)) want.push(current); // a filter stays chosen while nothing matches it
+  const have = [...select.options].map((o) => o.value);
+  if (have.join("\n") === want.join("\n")) return;
+  select.replaceChildren(...want.map((v) => new Option(v || all, v)));
+  select.value = current;
+}
+
+const clock = (t) => {
+  const d = new Date(t * 1000);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString();
+};
+const span = (cls) => Object.assign(document.createElement("span"), { className: cls });
+
+function detectionRow(d) {
+  const key = d.node + "/" + d.id;
+  let li = det.rows.get(key);
+  if (!li) {
+    li = document.createElement("li");
+    li.dataset.node = d.node;
+    li.dataset.id = d.id;
+    li.append(span("when"), span("node"), span("rule"), span("label"), span("conf"), span("dur"), span("frames"),
+      span("reason"), span("pic"));
+    det.rows.set(key, li);
+  }
+  const text = [clock(d.started), d.node, d.rule, d.label || "–",
+    typeof d.peak_confidence === "number" ? (d.peak_confidence * 100).toFixed(0) + "%" : "–",
+    d.open ? "open" : (typeof d.duration_s === "number" ? d.duration_s.toFixed(1) + " s" : "–"),
+    typeof d.frames === "number" ? String(d.frames) : "–", d.open ? "" : (d.reason || "")];
+  const key2 = text.join("\u0000") + (d.snapshot ? "\u0000s" : "");
+  if (li.dataset.key !== key2) {
+    li.dataset.key = key2;
+    li.dataset.rule = d.rule;
+    li.className = d.open ? "open" : "";
+    text.forEach((t, i) => { li.children[i].textContent = t; });
+    li.title = `${d.node} · ${d.rule} · ${d.id}${d.open ? " (open)" : ""}`;
+    if (!d.snapshot) { li.children[8].replaceChildren(); delete li.dataset.thumb; }
+  }
+  if (d.snapshot && !li.dataset.thumb) { li.dataset.thumb = "wanted"; thumbObserver.observe(li); }
+  return li;
+}
+
+function renderDetections(data) {
+  det.data = data;
+  setOptions($("#det-node"), data.nodes, "all nodes");
+  setOptions($("#det-rule"), data.rules, "all rules");
+  const rows = data.detections.map(detectionRow);
+  const wanted = new Set(rows);
+  for (const [key, li] of det.rows) if (!wanted.has(li)) { det.rows.delete(key); thumbObserver.unobserve(li); }
+  $("#det-list").replaceChildren(...rows);
+  const shown = data.detections.length;
+  const open = data.detections.filter((d) => d.open).length;
+  $("#det-count").textContent = `${shown < data.matching ? `newest ${shown} of ` : ""}${data.matching}` +
+    ` matching · ${open} open · ${data.kept} kept`;
+  const dropped = [];
+  if (data.dropped) dropped.push(`${data.dropped} older dropped (EDGE_DASHBOARD__DETECTIONS_KEPT ${data.max_kept})`);
+  if (data.thumbnails_dropped) dropped.push(`${data.thumbnails_dropped} snapshots dropped`);
+  if (data.bad_payloads) dropped.push(`${data.bad_payloads} bad payloads`);
+  $("#det-reach").textContent = (data.oldest != null ? `as far back as this dashboard has seen: ${clock(data.oldest)}`
+    : "none seen yet since this dashboard started") + (dropped.length ? " · " + dropped.join(", ") : "");
+  drawStrip(data);
+  window.ghostpiStats.detections.rendered = rows.length;
+  window.ghostpiStats.detections.matching = data.matching;
+}
+
+// One lane per rule, one bar per detection from its start to its end (or now, while open).
+function drawStrip(data) {
+  const canvas = $("#det-strip");
+  const w = canvas.clientWidth || canvas.width;
+  if (canvas.width !== w) canvas.width = w;
+  const h = canvas.height;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, w, h);
+  const list = data.detections;
+  if (!list.length) return;
+  const now = Date.now() / 1000 + app.offset;
+  let start = list[list.length - 1].started;
+  const range = $("#det-range").value;
+  if (range && range !== "custom") start = now - Number(range);
+  const width = Math.max(1, now - start);
+  const lanes = data.rules.length || 1;
+  const laneH = Math.max(2, Math.floor((h - 2) / Math.min(lanes, 8)));
+  for (const d of list) {
+    const lane = Math.max(0, data.rules.indexOf(d.rule)) % 8;
+    const x0 = ((d.started - start) / width) * w;
+    const x1 = (((d.open ? now : (d.ended || d.started)) - start) / width) * w;
+    ctx.fillStyle = RULE_COLOURS[lane];
+    ctx.globalAlpha = d.open ? 0.4 : 1; // open: it may end any moment, or its node may have stopped
+    ctx.fillRect(x0, 1 + lane * laneH, Math.max(2, x1 - x0), laneH - 1);
+  }
+  ctx.globalAlpha = 1;
+  canvas.title = `${clock(start)} to now; one lane per rule: ${data.rules.slice(0, 8).join(", ")}`;
+}
+
+// Snapshots need the token (a camera image): fetched with it, only for rows on screen, shown from blob URLs.
+const thumbObserver = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    thumbObserver.unobserve(entry.target);
+    loadThumb(entry.target);
+  }
+});
+
+async function loadThumb(li) {
+  li.dataset.thumb = "loading";
+  const pic = li.children[8];
+  if (!token()) {
+    pic.replaceChildren(Object.assign(span("lock dim"), { textContent: "🔒 token", title: "snapshots need the operator token" }));
+    return;
+  }
+  let response;
+  try {
+    response = await fetch(`/api/detections/${encodeURIComponent(li.dataset.node)}/${encodeURIComponent(li.dataset.id)}.jpg`,
+      { headers: authHeaders(), cache: "no-store" });
+  } catch { return; }
+  if (!response.ok) { pic.replaceChildren(Object.assign(span("lock dim"), { textContent: "–", title: await errorText(response) })); return; }
+  const url = URL.createObjectURL(await response.blob());
+  const img = Object.assign(document.createElement("img"), { className: "thumb", alt: "snapshot", src: url });
+  img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true }); // the picture stays decoded
+  img.addEventListener("error", () => URL.revokeObjectURL(url), { once: true });
+  pic.replaceChildren(img);
+  window.ghostpiStats.detections.thumbnails++;
+}
+
+// A token entered after the rows were drawn: the thumbnails it was missing are fetched again.
+function retryThumbs() {
+  det.shown = -1; // and the list is asked for again (viewing may have needed the token too)
+  for (const li of det.rows.values()) {
+    if (li.dataset.thumb === "loading" && !li.querySelector("img")) {
+      delete li.dataset.thumb;
+      li.children[8].replaceChildren();
+    }
+  }
+}
+
+function showNodeDetections(name) {
+  const select = $("#det-node");
+  if (![...select.options].some((o) => o.value === name)) select.append(new Option(name, name));
+  select.value = name;
+  $("#timeline").open = true;
+  $("#timeline").scrollIntoView({ block: "start" });
+  loadDetections(true);
+}
+
+function wireTimeline() {
+  const refilter = () => {
+    $("#det-custom").hidden = $("#det-range").value !== "custom";
+    loadDetections(true);
+  };
+  for (const id of ["#det-node", "#det-rule", "#det-range", "#det-since", "#det-until"]) {
+    $(id).addEventListener("change", refilter);
+  }
+  setInterval(() => { // relative ranges move with the clock; open detections grow on the strip
+    if (det.data && ($("#det-range").value || det.data.open)) {
+      if ($("#det-range").value && $("#det-range").value !== "custom") loadDetections();
+      else drawStrip(det.data);
+    }
+  }, 10000);
+}
+
 // --- start ---------------------------------------------------------------------------------------------
 
 async function loadConfig() {
@@ -568,6 +800,7 @@ function start() {
     if (value) sessionStorage.setItem(TOKEN_KEY, value);
     $("#token").value = "";
     await loadConfig();
+    retryThumbs();
     connect();
   });
   $("#token-forget").addEventListener("click", async () => {
@@ -578,6 +811,7 @@ function start() {
     button.addEventListener("click", () => fleetAction({ cmd: "set_mode", mode: button.dataset.mode }));
   }
   $("#fleet-ping").addEventListener("click", () => fleetAction({ cmd: "ping" }));
+  wireTimeline();
   $(".fleet-update .update-form").addEventListener("submit", (e) => {
     e.preventDefault();
     fleetAction(updateBody(e.target));
