@@ -335,6 +335,11 @@ class DashboardConfig(_Section):
     detections_kept: int = Field(
         5000, ge=10, le=50_000, description="detections kept for the timeline (the earliest arrived go first)"
     )
+    detections_history: bool = Field(
+        False,
+        description="the timeline also shows the recorder's detections (the database `edge-node history` reads: "
+        "EDGE_RECORD__DSN or its SQLite file), reaching back as far as the history does",
+    )
     detection_thumbnail_bytes: int = Field(
         32_000_000, ge=0, le=1_000_000_000, description="bytes of detection snapshots kept (the oldest go first)"
     )

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -64,7 +65,15 @@ def _handle(args: argparse.Namespace) -> int:
     # Printed only to a person's terminal; otherwise (a journal, a log file keeps what is printed) in a file.
     in_link = generated and sys.stdout.isatty()
     token_path = write_token_file(settings.state_dir, token) if generated and not in_link else None
-    dashboard = Dashboard(cfg, settings.mqtt, args.prefix or settings.topic_prefix, token, exposed)
+    history = None
+    if cfg.detections_history:  # the timeline reaches back as far as the recorder's database
+        from edge_node.dashboard.history import TimelineHistory
+        from edge_node.record.store import default_path, open_store
+
+        rec = settings.record
+        where = "EDGE_RECORD__DSN" if rec.resolved_dsn() else str(rec.path or default_path(settings.state_dir))
+        history = TimelineHistory(partial(open_store, rec, settings.state_dir, create=False), where)
+    dashboard = Dashboard(cfg, settings.mqtt, args.prefix or settings.topic_prefix, token, exposed, history)
 
     def ready(url: str) -> None:
         if bind in ("0.0.0.0", "::"):

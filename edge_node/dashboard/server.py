@@ -36,6 +36,7 @@ from edge_node.config import DashboardConfig, MqttConfig
 from edge_node.dashboard.board import STREAMED, Board
 from edge_node.dashboard.detections import IDENT, MAX_LIMIT, RULE_NAME, Detections, Query
 from edge_node.dashboard.exposure import Exposure, host_name
+from edge_node.dashboard.history import TimelineHistory, merged
 from edge_node.dashboard.inbox import NODE_ID, Inbox
 from edge_node.dashboard.limits import RateLimit, client_key
 from edge_node.dashboard.security import SECURITY_HEADERS, TokenGate, Verdict, cross_site_reason
@@ -122,9 +123,16 @@ class Dashboard:
     """Owns the board, the MQTT client, the browsers' queues and the push task."""
 
     def __init__(
-        self, cfg: DashboardConfig, mqtt: MqttConfig, prefix: str, token: str | None, exposure: Exposure
+        self,
+        cfg: DashboardConfig,
+        mqtt: MqttConfig,
+        prefix: str,
+        token: str | None,
+        exposure: Exposure,
+        history: TimelineHistory | None = None,
     ) -> None:
         self.cfg = cfg
+        self.history = history  # the recorder's detections, when EDGE_DASHBOARD__DETECTIONS_HISTORY is on
         self.mqtt_cfg = mqtt
         self.prefix = prefix
         self.exposure = exposure
@@ -419,7 +427,11 @@ class Dashboard:
             query = _detection_query(request.query)
         except ValueError as exc:
             return _error(400, str(exc))
-        return web.Response(body=self.timeline(query), content_type="application/json")
+        if self.history is None:
+            return web.Response(body=self.timeline(query), content_type="application/json")
+        past = await self.history.detections(query)  # answers within its timeout, or None
+        body = _dumps(merged(self.detections.query(query), past, query.limit)).encode()
+        return web.Response(body=body, content_type="application/json")
 
     def timeline(self, query: Query) -> bytes:
         """The answer to ``query``, encoded once per store version for every browser that asks the same (each
@@ -537,6 +549,8 @@ async def run_dashboard(
     tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until ``stop`` is set; ``ready`` gets the URL once the port is open."""
+    if dashboard.history is not None:
+        await dashboard.history.start()  # a missing history database stops the start here, saying what to do
     dashboard.mqtt.start_background()
     runner = web.AppRunner(dashboard.app(), handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
@@ -553,3 +567,5 @@ async def run_dashboard(
     finally:
         await runner.cleanup()
         await asyncio.to_thread(dashboard.mqtt.stop)
+        if dashboard.history is not None:
+            await dashboard.history.close()

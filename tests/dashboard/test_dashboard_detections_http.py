@@ -134,3 +134,50 @@ def test_the_timeline_needs_the_token_where_viewing_does(mosquitto: Mosquitto, t
     finally:
         node.close()
         dash.close()
+
+
+def test_with_the_recorders_history_the_timeline_reaches_back_days(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """EDGE_DASHBOARD__DETECTIONS_HISTORY: the timeline adds the recorder's detections to what the dashboard saw;
+    one both know is shown once, as the dashboard saw it (with its thumbnail)."""
+    from edge_node.record.rows import to_row
+    from edge_node.record.sqlite import SqliteStore
+
+    now = time.time()
+    old, both = start("porch", "cat", now - 2 * 86400), start("door", "cat", now - 60, snapshot=True)
+    rows = [to_row(d.node, "detections", d.to_bytes(), now) for d in (old, end(old), both, end(both))]
+    db = tmp_path / "history.db"
+    store = SqliteStore(db)
+    store.write([r for r in rows if r is not None])
+    store.close()
+    dash = DashboardProcess(
+        mosquitto.port, tmp_path, EDGE_DASHBOARD__DETECTIONS_HISTORY="true", EDGE_RECORD__PATH=str(db)
+    )
+    node = Collector(mosquitto.port, ("ghostpi/none",))
+    try:
+        live = start("yard", "bird", now - 5)
+        for d in (both, end(both), live):
+            node.publish(f"ghostpi/{d.node}/detections", d.to_bytes())
+        node.publish(f"ghostpi/door/detections/snapshot/{both.id}", jpeg())
+        _until_kept(dash, 2)
+        status, data = _get(dash, since=now - 3 * 86400)
+        assert status == 200 and data["history"] == "ok", data
+        rows_shown = data["detections"]
+        assert [r["id"] for r in rows_shown] == [live.id, both.id, old.id] and data["matching"] == 3
+        assert rows_shown[1]["snapshot"] is True and "source" not in rows_shown[1]  # the dashboard's own copy
+        assert rows_shown[2]["source"] == "history" and rows_shown[2]["snapshot"] is False
+        assert rows_shown[2]["duration_s"] == 2.0 and rows_shown[2]["open"] is False
+        assert [r["id"] for r in _get(dash, node="porch", since=now - 3 * 86400)[1]["detections"]] == [old.id]
+        assert [r["id"] for r in _get(dash, since=now - 3600)[1]["detections"]] == [live.id, both.id]
+    finally:
+        node.close()
+        dash.close()
+
+
+def test_detections_history_without_a_database_says_what_to_do(tmp_path: Path) -> None:
+    from tests.support.paths import clean_env, run_cli
+
+    env = clean_env(
+        EDGE_DASHBOARD__DETECTIONS_HISTORY="true", EDGE_STATE_DIR=str(tmp_path), EDGE_DASHBOARD__TOKEN=TOKEN
+    )
+    out = run_cli("dashboard", "--port", "0", env=env)
+    assert out.returncode != 0 and "run `edge-node record` first" in out.stderr, out.stderr
