@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -53,10 +54,19 @@ def connect(cluster: NatsCluster, pki: Authority) -> Iterator[Callable[..., Clie
     def make(cn: str, server: int = 0, client_id: str | None = None) -> Client:
         cert, key = pki.issue(cn)
         cfg = MqttConfig(tls=True, ca_file=pki.ca_file, cert_file=cert, key_file=key)
-        client = Client(cluster.mqtt_ports[server], cfg, client_id or f"ghostpi-{cn}", protocol=paho.MQTTv311)
-        clients.append(client)
-        assert client.settled.wait(10)
-        assert client.connected.is_set(), client.refused
+        deadline = time.monotonic() + 45
+        while True:
+            client = Client(cluster.mqtt_ports[server], cfg, client_id or f"ghostpi-{cn}", protocol=paho.MQTTv311)
+            clients.append(client)
+            assert client.settled.wait(15)
+            if client.connected.is_set() or client.refused is not None or time.monotonic() > deadline:
+                break
+            # Dropped before its CONNACK, not refused: a fresh cluster closes MQTT connections until the account's
+            # MQTT streams exist (R3, each with its own leader election; slow on a loaded CI). Nodes reconnect,
+            # and so does this client.
+            client.close()
+            time.sleep(0.5)
+        assert client.connected.is_set(), (client.refused, client.disconnects)
         return client
 
     yield make

@@ -221,6 +221,7 @@ def measure_fleet(port: int, cwd: Path, *, nodes: int, rate: float, seconds: flo
             "latency_max_s": round(max(latencies), 3),
             "over_1s": sum(x > 1.0 for x in latencies),
             "server_lag_median_s": round(_percentile(lags, 0.5), 3),
+            "server_lag_p95_s": round(_percentile(lags, 0.95), 3),
             "render_ms_median": round(_percentile(frames, 0.5), 1),
             "render_ms_p95": round(_percentile(frames, 0.95), 1),
             "frames": len(frames),
