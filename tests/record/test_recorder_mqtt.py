@@ -170,7 +170,8 @@ def test_the_recorder_fails_over_along_the_server_list_and_comes_back_after_a_br
                 _wait_subscribed(bus, [rec])
                 for _ in range(20):
                     bus.publish(Topics(PREFIX, "gate").predictions, sim.prediction(), qos=1)
-                wait_until(lambda n=20 * round_: _sqlite_count(db, "predictions") >= n, 60, "the rows", rec)
+                want = 20 * round_
+                wait_until(lambda: _sqlite_count(db, "predictions") >= want, 60, "the rows", rec)  # noqa: B023
             finally:
                 bus.close()
             if round_ == 1:
