@@ -38,7 +38,7 @@ def _row(node: str, leaf: str, data: Mapping[str, float | str]) -> Row:
 
 def fill(store: Store, now: float) -> None:
     """Node "door": a heartbeat every 5 min for 30 h, at 10 fps and 40 ms except during the epoch hour that
-    began 5 hours before ``now``'s (20 fps, 80 ms), the predictions of _PAST and two "cat"s a minute ago.
+    began 5 hours before ``now``'s (20 fps, 60 ms), the predictions of _PAST and two "cat"s a minute ago.
     Node "yard": a heartbeat at 99 fps and 50 "cat"s two hours ago, which no answer about "door" may show."""
     hour = math.floor(now / 3600) * 3600
     peak = hour - 5 * 3600
@@ -47,7 +47,7 @@ def fill(store: Store, now: float) -> None:
     for k in range(30 * 12):
         ts = now - 1 - k * 300
         hot = peak <= ts < peak + 3600
-        beat = {"ts": ts, "fps": 20.0 if hot else 10.0, "inference_ms_avg": 80.0 if hot else 40.0,
+        beat = {"ts": ts, "fps": 20.0 if hot else 10.0, "inference_ms_avg": 60.0 if hot else 40.0,
                 "cpu_temp_c": 50.0, "rss_mb": 120.0}  # fmt: skip
         rows.append(_row("door", "heartbeat", beat))
     for ago, counts in _PAST.items():
