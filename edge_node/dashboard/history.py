@@ -82,8 +82,9 @@ class NodeHistory(BaseModel):
 
 
 def node_history(history: History, node: str, range_name: str, now: float) -> NodeHistory:
-    """A node's chart (``POINTS`` buckets at most, aligned to their size) and hourly label counts (the hours
-    the range touches, ``TOP_LABELS`` labels) over the last ``range_name``; runs where the store lives."""
+    """A node's chart (``POINTS`` buckets at most, aligned to their size) and hourly label counts (each hour
+    with predictions from the range's first whole hour, ``TOP_LABELS`` labels) over the last ``range_name``;
+    runs where the store lives."""
     seconds = RANGES[range_name]
     step = TimeRange(now - seconds, now).bucket(POINTS)
     buckets = math.ceil(seconds / step)

@@ -542,8 +542,9 @@ function renderHourly(node) {
     return;
   }
   const rows = past.hourly_labels;
-  $("#nh-state").textContent = rows.length ? `${rows.length} hours from ${hourText(past.hours_since)}; the recorder's ` +
-    `predictions, the ${past.labels.length} most frequent labels` : "the recorder has no predictions of this node in this range";
+  $("#nh-state").textContent = rows.length ? `the recorder's predictions since ${hourText(past.hours_since)}: ` +
+    `${rows.length} hours with some, the ${past.labels.length} most frequent labels`
+    : "the recorder has no predictions of this node in this range";
   const tr = document.createElement("tr");
   for (const name of ["hour", ...past.labels, "other", "all"]) {
     tr.append(Object.assign(document.createElement("th"), { textContent: name, title: name }));
