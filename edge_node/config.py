@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -335,10 +336,12 @@ class DashboardConfig(_Section):
     detections_kept: int = Field(
         5000, ge=10, le=50_000, description="detections kept for the timeline (the earliest arrived go first)"
     )
-    detections_history: bool = Field(
+    history: bool = Field(
         False,
-        description="the timeline also shows the recorder's detections (the database `edge-node history` reads: "
-        "EDGE_RECORD__DSN or its SQLite file), reaching back as far as the history does",
+        # the old name, from when only the timeline read the recorder, still works (_RENAMED)
+        validation_alias=AliasChoices("history", "detections_history"),
+        description="read the recorder's database (the one `edge-node history` reads: EDGE_RECORD__DSN or its "
+        "SQLite file): the timeline reaches back as far as it does, the charts show 1 h, 24 h and 7 days",
     )
     detection_thumbnail_bytes: int = Field(
         32_000_000, ge=0, le=1_000_000_000, description="bytes of detection snapshots kept (the oldest go first)"
@@ -513,8 +516,12 @@ def setting_names(model: type[BaseModel] = Settings, prefix: str = "EDGE_") -> d
     return out
 
 
+# Settings renamed: the old name still works (the model takes it as an alias), so it is no typo.
+_RENAMED = {"EDGE_DASHBOARD__DETECTIONS_HISTORY": "EDGE_DASHBOARD__HISTORY"}
+
+
 def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    known = setting_names() | {ENV_FILE_VARIABLE: None}
+    known = setting_names() | {ENV_FILE_VARIABLE: None} | dict.fromkeys(_RENAMED)
     problems = []
     for key in sorted(k for k in environ if k.upper().startswith("EDGE_")):
         if key.upper() not in known:
