@@ -27,6 +27,7 @@ from edge_node.record.store import Store
 
 __all__ = [
     "POINTS",
+    "QUERY_TIMEOUT",
     "RANGES",
     "TOP_LABELS",
     "HourCounts",
@@ -106,10 +107,13 @@ def node_history(history: History, node: str, range_name: str, now: float) -> No
     )  # fmt: skip
 
 
+QUERY_TIMEOUT = 5.0  # seconds a request waits for the database; PostgreSQL also cancels a statement after it
+
+
 class RecorderHistory:
     """The recorder's database, for the dashboard: ``/api/detections`` and ``/api/nodes/<node>/history``."""
 
-    def __init__(self, open_store: Callable[[], Store], where: str, timeout: float = 5.0) -> None:
+    def __init__(self, open_store: Callable[[], Store], where: str, timeout: float = QUERY_TIMEOUT) -> None:
         self.where = where  # for messages: the database's place (never its password)
         self.timeout = timeout
         self.failures = 0  # queries that failed or timed out since the start
