@@ -37,6 +37,7 @@ from edge_node.errors import MqttError
 from edge_node.fleet.signals import loop_signals
 from edge_node.fleet.simnode import SimNode
 from edge_node.mqtt.connect import DEFAULT_HOST, aiomqtt_client, describe, halt
+from edge_node.mqtt.link import SUBSCRIBE_QOS
 from edge_node.mqtt.servers import Backoff, ServerOrder
 from edge_node.wire import OFFLINE, ONLINE, Event, Topics
 
@@ -177,7 +178,7 @@ class SimulatedFleet:
                 await client.__aenter__()
             await client.publish(topics.status, ONLINE, qos=1, retain=True)
             await client.publish(topics.state, node.sim.state(), qos=1, retain=True)
-            await client.subscribe([(topics.control, 1), (topics.fleet_control, 1)])
+            await client.subscribe([(topics.control, SUBSCRIBE_QOS), (topics.fleet_control, SUBSCRIBE_QOS)])
         except aiomqtt.MqttError as exc:
             log.info("simulated node %s could not connect to %s: %s", node.sim.node_id, node.order.current, exc)
             with contextlib.suppress(aiomqtt.MqttError):

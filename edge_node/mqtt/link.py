@@ -42,7 +42,7 @@ from edge_node.mqtt.connect import DEFAULT_HOST, aiomqtt_client, halt
 from edge_node.mqtt.servers import Backoff, ServerOrder
 from edge_node.wire import OFFLINE, ONLINE, Topics
 
-__all__ = ["Inbound", "Link", "Outgoing"]
+__all__ = ["SUBSCRIBE_QOS", "Inbound", "Link", "Outgoing"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,13 @@ PUBLISH_TIMEOUT = 10.0
 SHUTDOWN_FLUSH = 5.0  # seconds a clean shutdown waits for queued events and state to reach the broker
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported protocol version" (3.1.1's return code 1, as paho maps it)
 SUBSCRIBE_RETRY = 2.0  # seconds before a refused subscription is asked for again (doubling up to reconnect_max)
+# The node's subscriptions (its control topics, Home Assistant's) are QoS 0. Its session is clean, so a QoS 1
+# subscription would promise nothing more: what is sent while the node is away is not kept either way, and over
+# one TCP connection nothing is lost. On NATS each QoS 1 subscription is a replicated JetStream consumer (a Raft
+# group of its own): at 2,000 nodes the 4,000 consumers kept a fresh 3-server cluster from taking half of the
+# first connects, and every consumer led by a killed server had to elect a new leader before its node could
+# subscribe again (docs/benchmarks.md). A QoS 1 command is delivered to a QoS 0 subscription at QoS 0.
+SUBSCRIBE_QOS = 0
 DENIAL_LOG_EVERY = 60.0  # seconds between two warnings about refused publishes to the same topic
 
 
@@ -320,16 +327,17 @@ class Link:
             self._fast.clear()
 
     async def _subscribe(self, client: aiomqtt.Client, topic: str) -> bool:
-        granted = await client.subscribe(topic, qos=1, timeout=PUBLISH_TIMEOUT)
+        granted = await client.subscribe(topic, qos=SUBSCRIBE_QOS, timeout=PUBLISH_TIMEOUT)
         failures = [code for code in granted if _is_failure(code)]
         for code in failures:
             self._refused(topic, f"subscription refused: {code}")
         return not failures
 
     async def _subscribe_again(self, client: aiomqtt.Client, topics: list[str]) -> None:
-        """A refused subscription is asked for again, with backoff: a NATS cluster refuses QoS 1 subscriptions
-        while it elects new JetStream leaders after losing a server, and a node must not stay deaf to commands
-        until its next reconnect. (An ACL's refusal stays a refusal; the retries only repeat the warning.)"""
+        """A refused subscription is asked for again, with backoff: a broker may refuse one for a while (a NATS
+        cluster refused QoS 1 subscriptions while it elected new JetStream leaders after losing a server), and a
+        node must not stay deaf to commands until its next reconnect. (An ACL's refusal stays a refusal; the
+        retries only repeat the warning.)"""
         delay = SUBSCRIBE_RETRY
         while topics:
             await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
