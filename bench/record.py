@@ -7,8 +7,9 @@ Parts (``--part``, several allowed):
   sustains, apart from MQTT.
 
 - ``write``: a private mosquitto; ``--messages`` predictions from 200 simulated node ids published (QoS 0) as
-  fast as one paho client can; 1 and then 2 recorders (one ``$share`` group) into a fresh PostgreSQL database
-  and into SQLite. Reported: rows recorded, rows/s from the first publish to the last commit, the recorders'
+  fast as one paho client can, or at ``--rate`` per second (what a recorder sustains); ``--recorders`` (1 and
+  then 2) recorders in one ``$share`` group at MQTT ``--protocol`` into a fresh PostgreSQL database and into
+  SQLite. Reported: rows recorded, rows/s from the first publish to the last commit, the recorders'
   own publish-to-commit lag p50/p95 (their heartbeats), CPU (% of one core over the run) and peak RSS each.
 - ``query``: a fresh PostgreSQL database filled with ``--rows`` predictions by ``generate_series`` (116 nodes at
   1 Hz for 24 h is 10,022,400 rows) plus their heartbeats every 10 s; then ``edge-node history --node X
@@ -101,8 +102,9 @@ def _count(dsn: str | None, db: Path | None) -> int:
         lite.close()
 
 
-def _blast(port: int, messages: int) -> float:
-    """Publish ``messages`` predictions (QoS 0) from 200 node ids; returns the seconds it took."""
+def _blast(port: int, messages: int, rate: float = 0.0) -> float:
+    """Publish ``messages`` predictions (QoS 0) from 200 node ids, at ``rate`` per second if given; returns the
+    seconds it took."""
     sims = [SimNode(f"b{i:03d}", rng=random.Random(i)) for i in range(200)]
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-blast-{os.getpid()}")
     client.max_queued_messages_set(0)
@@ -114,13 +116,17 @@ def _blast(port: int, messages: int) -> float:
         info = client.publish(f"{PREFIX}/{sim.node_id}/predictions", sim.prediction(), qos=0)
         if i % 2000 == 1999:
             info.wait_for_publish(30)
+        if rate and i % 100 == 99 and (ahead := t0 + (i + 1) / rate - time.monotonic()) > 0:
+            time.sleep(ahead)
     took = time.monotonic() - t0
     client.loop_stop()
     client.disconnect()
     return took
 
 
-def write_run(work: Path, store: str, recorders: int, messages: int) -> dict[str, Any]:
+def write_run(
+    work: Path, store: str, recorders: int, messages: int, rate: float = 0.0, protocol: str = "3.1.1"
+) -> dict[str, Any]:
     broker = Mosquitto(work / f"mq-{store}-{recorders}").start()
     beats = Beats(broker.port)
     db = work / f"{store}-{recorders}" / "state" / "history.db"
@@ -131,6 +137,7 @@ def write_run(work: Path, store: str, recorders: int, messages: int) -> dict[str
         env = {"EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(broker.port)}
         env |= {"EDGE_RECORD__DSN": dsn} if dsn else {"EDGE_RECORD__PATH": str(db)}
         env |= {"EDGE_RECORD__COMMIT_INTERVAL": "1.0", "EDGE_RECORD__HEARTBEAT_INTERVAL": "1"}
+        env |= {"EDGE_RECORD__PROTOCOL": protocol}
         procs = [RecorderProcess(work / f"{store}-{recorders}", f"r{i}", env).start() for i in range(recorders)]
         deadline = time.monotonic() + 120
         while len(beats.latest) < recorders:
@@ -138,7 +145,7 @@ def write_run(work: Path, store: str, recorders: int, messages: int) -> dict[str
             time.sleep(0.2)
         sampler = Sampler({p.name: p.proc.pid for p in procs if p.proc is not None}, every=0.5)
         t0 = time.monotonic()
-        blast_s = _blast(broker.port, messages)
+        blast_s = _blast(broker.port, messages, rate)
         last, last_change, n = -1, time.monotonic(), 0
         while time.monotonic() - last_change < 5.0:
             n = _count(dsn, db)
@@ -154,6 +161,7 @@ def write_run(work: Path, store: str, recorders: int, messages: int) -> dict[str
         return {
             "store": store,
             "recorders": recorders,
+            "protocol": protocol,
             "published": messages,
             "publish_s": round(blast_s, 2),
             "offered_per_s": round(messages / blast_s),
@@ -355,6 +363,9 @@ def main() -> None:
     parser.add_argument("--part", nargs="+", choices=["store", "write", "query", "cluster"], default=["write", "query"])
     parser.add_argument("--messages", type=int, default=100_000, help="write: predictions published per run")
     parser.add_argument("--stores", nargs="+", default=["postgres", "sqlite"])
+    parser.add_argument("--rate", type=float, default=0.0, help="write: predictions/s offered (0: as fast as possible)")
+    parser.add_argument("--recorders", nargs="+", type=int, default=[1, 2], help="write: recorders per run")
+    parser.add_argument("--protocol", nargs="+", default=["3.1.1"], choices=["3.1.1", "5"], help="write: MQTT version")
     parser.add_argument("--store-rows", type=int, default=200_000, help="store: rows through the writer")
     parser.add_argument("--rows", type=int, default=10_000_000, help="query: predictions in the table")
     parser.add_argument("--repeat", type=int, default=5)
@@ -368,7 +379,12 @@ def main() -> None:
     if "store" in args.part:
         result["store"] = store_run(work, args.store_rows)
     if "write" in args.part:
-        result["write"] = [write_run(work, store, n, args.messages) for store in args.stores for n in (1, 2)]
+        result["write"] = [
+            write_run(work, store, n, args.messages, args.rate, protocol)
+            for protocol in args.protocol
+            for store in args.stores
+            for n in args.recorders
+        ]
         for r in result["write"]:
             print(json.dumps(r), file=sys.stderr, flush=True)
     if "query" in args.part:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -335,10 +336,12 @@ class DashboardConfig(_Section):
     detections_kept: int = Field(
         5000, ge=10, le=50_000, description="detections kept for the timeline (the earliest arrived go first)"
     )
-    detections_history: bool = Field(
+    history: bool = Field(
         False,
-        description="the timeline also shows the recorder's detections (the database `edge-node history` reads: "
-        "EDGE_RECORD__DSN or its SQLite file), reaching back as far as the history does",
+        # the old name, from when only the timeline read the recorder, still works (_RENAMED)
+        validation_alias=AliasChoices("history", "detections_history"),
+        description="read the recorder's database (the one `edge-node history` reads: EDGE_RECORD__DSN or its "
+        "SQLite file): the timeline reaches back as far as it does, the charts show 1 h, 24 h and 7 days",
     )
     detection_thumbnail_bytes: int = Field(
         32_000_000, ge=0, le=1_000_000_000, description="bytes of detection snapshots kept (the oldest go first)"
@@ -425,7 +428,15 @@ class RecordConfig(_Section):
     max_queue: int = Field(200_000, ge=100, le=10_000_000, description="rows waiting; beyond it rows are dropped")
     heartbeat_interval: float = Field(10.0, ge=0.5, le=3600)
     session_expiry: int = Field(
-        86400, ge=0, description="seconds the broker keeps this recorder's QoS 1 messages while it is away"
+        86400, ge=0, description="MQTT 5: seconds the broker keeps this recorder's QoS 1 messages while it is away"
+    )
+    protocol: Literal["3.1.1", "5"] = Field(
+        "3.1.1",
+        description="the recorder's MQTT version (EDGE_MQTT__PROTOCOL is not used): 3.1.1 costs paho less than half "
+        "the CPU per message, and mosquitto, EMQX and HiveMQ share subscriptions at both",
+    )
+    shared: bool = Field(
+        True, description="subscribe in the $share group; false for a broker without shared subscriptions"
     )
 
     @field_validator("nats_servers", mode="before")
@@ -505,8 +516,12 @@ def setting_names(model: type[BaseModel] = Settings, prefix: str = "EDGE_") -> d
     return out
 
 
+# Settings renamed: the old name still works (the model takes it as an alias), so it is no typo.
+_RENAMED = {"EDGE_DASHBOARD__DETECTIONS_HISTORY": "EDGE_DASHBOARD__HISTORY"}
+
+
 def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    known = setting_names() | {ENV_FILE_VARIABLE: None}
+    known = setting_names() | {ENV_FILE_VARIABLE: None} | dict.fromkeys(_RENAMED)
     problems = []
     for key in sorted(k for k in environ if k.upper().startswith("EDGE_")):
         if key.upper() not in known:

@@ -66,13 +66,15 @@ def _handle(args: argparse.Namespace) -> int:
     in_link = generated and sys.stdout.isatty()
     token_path = write_token_file(settings.state_dir, token) if generated and not in_link else None
     history = None
-    if cfg.detections_history:  # the timeline reaches back as far as the recorder's database
-        from edge_node.dashboard.history import TimelineHistory
+    if cfg.history:  # the timeline and the charts reach back as far as the recorder's database
+        from edge_node.dashboard.history import QUERY_TIMEOUT, RecorderHistory
         from edge_node.record.store import default_path, open_store
 
         rec = settings.record
         where = "EDGE_RECORD__DSN" if rec.resolved_dsn() else str(rec.path or default_path(settings.state_dir))
-        history = TimelineHistory(partial(open_store, rec, settings.state_dir, create=False), where)
+        # A statement that outlives the request is cancelled by the server: it would hold the reader's one thread.
+        opener = partial(open_store, rec, settings.state_dir, create=False, statement_timeout=QUERY_TIMEOUT)
+        history = RecorderHistory(opener, where)
     dashboard = Dashboard(cfg, settings.mqtt, args.prefix or settings.topic_prefix, token, exposed, history)
 
     def ready(url: str) -> None:

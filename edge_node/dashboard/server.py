@@ -36,7 +36,7 @@ from edge_node.config import DashboardConfig, MqttConfig
 from edge_node.dashboard.board import STREAMED, Board
 from edge_node.dashboard.detections import IDENT, MAX_LIMIT, RULE_NAME, Detections, Query
 from edge_node.dashboard.exposure import Exposure, host_name
-from edge_node.dashboard.history import TimelineHistory, merged
+from edge_node.dashboard.history import RANGES, RecorderHistory, merged
 from edge_node.dashboard.inbox import NODE_ID, Inbox
 from edge_node.dashboard.limits import RateLimit, client_key
 from edge_node.dashboard.security import SECURITY_HEADERS, TokenGate, Verdict, cross_site_reason
@@ -129,10 +129,10 @@ class Dashboard:
         prefix: str,
         token: str | None,
         exposure: Exposure,
-        history: TimelineHistory | None = None,
+        history: RecorderHistory | None = None,
     ) -> None:
         self.cfg = cfg
-        self.history = history  # the recorder's detections, when EDGE_DASHBOARD__DETECTIONS_HISTORY is on
+        self.history = history  # the recorder's database, when EDGE_DASHBOARD__HISTORY is on
         self.mqtt_cfg = mqtt
         self.prefix = prefix
         self.exposure = exposure
@@ -283,6 +283,7 @@ class Dashboard:
         app.router.add_get("/api/config", self.config)
         app.router.add_get("/api/stream", self.stream)
         app.router.add_get("/api/nodes/{node}/snapshot.jpg", self.snapshot)
+        app.router.add_get("/api/nodes/{node}/history", self.node_history)
         app.router.add_get("/api/detections", self.detection_list)
         app.router.add_get("/api/detections/{node}/{ident}.jpg", self.detection_thumbnail)
         app.router.add_post("/api/nodes/{target}/command", self.command)
@@ -350,6 +351,7 @@ class Dashboard:
                 "view_requires_token": self.exposure.view_needs_token,
                 "stale_after": self.cfg.stale_after,
                 "history_seconds": self.cfg.history_seconds,
+                "history_ranges": list(RANGES) if self.history is not None else [],  # the recorder's, for charts
                 "push_interval": self.cfg.push_interval,
                 "token_ok": verdict == "ok",
                 "broker": self.broker_status(),
@@ -417,6 +419,30 @@ class Dashboard:
         return web.Response(
             body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store", "X-Snapshot": str(version)}
         )
+
+    async def node_history(self, request: web.Request) -> web.Response:
+        """A node's chart (fps, latency, temperature, RSS; at most POINTS points) and its label counts by hour
+        over the last ``range`` (1h, 24h, 7d), from the recorder's database: fetched when a card asks."""
+        if self.exposure.view_needs_token and (verdict := self._token(request)) != "ok":
+            return self._refuse(request, verdict, "viewing this dashboard")
+        node = request.match_info["node"]
+        if not NODE_ID.match(node):
+            return _error(400, f"{node[:70]!r} is not a node id")
+        unknown = sorted(set(request.query) - {"range"})
+        if unknown:
+            return _error(400, f"unknown parameter {unknown[0][:40]!r}: use range")
+        if self.history is None:
+            return _error(404, "no recorder history here: the charts show the last minutes this dashboard saw; "
+                          "set EDGE_DASHBOARD__HISTORY=true (with the recorder's EDGE_RECORD__*) for 1 h, 24 h "
+                          "and 7 days")  # fmt: skip
+        range_name = request.query.get("range", "")
+        if range_name not in RANGES:
+            return _error(400, f"range must be one of {', '.join(RANGES)}, not {range_name[:20]!r}")
+        answer = await self.history.node(node, range_name, time.time())
+        if answer is None:
+            return _error(503, f"the recorder's database did not answer within {self.history.timeout:g} s; try "
+                          "again, or a shorter range")  # fmt: skip
+        return _json(answer.model_dump())
 
     async def detection_list(self, request: web.Request) -> web.Response:
         """The timeline: detections this dashboard has seen, newest first, filtered (``node``, ``rule``,

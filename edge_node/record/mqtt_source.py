@@ -1,27 +1,37 @@
 """The recorder's MQTT side: one persistent session per recorder, subscriptions shared in a ``$share`` group.
 
-On an MQTT 5 broker (mosquitto) every leaf is subscribed as ``$share/<group>/<prefix>/+/<leaf>``, so the
-recorders of a group each get a part of the messages. The session survives the recorder (clean start off,
-``EDGE_RECORD__SESSION_EXPIRY``): QoS 1 messages (events, state, OTA, status) that arrive while it restarts are
-kept by the broker and delivered when it is back. MQTT 3.1.1 knows no shared subscriptions: each recorder
-then gets everything and the tables' unique keys keep one copy.
+Every leaf is subscribed as ``$share/<group>/<prefix>/+/<leaf>``, so the recorders of a group each get a part of
+the messages (mosquitto, EMQX and HiveMQ share at MQTT 3.1.1 and 5 alike; ``EDGE_RECORD__SHARED=false`` for a
+broker that does not, and each recorder then gets everything while the tables' unique keys keep one copy). The
+session survives the recorder (clean session off; at MQTT 5 for ``EDGE_RECORD__SESSION_EXPIRY``): QoS 1
+messages (events, state, OTA, status, detections) that arrive while it restarts are kept by the broker and
+delivered when it is back.
 
-A QoS 1 message is acknowledged only after its row is committed (paho's manual acknowledgement; the writer
-calls the ack from its thread, and the ack is handed to the event loop that owns the connection). A recorder
-that dies in between leaves the message with the broker, which sends it again when the session is back; a
-committed row sent again is a duplicate the unique keys skip.
+The hot path has no event loop in it: paho's own network thread (its threaded mode) reads the socket and hands
+each message straight to the intake, which parses it and queues the row for the writer's thread. aiomqtt's
+hop onto the loop cost more than the rest of the recorder (docs/benchmarks.md). The event loop keeps the
+connection's life: connect, fail over along the server list with backoff, stop.
+
+A QoS 1 message is acknowledged only after its row is committed (paho's manual acknowledgement; the writer's
+thread calls the ack, which paho's threaded mode queues for its network thread). A recorder that dies in between
+leaves the message with the broker, which sends it again when the session is back; a committed row sent again is
+a duplicate the unique keys skip.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from functools import partial
+from typing import Any
 
-import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_node.config import MqttConfig, RecordConfig
 from edge_node.mqtt.connect import DEFAULT_HOST, tls_context
@@ -34,6 +44,8 @@ __all__ = ["MqttSource", "subscriptions"]
 
 log = logging.getLogger(__name__)
 
+_QUIET_WARNING_S = 60.0  # subscribed this long without one message: say what to check
+
 
 def subscriptions(prefix: str, group: str, *, shared: bool) -> list[tuple[str, int]]:
     """(filter, QoS) of every leaf the recorder keeps."""
@@ -44,6 +56,105 @@ def subscriptions(prefix: str, group: str, *, shared: bool) -> list[tuple[str, i
     return out
 
 
+class _Session:
+    """One connection to one server. The paho client and its network thread are this object's: made in
+    ``open``, ended in ``close``. paho calls the ``_on_*`` methods from that thread; ``up`` and ``down`` tell
+    the event loop."""
+
+    def __init__(self, one: MqttConfig, cfg: RecordConfig, prefix: str, intake: Intake) -> None:
+        self._one = one
+        self._cfg = cfg
+        self._intake = intake
+        self._subs = subscriptions(prefix, cfg.group, shared=cfg.shared)
+        self._loop = asyncio.get_running_loop()
+        self.up = asyncio.Event()  # connected and subscribed
+        self.down = asyncio.Event()  # the connection ended, or was refused
+        self.reason = ""
+        self.received = 0
+        self._ended = False
+        self._v5 = cfg.protocol == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=one.client_id or f"ghostpi-record-{cfg.name}",
+            clean_session=None if self._v5 else False,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            reconnect_on_failure=False,  # a lost connection ends the session; ``MqttSource`` picks the next server
+            manual_ack=True,
+        )
+        client.connect_timeout = one.connect_timeout
+        if one.username is not None:
+            client.username_pw_set(one.username, one.resolved_password())
+        ctx = tls_context(one)
+        if ctx is not None:
+            client.tls_set_context(ctx)
+            if one.tls_insecure:
+                client.tls_insecure_set(True)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    async def open(self, host: str, port: int) -> None:
+        """Connect (blocking socket and TLS work, in a worker thread), then hand the socket to paho's thread."""
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self._cfg.session_expiry
+        connect = partial(self._client.connect, host, port, self._one.keepalive, properties=props)
+        if self._v5:
+            connect = partial(connect, clean_start=False)
+        await asyncio.to_thread(connect)
+        self._client.loop_start()
+
+    async def close(self) -> None:
+        self._ended = True
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """From the event loop: paho's threaded mode queues it for its network thread."""
+        if not self._ended:
+            self._client.publish(topic, payload, qos=0)
+
+    # --- paho's network thread ---------------------------------------------------------------------------
+
+    def _end(self, reason: str) -> None:
+        if not self._ended:
+            self._ended = True
+            self.reason = reason
+            self._loop.call_soon_threadsafe(self.down.set)
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        if rc.is_failure:
+            self._end(f"connection refused: {rc}")
+            return
+        client.subscribe(self._subs)
+
+    def _on_subscribe(self, client: paho.Client, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        refused = sorted({str(rc) for rc in rcs if rc.is_failure})
+        if refused:
+            self._end(f"subscriptions refused ({', '.join(refused)}): check this recorder's rights on the broker")
+            client.disconnect()
+            return
+        self._loop.call_soon_threadsafe(self.up.set)
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self._end(f"connection lost: {rc}")
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        self.received += 1
+        ack = partial(self._ack, msg.mid, msg.qos) if msg.qos else None
+        payload = msg.payload
+        self._intake.on_message(msg.topic, payload if isinstance(payload, bytes) else bytes(payload), ack)
+
+    def _ack(self, mid: int, qos: int) -> None:
+        """From the writer's thread, after the commit. A connection that has ended is not acknowledged on: its
+        broker sends the message again to the next one, and that copy is acknowledged instead."""
+        if not self._ended:
+            self._client.ack(mid, qos)
+
+
 class MqttSource:
     kind = "mqtt"
 
@@ -52,46 +163,8 @@ class MqttSource:
         self._cfg = cfg
         self._prefix = prefix
         self._intake = intake
-        self._client: aiomqtt.Client | None = None
+        self._session: _Session | None = None
         self.subscribed = asyncio.Event()
-
-    def _make(self, one: MqttConfig) -> aiomqtt.Client:
-        v5 = one.protocol == "5"
-        server = one.servers(DEFAULT_HOST)[0]
-        ctx = tls_context(one)
-        props = None
-        if v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self._cfg.session_expiry
-        client = aiomqtt.Client(
-            server.host,
-            server.port,
-            username=one.username,
-            password=one.resolved_password(),
-            identifier=one.client_id or f"ghostpi-record-{self._cfg.name}",
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if v5 else False,
-            clean_start=False,
-            properties=props,
-            keepalive=one.keepalive,
-            timeout=one.connect_timeout,
-            tls_context=ctx,
-            tls_insecure=True if ctx is not None and one.tls_insecure else None,
-        )
-        # aiomqtt has no switch for it: paho's own, set before the connect, because a persistent session's
-        # queued messages arrive right after it.
-        client._client.manual_ack_set(True)
-        return client
-
-    def _ack_later(self, loop: asyncio.AbstractEventLoop, client: aiomqtt.Client, mid: int, qos: int) -> None:
-        """From the writer's thread: the connection belongs to the loop, so the ack is handed to it."""
-        loop.call_soon_threadsafe(self._ack, client, mid, qos)
-
-    def _ack(self, client: aiomqtt.Client, mid: int, qos: int) -> None:
-        """On the loop: acknowledge a committed message, if its connection is still the current one (after a
-        reconnect the broker sends it again, and its copy is acknowledged instead)."""
-        if client is self._client:
-            client._client.ack(mid, qos)
 
     async def run(self) -> None:
         order = ServerOrder(self._mqtt.servers(DEFAULT_HOST))
@@ -99,38 +172,62 @@ class MqttSource:
         rng = random.Random()
         failures = 0
         while True:
-            one = self._mqtt.for_server(order.current)
+            server = order.current
+            one = self._mqtt.for_server(server)
+            session = _Session(one, self._cfg, self._prefix, self._intake)
+            was_up = False
             try:
-                async with self._make(one) as client:
-                    order.connected()
-                    failures = 0
-                    self._client = client
-                    shared = one.protocol == "5"
-                    for topic, qos in subscriptions(self._prefix, self._cfg.group, shared=shared):
-                        await client.subscribe(topic, qos=qos, timeout=one.connect_timeout)
-                    how = f"shared group {self._cfg.group}" if shared else "MQTT 3.1.1: no shared group"
-                    log.info("recording from MQTT %s (%s)", order.current, how)
-                    self.subscribed.set()
-                    loop = asyncio.get_running_loop()
-                    async for msg in client.messages:
-                        payload = msg.payload
-                        raw = payload if isinstance(payload, bytes) else str(payload).encode()
-                        ack = partial(self._ack_later, loop, client, msg.mid, msg.qos) if msg.qos else None
-                        self._intake.on_message(msg.topic.value, raw, ack)
-            except aiomqtt.MqttError as exc:
-                was_up = self._client is not None
-                self._client = None
+                await self._open(session, server.host, server.port, one.connect_timeout)
+                was_up = True
+                order.connected()
+                failures = 0
+                self._session = session
+                self.subscribed.set()
+                how = f"shared group {self._cfg.group}" if self._cfg.shared else "not shared"
+                log.info("recording from MQTT %s (MQTT %s, %s)", server, self._cfg.protocol, how)
+                await self._watch(session)
+                log.warning("MQTT server %s: %s", server, session.reason)
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                log.warning("MQTT server %s: %s", server, exc or type(exc).__name__)
+            finally:
+                self._session = None
                 self.subscribed.clear()
-                failures = 0 if was_up else failures + 1
-                log.warning("MQTT server %s: %s", order.current, exc)
-                order.advance()
-                delay = backoff.after_drop(rng) if was_up else backoff.delay(failures, len(order.servers), rng)
-                await asyncio.sleep(delay)
+                await session.close()
+            failures = 0 if was_up else failures + 1
+            order.advance()
+            delay = backoff.after_drop(rng) if was_up else backoff.delay(failures, len(order.servers), rng)
+            await asyncio.sleep(delay)
+
+    @staticmethod
+    async def _open(session: _Session, host: str, port: int, limit: float) -> None:
+        """Connected and subscribed within ``limit`` seconds, or the reason why not."""
+        up = asyncio.ensure_future(session.up.wait())
+        down = asyncio.ensure_future(session.down.wait())
+        try:
+            async with asyncio.timeout(limit):
+                await session.open(host, port)
+                await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            raise TimeoutError(f"not connected and subscribed within {limit:.0f} s") from None
+        finally:
+            for task in (up, down):
+                task.cancel()
+        if not session.up.is_set():
+            raise ConnectionError(session.reason)
+
+    async def _watch(self, session: _Session) -> None:
+        """Until the connection ends; one warning if nothing at all arrives at first (a wrong prefix, or a broker
+        that does not know ``$share``)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.down.wait(), _QUIET_WARNING_S)
+            return
+        if session.received == 0:
+            log.warning("no fleet message in %.0f s since subscribing to %s/+/...: is the fleet publishing under "
+                        "that prefix? A broker without shared subscriptions needs EDGE_RECORD__SHARED=false (NATS: "
+                        "EDGE_RECORD__NATS_SERVERS)", _QUIET_WARNING_S, self._prefix)  # fmt: skip
+        await session.down.wait()
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        client = self._client
-        if client is not None:
-            try:
-                await client.publish(topic, payload, qos=0, timeout=5.0)
-            except aiomqtt.MqttError as exc:
-                log.debug("recorder heartbeat not sent: %s", exc)
+        session = self._session
+        if session is not None:
+            session.publish(topic, payload)

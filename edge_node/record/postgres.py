@@ -41,11 +41,15 @@ def _bound(day: int) -> str:
 class PostgresStore:
     dialect = Dialect("postgres", "%s")
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0, statement_timeout: float | None = None) -> None:
+        """``statement_timeout``: a reader's bound on each statement (the dashboard's), so that a slow query is
+        cancelled by the server instead of holding the one thread that owns the connection."""
         try:
             self._conn = psycopg.connect(dsn, connect_timeout=int(max(1, connect_timeout)))
             self.where = f"PostgreSQL {self._conn.info.host}:{self._conn.info.port}/{self._conn.info.dbname}"
             self._conn.execute("SET TIME ZONE 'UTC'")
+            if statement_timeout is not None:
+                self._conn.execute(f"SET statement_timeout = {max(1, int(statement_timeout * 1000))}".encode())
             self._conn.commit()
             self.migrate()
             self._staging()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,9 +94,14 @@ class History:
         )
         return [(str(label), int(n)) for label, n in rows]
 
-    def hourly_labels(self, r: TimeRange) -> list[tuple[float, str, int]]:
-        """Predictions per hour and label (a node's page)."""
+    def hourly_labels(self, r: TimeRange, labels: Sequence[str] | None = None) -> list[tuple[float, str, int]]:
+        """Predictions per hour and label (a node's page); ``labels``: only those (the top few of a range)."""
         where, params = self._where(r)
+        if labels is not None:
+            if not labels:
+                return []
+            where += f" AND label IN ({', '.join([self._d.ph] * len(labels))})"
+            params.extend(labels)
         hour = self._d.bucket(3600)
         rows = self._store.query(
             f"SELECT {hour} AS h, label, count(*) FROM predictions WHERE {where} GROUP BY h, label ORDER BY h, label",
@@ -112,10 +118,11 @@ class History:
         )
         return [(float(h), int(n)) for h, n in rows]
 
-    def series(self, r: TimeRange, points: int = 60) -> list[dict[str, float | None]]:
-        """Heartbeat averages per time bucket: fps, inference latency, CPU temperature, RSS."""
+    def series(self, r: TimeRange, points: int = 60, step: int | None = None) -> list[dict[str, float | None]]:
+        """Heartbeat averages per time bucket (``step`` seconds, or about ``points`` over the range): fps,
+        inference latency, CPU temperature, RSS."""
         where, params = self._where(r)
-        step = r.bucket(points)
+        step = step or r.bucket(points)
         rows = self._store.query(
             f"SELECT {self._d.bucket(step)} AS b, avg(fps), avg(inference_ms), avg(cpu_temp_c), avg(rss_mb), "
             f"count(DISTINCT node) FROM heartbeats WHERE {where} GROUP BY b ORDER BY b",

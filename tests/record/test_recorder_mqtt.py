@@ -1,6 +1,6 @@
-"""``edge-node record`` processes on a real mosquitto (MQTT 5) into a fresh PostgreSQL database and into SQLite:
-two recorders share one ``$share`` group with no row written twice, and QoS 1 messages sent while every
-recorder is down are recorded once they are back."""
+"""``edge-node record`` processes on a real mosquitto (at MQTT 3.1.1, their default, and 5) into a fresh
+PostgreSQL database and into SQLite: two recorders share one ``$share`` group with no row written twice, and QoS 1
+messages sent while every recorder is down are recorded once they are back."""
 
 from __future__ import annotations
 
@@ -29,9 +29,12 @@ def _count(dsn: str, sql: str) -> int:
     return int(row[0]) if row else 0
 
 
-@pytest.fixture
-def recorders(tmp_path: Path, mosquitto: Mosquitto, pg_fresh: str) -> Iterator[list[RecorderProcess]]:
+@pytest.fixture(params=["3.1.1", "5"])
+def recorders(
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto, pg_fresh: str
+) -> Iterator[list[RecorderProcess]]:
     env = {"EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(mosquitto.port), "EDGE_RECORD__DSN": pg_fresh}
+    env["EDGE_RECORD__PROTOCOL"] = request.param
     procs = [RecorderProcess(tmp_path / "rec", f"rec-{i}", env) for i in (1, 2)]
     try:
         yield procs
@@ -134,6 +137,51 @@ def test_sqlite_by_default_and_history_answers(tmp_path: Path, mosquitto: Mosqui
         rec.stop()
 
 
+def _sqlite_count(db: Path, table: str) -> int:
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    lite = sqlite3.connect(db, timeout=30)
+    try:
+        return int(lite.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        lite.close()
+
+
+def test_the_recorder_fails_over_along_the_server_list_and_comes_back_after_a_broker_restart(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The first server named is down: the recorder goes on to the next; when that one restarts (with no
+    persistence, so no session), the recorder connects and subscribes again and records what follows."""
+    from tests.support.brokers import free_port
+
+    hosts = f"127.0.0.1:{free_port()},127.0.0.1:{mosquitto.port}"
+    env = {"EDGE_MQTT__HOSTS": hosts, "EDGE_MQTT__RECONNECT_MIN": "0.2", "EDGE_MQTT__RECONNECT_MAX": "1"}
+    rec = RecorderProcess(tmp_path / "rec", "solo", env).start()
+    db = tmp_path / "rec" / "state" / "history.db"
+    sim = SimNode("gate", rng=random.Random(5))
+    try:
+        for round_ in (1, 2):
+            bus = Collector(mosquitto.port)
+            try:
+                _wait_subscribed(bus, [rec])
+                for _ in range(20):
+                    bus.publish(Topics(PREFIX, "gate").predictions, sim.prediction(), qos=1)
+                want = 20 * round_
+                wait_until(lambda: _sqlite_count(db, "predictions") >= want, 60, "the rows", rec)  # noqa: B023
+            finally:
+                bus.close()
+            if round_ == 1:
+                mosquitto.restart(downtime=1.0)
+        assert _sqlite_count(db, "predictions") == 40
+        assert "recording from MQTT" in rec.log() and rec.log().count("recording from MQTT") >= 2, rec.log()[-3000:]
+    finally:
+        rec.stop()
+
+
 def _cli_env(rec: RecorderProcess) -> dict[str, str]:
     from tests.support.paths import clean_env
 
@@ -152,14 +200,16 @@ def _waiting_on_a_lock(dsn: str) -> int:
     return _count(dsn, sql)
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_a_recorder_killed_before_its_commit_loses_no_qos1_message(
-    tmp_path: Path, mosquitto: Mosquitto, bus: Collector, pg_fresh: str
+    tmp_path: Path, mosquitto: Mosquitto, bus: Collector, pg_fresh: str, protocol: str
 ) -> None:
     """A QoS 1 message is acknowledged to the broker only once its row is committed. Here the commit is held
     on a table lock while the recorder is killed: the broker still owns the messages and sends them again to
     the recorder's session when it is back. (Acknowledged on receipt, as aiomqtt does by itself, they were
     lost.)"""
     env = {"EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(mosquitto.port), "EDGE_RECORD__DSN": pg_fresh}
+    env["EDGE_RECORD__PROTOCOL"] = protocol
     rec = RecorderProcess(tmp_path / "rec", "solo", env).start()
     try:
         _wait_subscribed(bus, [rec])

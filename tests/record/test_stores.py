@@ -171,3 +171,19 @@ def test_two_postgres_stores_migrate_the_same_database_once(pg_fresh: str) -> No
 def test_postgres_says_what_to_check_when_it_cannot_connect() -> None:
     with pytest.raises(RecordError, match="EDGE_RECORD__DSN"):
         PostgresStore("host=127.0.0.1 port=1 user=postgres dbname=none", connect_timeout=2)
+
+
+def test_a_readers_statement_timeout_cancels_a_query_that_would_hold_its_thread(pg_fresh: str) -> None:
+    """The dashboard's reader answers from one thread: a query stuck behind a lock must end, not wait forever."""
+    reader = PostgresStore(pg_fresh, statement_timeout=0.5)
+    try:
+        with psycopg.connect(pg_fresh) as holder:
+            holder.execute(b"LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")  # held until the rollback
+            t0 = time.monotonic()
+            with pytest.raises(RecordError, match="statement timeout"):
+                History(reader).label_counts(TimeRange(NOW - 3600, NOW, "node-0"))
+            assert time.monotonic() - t0 < 10
+            holder.rollback()
+        assert History(reader).label_counts(TimeRange(NOW - 3600, NOW, "node-0")) == []  # the connection lives on
+    finally:
+        reader.close()

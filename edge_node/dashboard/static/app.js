@@ -183,7 +183,7 @@ function merge(node, change) {
     d.history.push(...change.history);
     const horizon = Date.now() / 1000 + app.offset - (app.config ? app.config.history_seconds : 600);
     while (d.history.length && d.history[0][0] < horizon) d.history.shift();
-    node.chartDirty = true;
+    if (node.range === "live") node.chartDirty = true; // a recorder's range is drawn once, when it arrives
   }
   if ("snapshot" in change) {
     d.snapshot = change.snapshot;
@@ -211,13 +211,15 @@ function ensureNode(name) {
   const refs = {};
   for (const cls of ["name", "status", "label", "conf", "topk", "fps", "latency", "res", "model", "hb-age", "cpu",
     "rss", "camera", "counters", "ota", "ota-phase", "ota-progress", "ota-trail", "chart", "chart-span", "snap-img",
-    "snap-info", "events"]) {
+    "snap-info", "events", "ranges", "hourly-open"]) {
     refs[cls] = el.querySelector("." + cls);
   }
   refs.name.textContent = name;
   refs.name.title = name;
-  node = { name, el, refs, data: { events: [], history: [] }, visible: false, chartDirty: true, snapVersion: 0 };
+  node = { name, el, refs, data: { events: [], history: [] }, visible: false, chartDirty: true, snapVersion: 0,
+    range: "live", past: null }; // past: the recorder's answer for the chosen range
   wireCard(node);
+  showRanges(node);
   app.nodes.set(name, node);
   insertSorted(el, name);
   observer.observe(el);
@@ -407,36 +409,162 @@ setInterval(() => {
   if (app.pending.size) schedule();
 }, 1000);
 
+// A card's chart: the last minutes from the stream (points [ts, fps, inference ms]), or, for a range the
+// recorder answered, its buckets (drawn at their middle; a missing bucket, the node silent, breaks the line).
 function drawChart(node) {
   const canvas = node.refs.chart;
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height;
   ctx.clearRect(0, 0, w, h);
+  if (node.range !== "live") {
+    if (node.past) drawPast(node, ctx, w, h);
+    return;
+  }
   const hist = node.data.history;
   if (hist.length < 2) { node.refs["chart-span"].textContent = ""; return; }
   const span = app.config ? app.config.history_seconds : 600;
   const end = Date.now() / 1000 + app.offset;
   const x = (t) => w - ((end - t) / span) * w;
-  const series = (index, colour) => {
-    let max = 0;
-    for (const p of hist) if (p[index] != null && p[index] > max) max = p[index];
-    if (max <= 0) return 0;
-    ctx.strokeStyle = colour;
-    ctx.lineWidth = 1.5;
-    ctx.beginPath();
-    let pen = false;
-    for (const p of hist) {
-      if (p[index] == null) { pen = false; continue; }
-      const y = h - 3 - (p[index] / max) * (h - 8);
-      if (pen) ctx.lineTo(x(p[0]), y); else ctx.moveTo(x(p[0]), y);
-      pen = true;
-    }
-    ctx.stroke();
-    return max;
-  };
-  const fpsMax = series(1, "#3fb970");
-  const infMax = series(2, "#f0a04f");
+  const fpsMax = plot(ctx, hist, x, 1, "#3fb970", h, Infinity);
+  const infMax = plot(ctx, hist, x, 2, "#f0a04f", h, Infinity);
   node.refs["chart-span"].textContent = `last ${Math.round(span / 60)} min · max ${fmt(fpsMax)} fps, ${fmt(infMax)} ms`;
+}
+
+function drawPast(node, ctx, w, h) {
+  const past = node.past;
+  const points = past.series.map((p) => [p.ts + past.step / 2, p.fps, p.inference_ms]);
+  const x = (t) => ((t - past.since) / Math.max(1, past.until - past.since)) * w;
+  const fpsMax = plot(ctx, points, x, 1, "#3fb970", h, past.step * 1.5);
+  const infMax = plot(ctx, points, x, 2, "#f0a04f", h, past.step * 1.5);
+  node.refs["chart-span"].textContent = points.length
+    ? `last ${RANGE_TEXT[past.range]} · recorder · max ${fmt(fpsMax)} fps, ${fmt(infMax)} ms`
+    : `last ${RANGE_TEXT[past.range]} · the recorder has no heartbeats of this node`;
+}
+
+// One line of points[i][index] against time (points[i][0]), scaled to its maximum; returns that maximum.
+function plot(ctx, points, x, index, colour, h, maxGap) {
+  let max = 0;
+  for (const p of points) if (p[index] != null && p[index] > max) max = p[index];
+  if (max <= 0) return 0;
+  ctx.strokeStyle = colour;
+  ctx.lineWidth = 1.5;
+  ctx.beginPath();
+  let pen = false, last = -Infinity;
+  for (const p of points) {
+    if (p[index] == null) { pen = false; continue; }
+    const y = h - 3 - (p[index] / max) * (h - 8);
+    if (pen && p[0] - last <= maxGap) ctx.lineTo(x(p[0]), y); else ctx.moveTo(x(p[0]), y);
+    if (points.length === 1) ctx.lineTo(x(p[0]) + 2, y); // one bucket: a dash, not nothing
+    pen = true;
+    last = p[0];
+  }
+  ctx.stroke();
+  return max;
+}
+
+// --- the recorder's ranges: a card's chart and its node's label counts by hour ---------------------------
+// Fetched when a range button is pressed (never on the stream): at most 120 chart points and 169 hours.
+
+const RANGE_TEXT = { "1h": "1 h", "24h": "24 h", "7d": "7 days" };
+window.ghostpiStats.history = { fetches: 0 };
+
+function showRanges(node) {
+  const ranges = (app.config && app.config.history_ranges) || [];
+  const live = app.config ? Math.round(app.config.history_seconds / 60) : 10;
+  for (const button of node.el.querySelectorAll(".ranges button[data-range]")) {
+    const range = button.dataset.range;
+    if (range === "live") button.textContent = `${live} min (live)`;
+    else button.hidden = !ranges.includes(range);
+    button.classList.toggle("current", range === node.range);
+  }
+  node.refs["hourly-open"].hidden = node.range === "live";
+  if (node.range !== "live" && !ranges.includes(node.range)) chooseRange(node, "live");
+}
+
+async function chooseRange(node, range) {
+  node.range = range;
+  node.past = null;
+  showRanges(node);
+  if (node.range !== range) return; // not a range this dashboard has (showRanges went back to live)
+  if (range === "live") {
+    node.chartDirty = true;
+    app.dirty.add(node.name);
+    schedule();
+    return;
+  }
+  const canvas = node.refs.chart;
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  node.refs["chart-span"].textContent = `asking the recorder for the last ${RANGE_TEXT[range]}…`;
+  let text;
+  try {
+    const response = await fetch(`/api/nodes/${encodeURIComponent(node.name)}/history?range=${range}`,
+      { headers: authHeaders(), cache: "no-store" });
+    if (node.range !== range) return; // another button was pressed meanwhile
+    if (response.ok) {
+      node.past = await response.json();
+      if (node.range !== range) return;
+      window.ghostpiStats.history.fetches++;
+      drawChart(node);
+      if (hourly.node === node && $("#node-history").open) renderHourly(node);
+      return;
+    }
+    text = response.status === 401 ? "viewing needs the operator token: enter it above" : await errorText(response);
+  } catch (err) {
+    text = "dashboard server unreachable";
+  }
+  if (node.range !== range) return;
+  node.refs["chart-span"].textContent = text;
+  if (hourly.node === node && $("#node-history").open) $("#nh-state").textContent = text;
+}
+
+const hourly = { node: null };
+
+function openHourly(node) {
+  hourly.node = node;
+  renderHourly(node);
+  const dialog = $("#node-history");
+  if (!dialog.open) dialog.showModal();
+}
+
+function hourText(t) {
+  return new Date(t * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+
+// Hours (newest first) by the range's top labels, the others together and all; each cell shaded by its count.
+function renderHourly(node) {
+  const past = node.past;
+  $("#nh-title").textContent = `${node.name} · labels by hour · last ${RANGE_TEXT[node.range] || node.range}`;
+  const head = $("#nh-table thead"), body = $("#nh-table tbody");
+  if (!past) {
+    $("#nh-state").textContent = "asking the recorder…";
+    head.replaceChildren();
+    body.replaceChildren();
+    return;
+  }
+  const rows = past.hourly_labels;
+  $("#nh-state").textContent = rows.length ? `the recorder's predictions since ${hourText(past.hours_since)}: ` +
+    `${rows.length} hours with some, the ${past.labels.length} most frequent labels`
+    : "the recorder has no predictions of this node in this range";
+  const tr = document.createElement("tr");
+  for (const name of ["hour", ...past.labels, "other", "all"]) {
+    tr.append(Object.assign(document.createElement("th"), { textContent: name, title: name }));
+  }
+  head.replaceChildren(tr);
+  let max = 1;
+  for (const r of rows) for (const n of r.counts) if (n > max) max = n;
+  body.replaceChildren(...rows.slice().reverse().map((r) => {
+    const row = document.createElement("tr");
+    row.dataset.ts = String(r.ts);
+    row.append(Object.assign(document.createElement("td"), { textContent: hourText(r.ts) }));
+    for (const n of [...r.counts, r.other, r.total]) {
+      const td = Object.assign(document.createElement("td"), { textContent: String(n) });
+      row.append(td);
+    }
+    r.counts.forEach((n, i) => {
+      if (n) row.children[i + 1].style.background = `rgba(127, 179, 255, ${(0.12 + 0.6 * n / max).toFixed(2)})`;
+    });
+    return row;
+  }));
 }
 
 // --- summary -------------------------------------------------------------------------------------------
@@ -509,6 +637,10 @@ function wireCard(node) {
   $(".snapshot", el).addEventListener("click", () => act({ cmd: "snapshot" }));
   $(".rollback", el).addEventListener("click", () => act({ cmd: "rollback" }));
   $(".detections", el).addEventListener("click", () => showNodeDetections(node.name));
+  for (const button of el.querySelectorAll(".ranges button[data-range]")) {
+    button.addEventListener("click", () => chooseRange(node, button.dataset.range));
+  }
+  node.refs["hourly-open"].addEventListener("click", () => openHourly(node));
   $(".update-form", el).addEventListener("submit", (e) => {
     e.preventDefault();
     act(updateBody(e.target));
@@ -790,6 +922,7 @@ async function loadConfig() {
   app.config = await response.json();
   $("#prefix").textContent = app.config.prefix + "/+";
   showTokenState(refused || (token() ? (app.config.token_ok ? "token accepted" : "token refused") : "view only"));
+  for (const node of app.nodes.values()) showRanges(node);
 }
 
 function start() {
@@ -812,6 +945,7 @@ function start() {
   }
   $("#fleet-ping").addEventListener("click", () => fleetAction({ cmd: "ping" }));
   wireTimeline();
+  $("#nh-close").addEventListener("click", () => $("#node-history").close());
   $(".fleet-update .update-form").addEventListener("submit", (e) => {
     e.preventDefault();
     fleetAction(updateBody(e.target));

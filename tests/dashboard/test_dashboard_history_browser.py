@@ -1,0 +1,99 @@
+"""A card's recorder ranges in Debian's headless Chromium (issue 20): with EDGE_DASHBOARD__HISTORY, pressing
+"24 h" redraws the card's chart from the recorder's database (a SQLite file filled through the recorder's own
+store) and "labels by hour" shows the node's counts per hour and label; back to live, the recorder is gone."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_node.fleet.simnode import SimNode
+from edge_node.record.sqlite import SqliteStore
+from tests.support.brokers import Mosquitto
+from tests.support.dashboard_procs import DashboardProcess, chromium
+from tests.support.history_fill import HOURLY_24H, LABELS_24H, fill
+from tests.support.nodeproc import Collector
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+CARD = '.card[data-node="door"]'
+SPAN = f"document.querySelector('{CARD} .chart-span').textContent"
+# pixels of the fps line's green (#3fb970) on the card's canvas
+GREEN = f"""() => {{
+  const c = document.querySelector('{CARD} canvas.chart');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 100 && d[i] < 90 && d[i + 1] > 150 && d[i + 2] < 140) n++;
+  return n;
+}}"""
+
+
+def _until(page: Any, expression: str, arg: object = None, timeout: float = 20.0) -> None:
+    """Poll a JavaScript function until it returns true (the page's CSP forbids wait_for_function's eval)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout:.0f}s: {expression}")
+        time.sleep(0.05)
+
+
+def test_24_hours_redraw_the_chart_from_the_recorder_and_show_labels_by_hour(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    now = time.time()
+    hour = math.floor(now / 3600) * 3600
+    db = tmp_path / "history.db"
+    store = SqliteStore(db)
+    fill(store, now)
+    store.close()
+    dash = DashboardProcess(mosquitto.port, tmp_path, EDGE_DASHBOARD__HISTORY="true", EDGE_RECORD__PATH=str(db))
+    feed = Collector(mosquitto.port, ("ghostpi/none",))
+    try:
+        feed.publish("ghostpi/door/heartbeat", SimNode("door").heartbeat())  # the card, live
+        with chromium() as browser:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{dash.base}/")
+            _until(page, f"() => !!document.querySelector('{CARD}')")
+            ranges = page.locator(f"{CARD} .ranges button[data-range]")
+            _until(page, f"() => !document.querySelector('{CARD} button[data-range=\"7d\"]').hidden")
+            assert ranges.all_inner_texts() == ["10 min (live)", "1 h", "24 h", "7 d"]
+            assert page.locator(f"{CARD} .hourly-open").is_hidden()  # live: nothing from the recorder yet
+            assert "recorder" not in page.evaluate(SPAN) and page.evaluate(GREEN) == 0
+            assert page.evaluate("ghostpiStats.history.fetches") == 0  # only on demand
+
+            page.click(f'{CARD} button[data-range="24h"]')
+            _until(page, f"() => {SPAN}.startsWith('last 24 h · recorder')")
+            assert page.evaluate(SPAN) == "last 24 h · recorder · max 20.0 fps, 60.0 ms"  # the peak hour, not yard's
+            assert page.evaluate(GREEN) > 100  # the line is drawn across the canvas
+            assert page.locator(f'{CARD} button[data-range="24h"]').get_attribute("class") == "current"
+            assert page.evaluate("ghostpiStats.history.fetches") == 1
+
+            page.click(f"{CARD} .hourly-open")
+            _until(page, "() => document.querySelector('#node-history').open")
+            assert page.locator("#nh-title").inner_text() == "door · labels by hour · last 24 h"
+            head = page.locator("#nh-table thead th").all_inner_texts()
+            assert head == ["hour", *LABELS_24H, "other", "all"]
+            for ago, (counts, other, total) in HOURLY_24H.items():
+                cells = page.locator(f'#nh-table tbody tr[data-ts="{hour - ago * 3600:.0f}"] td').all_inner_texts()
+                assert cells[1:] == [str(n) for n in (*counts, other, total)], (ago, cells)
+            stamps = page.evaluate("[...document.querySelectorAll('#nh-table tbody tr')].map((r) => +r.dataset.ts)")
+            assert stamps == sorted(stamps, reverse=True) and len(stamps) in (4, 5)  # newest first
+            page.click("#nh-close")
+            _until(page, "() => !document.querySelector('#node-history').open")
+
+            page.click(f'{CARD} button[data-range="1h"]')
+            _until(page, f"() => {SPAN} === 'last 1 h · recorder · max 10.0 fps, 40.0 ms'")
+            page.click(f'{CARD} button[data-range="live"]')
+            _until(page, f"() => !{SPAN}.includes('recorder')")
+            assert page.locator(f"{CARD} .hourly-open").is_hidden()
+            assert page.evaluate("ghostpiStats.history.fetches") == 2
+            assert errors == [], errors
+    finally:
+        feed.close()
+        dash.close()
