@@ -5,6 +5,9 @@ goes to one recorder of the group, with no server configuration. QoS 1 leaves (e
 are read from the stream the server keeps MQTT QoS 1 messages in (``$MQTT_msgs``) through one durable pull
 consumer per group: the recorders of the group fetch from it in turn, and a message is acknowledged only
 after its row is committed, so neither a recorder's restart nor its crash loses one.
+
+The connection takes the recorder's TLS settings from ``EDGE_MQTT__*`` (CA, client certificate and key): on the
+fleet's cluster the client port asks for the certificate of a recorder identity (deploy/nats/README.md).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import Error as JsError
 
-from edge_node.config import RecordConfig
+from edge_node.config import MqttConfig, RecordConfig
 from edge_node.errors import RecordError
+from edge_node.mqtt.tls import ssl_context
 from edge_node.record.intake import Intake, subject_to_topic, topic_to_subject
 from edge_node.record.rows import QOS1_LEAVES
 
@@ -39,8 +43,9 @@ _QOS0 = ("predictions", "heartbeat")
 class NatsSource:
     kind = "nats"
 
-    def __init__(self, cfg: RecordConfig, prefix: str, intake: Intake) -> None:
+    def __init__(self, cfg: RecordConfig, prefix: str, intake: Intake, mqtt: MqttConfig | None = None) -> None:
         self._cfg = cfg
+        self._tls = ssl_context(mqtt) if mqtt is not None else None  # a bad file fails here, before any connect
         self._prefix = topic_to_subject(prefix)
         self._intake = intake
         self._nc: NatsClient | None = None
@@ -56,6 +61,7 @@ class NatsSource:
                 reconnect_time_wait=0.5,
                 connect_timeout=10,
                 allow_reconnect=True,
+                tls=self._tls,
             )
         except (NatsError, OSError) as exc:
             raise RecordError(f"cannot connect to NATS {','.join(self._cfg.nats_servers)}: {exc}; check "

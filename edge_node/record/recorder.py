@@ -42,7 +42,7 @@ class Recorder:
         if cfg.nats_servers:
             from edge_node.record.nats_source import NatsSource
 
-            self.source: MqttSource | NatsSource = NatsSource(cfg, prefix, intake)
+            self.source: MqttSource | NatsSource = NatsSource(cfg, prefix, intake, mqtt)
         else:
             self.source = MqttSource(mqtt, cfg, prefix, intake)
         self._store_kind = "postgres" if cfg.dsn is not None else "sqlite"

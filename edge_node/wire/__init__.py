@@ -11,6 +11,7 @@ from edge_node.wire.domain import (
 from edge_node.wire.identities import (
     HOME_ASSISTANT,
     OPERATORS,
+    RECORDERS,
     RESERVED_NODE_IDS,
     VIEWERS,
     reserved_reason,
@@ -63,6 +64,7 @@ __all__ = [
     "OFFLINE",
     "ONLINE",
     "OPERATORS",
+    "RECORDERS",
     "RESERVED_NODE_IDS",
     "VIEWERS",
     "Camera",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from edge_node.wire.topics import FLEET
 
-__all__ = ["HOME_ASSISTANT", "OPERATORS", "RESERVED_NODE_IDS", "VIEWERS", "reserved_reason"]
+__all__ = ["HOME_ASSISTANT", "OPERATORS", "RECORDERS", "RESERVED_NODE_IDS", "VIEWERS", "reserved_reason"]
 
 # May send commands (write <prefix>/+/control) and read the fleet: people running `edge-node ctl`, the
 # canary rollout (deploy/ansible/models.yml), the web dashboard (it relays the commands of token holders).
@@ -19,8 +19,10 @@ OPERATORS = ("operator", "rollout", "dashboard")
 VIEWERS = ("viewer",)
 # Home Assistant: reads the fleet and discovery, sends the mode select's set_mode commands.
 HOME_ASSISTANT = ("homeassistant",)
+# The history recorder (`edge-node record`): reads the nodes' telemetry, writes only its own heartbeat.
+RECORDERS = ("recorder",)
 
-RESERVED_NODE_IDS = frozenset({FLEET, *OPERATORS, *VIEWERS, *HOME_ASSISTANT})
+RESERVED_NODE_IDS = frozenset({FLEET, *OPERATORS, *VIEWERS, *HOME_ASSISTANT, *RECORDERS})
 
 
 def reserved_reason(node_id: str) -> str | None:

@@ -26,7 +26,7 @@ def test_ansible_lint_production_profile() -> None:
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
 
-@pytest.mark.parametrize("playbook", ["site.yml", "nodes.yml", "broker.yml", "models.yml"])
+@pytest.mark.parametrize("playbook", ["site.yml", "nodes.yml", "broker.yml", "models.yml", "record.yml"])
 def test_playbook_syntax(playbook: str) -> None:
     if not (BIN / "ansible-playbook").exists():
         pytest.skip("ansible is not installed (dev extra)")

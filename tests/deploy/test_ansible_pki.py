@@ -28,7 +28,7 @@ INVENTORY = """all:
         a.lan: {node_id: pi-a}
         b.lan: {}
 """
-TOOLS = ("operator", "rollout", "dashboard", "viewer", "homeassistant")
+TOOLS = ("operator", "rollout", "dashboard", "viewer", "homeassistant", "recorder")
 
 
 def _playbook(tmp: Path, **extra: object) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""Run the ``edge_node`` Ansible role for real (connection: local) into a throwaway root, twice.
+"""Run the ``edge_node`` and ``recorder`` Ansible roles for real (connection: local) into a throwaway root, twice.
 
 Packages, the system user and systemd are switched off (role variables) since a test may not touch the
 machine; everything else runs as on a Pi: venv with --system-site-packages, the wheel built here with
@@ -250,6 +250,142 @@ def test_role_refuses_what_cannot_work_before_installing_anything(
         variables = {**variables, "edge_node_python": _fake_python(tmp_path, probe)}
     settings = {"node_id": "pi-1", "edge_node_root": str(tmp_path / "root"), "edge_node_wheel": "x.whl", **variables}
     extra, playbook = local_role(tmp_path, **settings)
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        _run(playbook, extra, tmp_path)
+    assert not (tmp_path / "root").exists()  # nothing was installed
+
+
+# --- the recorder role (edge-node record) -----------------------------------------------------------------
+
+
+def local_recorder_role(tmp: Path, **variables: object) -> tuple[Path, Path]:
+    """(vars file, playbook) for the recorder role run here, unprivileged: packages and systemd off, files owned
+    by the current user, this interpreter as the target's python; ``variables`` on top."""
+    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    settings = {
+        "ansible_python_interpreter": sys.executable,
+        "recorder_manage_packages": False,
+        "recorder_manage_service": False,
+        "recorder_owner": user,
+        "recorder_owner_group": group,
+        "recorder_python": sys.executable,
+        "recorder_identity": "recorder",
+        "recorder_mqtt_host": "broker.lan",
+        **variables,
+    }
+    extra = tmp / "vars.json"
+    extra.write_text(json.dumps(settings))
+    playbook = tmp / "play.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [recorder]\n")
+    return extra, playbook
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_recorder_role_installs_idempotently(tmp_path: Path) -> None:
+    if not PLAYBOOK.exists():
+        pytest.skip("ansible-playbook is not installed (pip install 'ghostpi-edge-node[dev]')")
+    root = tmp_path / "root"
+    wheel = _build_wheel(tmp_path)
+    files = tmp_path / "controller"
+    files.mkdir()
+    for name in ("ca.crt", "recorder.crt", "recorder.key"):
+        (files / name).write_text(f"-----BEGIN TEST {name}-----\n")
+    pgpass = f"db.lan:5432:ghostpi:recorder:{SECRET}"
+    extra, playbook = local_recorder_role(
+        tmp_path,
+        recorder_root=str(root),
+        recorder_wheel=str(wheel),
+        recorder_pip_extra_args="--no-deps --no-index",
+        recorder_ca_cert_src=str(files / "ca.crt"),
+        recorder_client_cert_src=str(files / "recorder.crt"),
+        recorder_client_key_src=str(files / "recorder.key"),
+        recorder_dsn="host=db.lan dbname=ghostpi user=recorder",
+        recorder_pgpass=pgpass,
+        recorder_env={"EDGE_RECORD__BATCH_ROWS": "5000"},
+    )
+
+    _, first = _run(playbook, extra, tmp_path)
+    assert first["changed"] > 5 and first["failed"] == 0
+
+    etc = root / "etc" / "edge-node-record"
+    creds = etc / "credentials"
+    env_file = etc / "record.env"
+    assert _mode(etc) == 0o700 and _mode(creds) == 0o700 and _mode(env_file) == 0o600
+    for name in ("pgpass", "mqtt_ca.crt", "mqtt_client.crt", "mqtt_client.key"):
+        assert _mode(creds / name) == 0o600, name
+    assert (creds / "pgpass").read_text() == pgpass + "\n"
+    assert (creds / "mqtt_client.key").read_text() == (files / "recorder.key").read_text()
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if line and not line.startswith("#"))
+    assert env == {
+        "EDGE_TOPIC_PREFIX": "ghostpi",
+        "EDGE_RECORD__NAME": "recorder",
+        "EDGE_RECORD__GROUP": "record",
+        "EDGE_RECORD__KEEP_DAYS": "10",
+        "EDGE_MQTT__HOST": "broker.lan",
+        "EDGE_MQTT__PORT": "8883",
+        "EDGE_RECORD__DSN": "host=db.lan dbname=ghostpi user=recorder",
+        "EDGE_RECORD__BATCH_ROWS": "5000",
+    }
+
+    # the venv: its own (no system site packages), holds the wheel's entry point
+    venv = root / "opt" / "ghostpi-record" / "venv"
+    assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "project-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # deps of the test venv
+    version = subprocess.run([str(venv / "bin" / "edge-node"), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("edge-node 0.1.0"), version
+
+    # the unit: the shipped one, plus the credentials the role installed
+    unit = root / "etc" / "systemd" / "system" / "edge-node-record.service"
+    text = unit.read_text()
+    assert _mode(unit) == 0o644 and SECRET not in text and SECRET not in env_file.read_text()
+    assert f"ExecStart={venv}/bin/edge-node record" in text and f"EnvironmentFile={env_file}" in text
+    for line in (
+        f"LoadCredential=pgpass:{creds}/pgpass",
+        "Environment=PGPASSFILE=%d/pgpass",
+        f"LoadCredential=mqtt_client.key:{creds}/mqtt_client.key",
+        "Environment=EDGE_MQTT__KEY_FILE=%d/mqtt_client.key",
+        "Environment=EDGE_MQTT__TLS=true EDGE_MQTT__CA_FILE=%d/mqtt_ca.crt",
+        "Environment=EDGE_MQTT__CERT_FILE=%d/mqtt_client.crt",
+    ):
+        assert f"\n{line}\n" in text, line
+    normalised = "".join(
+        line
+        for line in text.replace(str(root), "").splitlines(keepends=True)
+        if line.startswith("#") or not (line.startswith("LoadCredential=") or "%d/" in line)
+    )
+    assert normalised == (REPO / "deploy" / "systemd" / "edge-node-record.service").read_text()
+    analyze = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+    if Path(analyze).exists():
+        verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        complaints = [line for line in (verify.stdout + verify.stderr).splitlines() if str(unit) in line]
+        assert verify.returncode == 0 and not complaints, verify.stdout + verify.stderr
+
+    _, second = _run(playbook, extra, tmp_path)
+    assert second["changed"] == 0 and second["failed"] == 0, second
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"recorder_identity": ""}, "has no recorder identity of its own"),
+        ({"recorder_identity": "operator"}, "has no recorder identity of its own"),
+        ({"recorder_group": "a.b"}, "The group (recorder_group: a.b)"),
+        ({"recorder_dsn": "host=db.lan user=r password=x"}, "goes in recorder_pgpass"),
+        ({"recorder_dsn": "postgresql://r:x@db.lan/ghostpi"}, "goes in recorder_pgpass"),
+        ({"recorder_env": {"edge_record__dsn": "host=db.lan"}}, "not recorder_env"),
+        ({"recorder_mqtt_host": ""}, "and the broker"),
+    ],
+    ids=["no-identity", "not-a-recorder-identity", "group", "dsn-password", "url-password", "env-dsn", "no-broker"],
+)
+def test_recorder_role_refuses_what_cannot_work_before_installing_anything(
+    tmp_path: Path, variables: dict[str, object], message: str
+) -> None:
+    if not PLAYBOOK.exists():
+        pytest.skip("ansible-playbook is not installed (pip install 'ghostpi-edge-node[dev]')")
+    settings = {"recorder_root": str(tmp_path / "root"), "recorder_wheel": "x.whl", **variables}
+    extra, playbook = local_recorder_role(tmp_path, **settings)
     with pytest.raises(AssertionError, match=re.escape(message)):
         _run(playbook, extra, tmp_path)
     assert not (tmp_path / "root").exists()  # nothing was installed

@@ -2,7 +2,8 @@
 
 The node's settings (edge_node/wire/identities.py), the Ansible fleet lists (group_vars/all.yml), broker.yml, both
 roles and the shipped ACL name the same identities; the role renders deploy/mosquitto/ghostpi.acl exactly;
-and an ACL the role renders for a bigger team (a second operator and viewer) works on a real mosquitto.
+and an ACL the role renders for a bigger team (a second operator and viewer) works on a real mosquitto, as does
+the recorder's identity: ``edge-node record`` records the fleet with it, and it can publish nothing but its heartbeat.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import grp
 import json
 import os
 import pwd
+import random
 import re
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +27,13 @@ import pytest
 import yaml
 
 from edge_node.config import MqttConfig
-from edge_node.wire import identities
+from edge_node.fleet.simnode import SimNode
+from edge_node.record.rows import LEAVES
+from edge_node.wire import Topics, identities
 from tests.support.brokers import Mosquitto, tls_broker
 from tests.support.paths import REPO
 from tests.support.pki import Authority
+from tests.support.record_procs import RecorderProcess, wait_until
 from tests.support.tlsclient import DENIED, OK, Client
 
 ANSIBLE = REPO / "deploy" / "ansible"
@@ -60,6 +67,13 @@ def test_identity_lists_agree() -> None:
         == broker_defaults["mosquitto_homeassistant_identities"]
         == [*identities.HOME_ASSISTANT]
     )
+    assert (
+        fleet["ghostpi_recorder_identities"]
+        == broker_defaults["mosquitto_recorder_identities"]
+        == _yaml(ANSIBLE / "roles" / "nats" / "defaults" / "main.yml")["nats_recorder_identities"]
+        == [*identities.RECORDERS]
+    )
+    assert broker_defaults["mosquitto_recorder_leaves"] == [*LEAVES]  # what the recorder subscribes to
     assert fleet["ghostpi_rollout_identity"] in identities.OPERATORS
     builtin = set(identities.RESERVED_NODE_IDS)
     assert set(node_defaults["edge_node_builtin_reserved_ids"]) == builtin
@@ -115,11 +129,12 @@ def team_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosq
     assert (etc / "conf.d" / "ghostpi.conf").read_text() == (
         REPO / "deploy" / "mosquitto" / "mosquitto.conf"
     ).read_text()
-    assert _acl_users((etc / "ghostpi.acl").read_text())[-4:] == [
+    assert _acl_users((etc / "ghostpi.acl").read_text())[-5:] == [
         "operator-alice",
         "viewer",
         "viewer-alice",
         "homeassistant",
+        "recorder",
     ]
     broker = tls_broker(tmp / "mosquitto", etc / "conf.d" / "ghostpi.conf", etc / "ghostpi.acl", pki).start()
     try:
@@ -166,6 +181,67 @@ def test_a_second_person_gets_identities_of_their_own(team: Callable[[str], Clie
     assert viewer.got("ghostpi/cam-1/heartbeat", b"hb") and alice_viewer.got("ghostpi/cam-1/heartbeat", b"hb")
     for client in (node, operator, alice, viewer, alice_viewer):
         assert client.disconnects == []
+
+
+def _rows(db: Path, table: str) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        try:
+            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        except sqlite3.OperationalError:  # not migrated yet
+            return 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_recorder_identity_records_the_fleet_and_publishes_only_its_heartbeat(
+    team_broker: tuple[Mosquitto, Authority], team: Callable[[str], Client], tmp_path: Path
+) -> None:
+    """``edge-node record`` with the recorder's certificate (``$share/record/ghostpi/+/<leaf>``, which
+    mosquitto checks against ``topic read ghostpi/+/<leaf>``) records a node; the same key by hand can neither
+    publish as a node nor command one, nor read a command."""
+    broker, pki = team_broker
+    cert, key = pki.issue("recorder")
+    node, viewer, operator = team("cam-1"), team("viewer"), team("operator")
+    viewer.subscribe("ghostpi/#")
+    node.subscribe("ghostpi/cam-1/control")
+    tls = {"EDGE_MQTT__CA_FILE": str(pki.ca_file), "EDGE_MQTT__CERT_FILE": str(cert), "EDGE_MQTT__KEY_FILE": str(key)}
+    settings = {"EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(broker.port), **tls}
+    rec = RecorderProcess(tmp_path / "rec", "recorder", settings)
+    db = tmp_path / "rec" / "state" / "history.db"
+    sim = SimNode("cam-1", rng=random.Random(1))
+    try:
+        rec.start()
+        beat = Topics.recorder_heartbeat("ghostpi", "recorder")
+        wait_until(lambda: viewer.on(beat), 60, "the recorder's heartbeat", rec)
+        for _ in range(5):
+            assert node.publish("ghostpi/cam-1/predictions", sim.prediction()) == OK
+        event = {"id": "e1", "cmd": "ping", "ok": True, "ts": time.time()}
+        assert node.publish("ghostpi/cam-1/events", json.dumps(event).encode()) == OK
+        wait_until(lambda: _rows(db, "predictions") == 5 and _rows(db, "events") == 1, 60, "the rows", rec)
+    finally:
+        rec.stop()
+    recorder = team("recorder")  # the recorder has left: one identity, one connection
+    recorder.subscribe("ghostpi/+/control")  # mosquitto grants the subscription; its ACL delivers nothing
+    recorder.subscribe("ghostpi/all/control")
+    recorder.subscribe("$share/record/ghostpi/+/state")
+    assert recorder.publish("ghostpi/cam-1/predictions", b"forged") == DENIED
+    assert recorder.publish("ghostpi/cam-1/control", b'{"cmd":"ping"}') == DENIED
+    assert recorder.publish("ghostpi/all/control", b'{"cmd":"ping"}') == DENIED
+    assert recorder.publish("ghostpi/recorder/heartbeat", b"as a node") == DENIED
+    assert recorder.publish(Topics.recorder_heartbeat("ghostpi", "other"), b"as another recorder") == DENIED
+    assert recorder.publish(Topics.recorder_heartbeat("ghostpi", "recorder"), b"mine") == OK
+    assert operator.publish("ghostpi/cam-1/control", b"for cam-1") == OK
+    assert operator.publish("ghostpi/all/control", b"for all") == OK
+    assert node.publish("ghostpi/cam-1/state", b'{"mode":"high"}') == OK
+    assert recorder.got("ghostpi/cam-1/state", b'{"mode":"high"}')  # after the commands: they were not sent
+    assert recorder.on("ghostpi/cam-1/control") == [] and recorder.on("ghostpi/all/control") == []
+    assert node.got("ghostpi/cam-1/control", b"for cam-1")  # they were sent
+    assert viewer.got(Topics.recorder_heartbeat("ghostpi", "recorder"), b"mine")
+    topics = {t for t, _ in viewer.messages}
+    assert Topics.recorder_heartbeat("ghostpi", "other") not in topics and "ghostpi/recorder/heartbeat" not in topics
+    assert b"forged" not in viewer.on("ghostpi/cam-1/predictions")
 
 
 def test_the_threat_model_names_only_tests_that_exist() -> None:

@@ -1,28 +1,39 @@
 """The 3-server NATS cluster of deploy/nats/ on loopback: identities and permissions over mutual TLS, retained
-and QoS 1 messages across servers, and what differs from mosquitto (the client id is not bound to the
-certificate). The servers run the Ansible role's templates (tests/nats.py)."""
+and QoS 1 messages across servers, what differs from mosquitto (the client id is not bound to the
+certificate), and the recorder's identity on the plain NATS port. The servers run the Ansible role's templates
+(tests/support/nats.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import grp
 import json
 import os
 import pwd
+import random
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import nats
 import paho.mqtt.client as paho
 import pytest
+from nats.errors import Error as NatsError
 
 from edge_node.config import MqttConfig
+from edge_node.fleet.simnode import SimNode
+from edge_node.mqtt.tls import ssl_context
+from edge_node.wire import Topics
 from tests.support.nats import NatsCluster, nats_binary, render_users
 from tests.support.paths import REPO
 from tests.support.pki import Authority
+from tests.support.record_procs import RecorderProcess, wait_until
 from tests.support.tlsclient import Client
 
 pytestmark = pytest.mark.timeout(90)
@@ -177,6 +188,99 @@ def test_a_removed_identity_is_cut_off_at_the_reload(
     finally:
         users.write_text(before)
         cluster.reload()
+
+
+def _rows(db: Path, table: str) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        try:
+            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        except sqlite3.OperationalError:  # not migrated yet
+            return 0
+
+
+async def _as_plain_client(url: str, cfg: MqttConfig, publish: list[str], subscribe: list[str]) -> list[str]:
+    """Log in on the plain NATS port with ``cfg``'s certificate, try to publish and subscribe; the server's
+    errors (a refused login raises)."""
+    errors: list[str] = []
+    expected = len(publish) + len(subscribe)
+    all_in = asyncio.Event()
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+        if len(errors) >= expected:
+            all_in.set()
+
+    nc = await nats.connect(servers=[url], tls=ssl_context(cfg), error_cb=on_error, allow_reconnect=False,
+                            connect_timeout=10, max_reconnect_attempts=0)  # fmt: skip
+    try:
+        for subject in subscribe:
+            await nc.subscribe(subject)
+        for subject in publish:
+            await nc.publish(subject, b"forged")
+        await nc.flush(timeout=10)
+        if expected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_in.wait(), 10)
+    finally:
+        await nc.close()
+    return errors
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_recorder_identity_records_over_plain_nats_and_nothing_more(
+    connect: Callable[..., Client], cluster: NatsCluster, pki: Authority, tmp_path: Path
+) -> None:
+    """``edge-node record`` with the recorder's certificate on the client port (mutual TLS, the user "CN=recorder",
+    STANDARD connections only) records QoS 0 and QoS 1 leaves; the same key cannot publish a node's topic or a
+    command, nor subscribe outside its queue group; a node's key cannot use the port at all."""
+    cert, key = pki.issue("recorder")
+    tls = MqttConfig(tls=True, ca_file=pki.ca_file, cert_file=cert, key_file=key)
+    node = connect("n1", server=0)  # an MQTT client first: it makes the server's MQTT streams
+    viewer = connect("viewer", server=1)
+    viewer.subscribe("ghostpi/#")
+    urls = [f"nats://127.0.0.1:{s.client_port}" for s in cluster.servers]
+    settings = {"EDGE_RECORD__NATS_SERVERS": ",".join(urls), "EDGE_MQTT__CA_FILE": str(pki.ca_file),
+                "EDGE_MQTT__CERT_FILE": str(cert), "EDGE_MQTT__KEY_FILE": str(key)}  # fmt: skip
+    rec = RecorderProcess(tmp_path / "rec", "recorder", settings)
+    db = tmp_path / "rec" / "state" / "history.db"
+    sim = SimNode("n1", rng=random.Random(1))
+    try:
+        rec.start()
+        beat = Topics.recorder_heartbeat("ghostpi", "recorder")
+        wait_until(lambda: viewer.on(beat), 90, "the recorder's heartbeat", rec)
+        for _ in range(5):
+            node.publish("ghostpi/n1/predictions", sim.prediction())
+        wait_until(lambda: _rows(db, "predictions") == 5, 90, "the predictions", rec)
+        # one event at a time: the third is fetched after the first's acknowledgement was sent
+        for i in range(3):
+            event = {"id": f"e{i}", "cmd": "ping", "ok": True, "ts": time.time()}
+            node.publish("ghostpi/n1/events", json.dumps(event).encode())
+            wait_until(lambda i=i: _rows(db, "events") == i + 1, 90, f"event {i}", rec)  # type: ignore[misc]
+    finally:
+        rec.stop()
+    refused = [line for s in cluster.servers for line in cluster.log(s.name).splitlines() if "Violation" in line]
+    assert not [line for line in refused if "CN=recorder" in line], refused  # a fetch, an ack it may not send
+
+    errors = asyncio.run(
+        _as_plain_client(
+            urls[2], tls,
+            publish=["ghostpi.n1.predictions", "ghostpi.n1.control", "ghostpi.all.control",
+                     "ghostpi._recorders.other.heartbeat", "$JS.API.STREAM.DELETE.$MQTT_msgs"],
+            subscribe=["ghostpi.n1.control", "ghostpi.*.predictions"],  # the latter outside its queue group
+        )
+    )  # fmt: skip
+    assert len(errors) == 7 and all("permissions violation" in e.lower() for e in errors), errors
+    node.publish("ghostpi/n1/heartbeat", b"marker")
+    assert viewer.got("ghostpi/n1/heartbeat", b"marker")
+    assert b"forged" not in viewer.on("ghostpi/n1/predictions") and viewer.on("ghostpi/n1/control") == []
+    assert Topics.recorder_heartbeat("ghostpi", "other") not in {t for t, _ in viewer.messages}
+    n1_cert, n1_key = pki.issue("n1")
+    n1 = MqttConfig(tls=True, ca_file=pki.ca_file, cert_file=n1_cert, key_file=n1_key)
+    with pytest.raises((NatsError, OSError)):  # a node's key: MQTT only
+        asyncio.run(_as_plain_client(urls[0], n1, publish=[], subscribe=[]))
 
 
 @pytest.mark.slow

@@ -34,6 +34,8 @@ TOOL_IDENTITIES = {
     "nats_operator_identities": ["operator", "rollout", "dashboard"],
     "nats_viewer_identities": ["viewer"],
     "nats_homeassistant_identities": ["homeassistant"],
+    "nats_recorder_identities": ["recorder"],
+    "nats_recorder_group": "record",
 }
 
 
