@@ -389,3 +389,19 @@ def test_recorder_role_refuses_what_cannot_work_before_installing_anything(
     with pytest.raises(AssertionError, match=re.escape(message)):
         _run(playbook, extra, tmp_path)
     assert not (tmp_path / "root").exists()  # nothing was installed
+
+
+@pytest.mark.parametrize(("tls", "listen"), [(True, "0.0.0.0:4222"), (False, "127.0.0.1:4222")])
+def test_plain_nats_clients_reach_a_server_from_other_hosts_only_with_mutual_tls(tls: bool, listen: str) -> None:
+    """Port 4222 is the recorders' (plain NATS, certificate login). Without TLS nothing logs in there and a client
+    may use the JetStream API, so the role's default keeps it on loopback."""
+    binary = Path(sys.executable).with_name("ansible")
+    out = subprocess.run(
+        [str(binary), "localhost", "-c", "local", "-i", "localhost,", "-m", "ansible.builtin.debug",
+         "-a", "msg={{ nats_client_listen }}", "-e", f"@{ANSIBLE / 'roles/nats/defaults/main.yml'}",
+         "-e", json.dumps({"nats_tls": tls, "groups": {}})],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f'"msg": "{listen}"' in out.stdout, out.stdout
