@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from edge_node.ota.download import sha256_file
 from edge_node.wire import Prediction
 from tests.support.brokers import Mosquitto
 from tests.support.bundles import make_key, make_tiny_bundle
-from tests.support.dashboard_procs import TOKEN, DashboardProcess, chromium, http_request
+from tests.support.dashboard_procs import TOKEN, DashboardProcess, chromium, http_request, page_until
 from tests.support.fleet_procs import Simulator
 from tests.support.nodeproc import Collector, NodeProcess
 from tests.support.ota_http import serving
@@ -51,14 +52,7 @@ def page(browser: Any) -> Iterator[Any]:
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
-def _until(page: Any, expression: str, arg: object = None, timeout: float = WAIT / 1000) -> None:
-    """Poll a JavaScript function until it returns true. (Playwright's wait_for_function evaluates strings,
-    which the page's Content-Security-Policy rightly forbids; ``evaluate`` goes through the debugger.)"""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression, arg):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still false after {timeout:.0f}s: {expression}")
-        time.sleep(0.1)
+_until = partial(page_until, timeout=WAIT / 1000)
 
 
 def _text(page: Any, selector: str) -> str:

@@ -9,13 +9,14 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.brokers import Mosquitto
-from tests.support.dashboard_procs import TOKEN, DashboardProcess, chromium
+from tests.support.dashboard_procs import TOKEN, DashboardProcess, chromium, page_until
 from tests.support.fleet_feed import FleetFeed
 from tests.support.fleet_procs import proc_cpu_seconds
 
@@ -36,13 +37,7 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         broker.stop()
 
 
-def _until(page: Any, expression: str, arg: object = None, timeout: float = WAIT) -> None:
-    """Poll a JavaScript function until it returns true (the page's CSP forbids wait_for_function's eval)."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression, arg):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still false after {timeout:.0f}s: {expression}")
-        time.sleep(0.1)
+_until = partial(page_until, timeout=WAIT)
 
 
 def _fleet_api(base: str, query: str = "") -> dict[str, Any]:

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from edge_node.fleet.simnode import SimNode
 from edge_node.record.sqlite import SqliteStore
 from tests.support.brokers import Mosquitto
-from tests.support.dashboard_procs import DashboardProcess, chromium
+from tests.support.dashboard_procs import DashboardProcess, chromium, page_until
 from tests.support.history_fill import HOURLY_24H, LABELS_24H, fill
 from tests.support.nodeproc import Collector
 
@@ -32,13 +32,7 @@ GREEN = f"""() => {{
 }}"""
 
 
-def _until(page: Any, expression: str, arg: object = None, timeout: float = 20.0) -> None:
-    """Poll a JavaScript function until it returns true (the page's CSP forbids wait_for_function's eval)."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression, arg):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still false after {timeout:.0f}s: {expression}")
-        time.sleep(0.05)
+_until = partial(page_until, timeout=20.0)
 
 
 def test_24_hours_redraw_the_chart_from_the_recorder_and_show_labels_by_hour(

@@ -9,14 +9,14 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from edge_node.fleet.simnode import SimNode
 from tests.support.brokers import Mosquitto
-from tests.support.dashboard_procs import TOKEN, DashboardProcess, chromium, http_request
+from tests.support.dashboard_procs import TOKEN, DashboardProcess, chromium, http_request, page_until
 from tests.support.detection_feed import end, jpeg, start
 from tests.support.nodeproc import Collector
 
@@ -28,13 +28,7 @@ T0 = time.time() - 3600  # an hour of detections, the newest a few seconds old
 ROWS = "document.querySelectorAll('#det-list li').length"
 
 
-def _until(page: Any, expression: str, arg: object = None, timeout: float = 20.0) -> None:
-    """Poll a JavaScript function until it returns true (the page's CSP forbids wait_for_function's eval)."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression, arg):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still false after {timeout:.0f}s: {expression}")
-        time.sleep(0.05)
+_until = partial(page_until, timeout=20.0)
 
 
 def _until_kept(dash: DashboardProcess, broker: Mosquitto, kept: int) -> None:

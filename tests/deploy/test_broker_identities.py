@@ -14,7 +14,6 @@ import os
 import pwd
 import random
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from edge_node.wire import Topics, identities
 from tests.support.brokers import Mosquitto, tls_broker
 from tests.support.paths import REPO
 from tests.support.pki import Authority
-from tests.support.record_procs import RecorderProcess, wait_until
+from tests.support.record_procs import RecorderProcess, sqlite_rows, wait_until
 from tests.support.tlsclient import DENIED, OK, Client
 
 ANSIBLE = REPO / "deploy" / "ansible"
@@ -183,16 +182,6 @@ def test_a_second_person_gets_identities_of_their_own(team: Callable[[str], Clie
         assert client.disconnects == []
 
 
-def _rows(db: Path, table: str) -> int:
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as conn:
-        try:
-            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-        except sqlite3.OperationalError:  # not migrated yet
-            return 0
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_recorder_identity_records_the_fleet_and_publishes_only_its_heartbeat(
@@ -219,7 +208,7 @@ def test_the_recorder_identity_records_the_fleet_and_publishes_only_its_heartbea
             assert node.publish("ghostpi/cam-1/predictions", sim.prediction()) == OK
         event = {"id": "e1", "cmd": "ping", "ok": True, "ts": time.time()}
         assert node.publish("ghostpi/cam-1/events", json.dumps(event).encode()) == OK
-        wait_until(lambda: _rows(db, "predictions") == 5 and _rows(db, "events") == 1, 60, "the rows", rec)
+        wait_until(lambda: sqlite_rows(db, "predictions") == 5 and sqlite_rows(db, "events") == 1, 60, "the rows", rec)
     finally:
         rec.stop()
     recorder = team("recorder")  # the recorder has left: one identity, one connection

@@ -14,7 +14,6 @@ import pwd
 import random
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from edge_node.wire import Topics
 from tests.support.nats import NatsCluster, nats_binary, render_users
 from tests.support.paths import REPO
 from tests.support.pki import Authority
-from tests.support.record_procs import RecorderProcess, wait_until
+from tests.support.record_procs import RecorderProcess, sqlite_rows, wait_until
 from tests.support.tlsclient import Client
 
 pytestmark = pytest.mark.timeout(90)
@@ -190,16 +189,6 @@ def test_a_removed_identity_is_cut_off_at_the_reload(
         cluster.reload()
 
 
-def _rows(db: Path, table: str) -> int:
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as conn:
-        try:
-            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-        except sqlite3.OperationalError:  # not migrated yet
-            return 0
-
-
 async def _as_plain_client(url: str, cfg: MqttConfig, publish: list[str], subscribe: list[str]) -> list[str]:
     """Log in on the plain NATS port with ``cfg``'s certificate, try to publish and subscribe; the server's
     errors (a refused login raises)."""
@@ -253,12 +242,12 @@ def test_the_recorder_identity_records_over_plain_nats_and_nothing_more(
         wait_until(lambda: viewer.on(beat), 90, "the recorder's heartbeat", rec)
         for _ in range(5):
             node.publish("ghostpi/n1/predictions", sim.prediction())
-        wait_until(lambda: _rows(db, "predictions") == 5, 90, "the predictions", rec)
+        wait_until(lambda: sqlite_rows(db, "predictions") == 5, 90, "the predictions", rec)
         # one event at a time: the third is fetched after the first's acknowledgement was sent
         for i in range(3):
             event = {"id": f"e{i}", "cmd": "ping", "ok": True, "ts": time.time()}
             node.publish("ghostpi/n1/events", json.dumps(event).encode())
-            wait_until(lambda i=i: _rows(db, "events") == i + 1, 90, f"event {i}", rec)  # type: ignore[misc]
+            wait_until(lambda i=i: sqlite_rows(db, "events") == i + 1, 90, f"event {i}", rec)  # type: ignore[misc]
     finally:
         rec.stop()
     refused = [line for s in cluster.servers for line in cluster.log(s.name).splitlines() if "Violation" in line]

@@ -18,7 +18,7 @@ from edge_node.wire import RecorderHeartbeat, Topics
 from tests.support.brokers import Mosquitto
 from tests.support.nodeproc import Collector
 from tests.support.paths import run_cli
-from tests.support.record_procs import RecorderProcess, wait_until
+from tests.support.record_procs import RecorderProcess, sqlite_rows, wait_until
 
 PREFIX = "ghostpi"
 
@@ -137,20 +137,6 @@ def test_sqlite_by_default_and_history_answers(tmp_path: Path, mosquitto: Mosqui
         rec.stop()
 
 
-def _sqlite_count(db: Path, table: str) -> int:
-    import sqlite3
-
-    if not db.exists():
-        return 0
-    lite = sqlite3.connect(db, timeout=30)
-    try:
-        return int(lite.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        lite.close()
-
-
 def test_the_recorder_fails_over_along_the_server_list_and_comes_back_after_a_broker_restart(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -171,12 +157,12 @@ def test_the_recorder_fails_over_along_the_server_list_and_comes_back_after_a_br
                 for _ in range(20):
                     bus.publish(Topics(PREFIX, "gate").predictions, sim.prediction(), qos=1)
                 want = 20 * round_
-                wait_until(lambda: _sqlite_count(db, "predictions") >= want, 60, "the rows", rec)  # noqa: B023
+                wait_until(lambda: sqlite_rows(db, "predictions") >= want, 60, "the rows", rec)  # noqa: B023
             finally:
                 bus.close()
             if round_ == 1:
                 mosquitto.restart(downtime=1.0)
-        assert _sqlite_count(db, "predictions") == 40
+        assert sqlite_rows(db, "predictions") == 40
         assert "recording from MQTT" in rec.log() and rec.log().count("recording from MQTT") >= 2, rec.log()[-3000:]
     finally:
         rec.stop()

@@ -25,7 +25,15 @@ import pytest
 
 from tests.support.fleet_procs import edge_env, proc_cpu_seconds, stop_process
 
-__all__ = ["CHROMIUM_FLAGS", "DashboardProcess", "chromium", "chromium_path", "http_request", "measure_fleet"]
+__all__ = [
+    "CHROMIUM_FLAGS",
+    "DashboardProcess",
+    "chromium",
+    "chromium_path",
+    "http_request",
+    "measure_fleet",
+    "page_until",
+]
 
 TOKEN = "test-operator-token-0123456789"
 CHROMIUM_FLAGS = [
@@ -58,6 +66,16 @@ def http_request(
             return resp.status, dict(resp.headers), resp.read() if read else resp.read(200)
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
+
+
+def page_until(page: Any, expression: str, arg: object = None, timeout: float = 20.0) -> None:
+    """Poll a JavaScript function until it returns true. (Playwright's wait_for_function evaluates strings,
+    which the page's Content-Security-Policy rightly forbids; ``evaluate`` goes through the debugger.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout:.0f}s: {expression}")
+        time.sleep(0.05)
 
 
 def chromium_path() -> str | None:

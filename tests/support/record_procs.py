@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any
 from tests.support.fleet_procs import stop_process
 from tests.support.paths import clean_env
 
-__all__ = ["RecorderProcess", "wait_until"]
+__all__ = ["RecorderProcess", "sqlite_rows", "wait_until"]
 
 
 class RecorderProcess:
@@ -71,3 +72,16 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, *logs: R
             tails = "\n".join(f"--- {r.name}:\n{r.log()[-3000:]}" for r in logs)
             raise AssertionError(f"{what} did not happen within {timeout}s\n{tails}")
         time.sleep(0.1)
+
+
+def sqlite_rows(db: Path, table: str) -> int:
+    """Rows of ``table`` in a recorder's SQLite history; 0 before the recorder made (and migrated) it."""
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    except sqlite3.OperationalError:  # not migrated yet
+        return 0
+    finally:
+        conn.close()
