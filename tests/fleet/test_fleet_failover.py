@@ -182,3 +182,42 @@ def test_a_simulated_fleet_is_back_after_a_server_kill(cluster: NatsCluster, tmp
     finally:
         watch.close()
         sim.close()
+
+
+async def _consumers_of_a_subscribed_node(cluster: NatsCluster) -> tuple[int, list[tuple[str, bytes]]]:
+    import nats
+
+    cfg = MqttConfig.model_validate({"hosts": cluster.hosts, "protocol": "3.1.1", "reconnect_min": 0.2})
+    inbox = _Inbox()
+    link = Link(cfg, T, client_id="ghostpi-fo-1", subscriptions=(T.control, T.fleet_control), on_message=inbox)
+    runner = asyncio.create_task(link.run())
+    nc = await nats.connect(f"nats://127.0.0.1:{cluster.servers[0].client_port}", connect_timeout=10)
+    try:
+        await _until(lambda: link.connected, 30, "the connect")
+        operator = Collector(cluster.mqtt_ports[(_index(cluster, link.server) + 1) % 3], ())  # publishes only
+        try:
+            deadline = time.monotonic() + 45
+            while (T.control, b"ping") not in inbox.got:  # a QoS 1 command reaches the QoS 0 subscription
+                assert time.monotonic() < deadline, "the node never heard the command"
+                with contextlib.suppress(RuntimeError, ValueError):
+                    await asyncio.to_thread(operator.publish, T.control, b"ping", 1)
+                await asyncio.sleep(0.5)
+        finally:
+            operator.close()
+        info = await nc.jetstream().stream_info("$MQTT_msgs")
+        return info.state.consumer_count, inbox.got
+    finally:
+        await nc.close()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_nodes_subscriptions_cost_the_cluster_no_jetstream_consumer(cluster: NatsCluster) -> None:
+    """Each QoS 1 subscription on NATS is a JetStream consumer replicated as a Raft group of its own: with two per
+    node, 2,000 nodes kept a fresh cluster from taking half their first connects and made every node wait for
+    leader elections after a server died (docs/benchmarks.md). The node's sessions are clean, so QoS 0
+    subscriptions lose nothing; a command sent at QoS 1 still arrives."""
+    consumers, got = asyncio.run(_consumers_of_a_subscribed_node(cluster))
+    assert (T.control, b"ping") in got
+    assert consumers == 0
