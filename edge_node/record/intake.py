@@ -28,7 +28,9 @@ class Intake:
         self._writer = writer
         self._clock = clock
 
-    def on_message(self, topic: str, payload: bytes, ack: Ack | None = None) -> None:
+    def on_message(self, topic: str, payload: bytes, ack: Ack | None = None) -> bool:
+        """False when the row could not be queued (the writer's queue is full): a message with ``ack`` is then
+        left unacknowledged for its broker to send again."""
         parsed = Topics.parse(self._prefix, topic)
         row = None if parsed is None else to_row(parsed[0], parsed[1], payload, self._clock())
         if row is None:
@@ -36,5 +38,9 @@ class Intake:
             self._writer.count(f"bad_{leaf}")
             if ack is not None:
                 ack()  # a payload that cannot be recorded now never can: do not have it sent again
-            return
-        self._writer.put(row, ack)
+            return True
+        return self._writer.put(row, ack)
+
+    def has_room(self) -> bool:
+        """The writer's queue is at most half full: messages sent again would find a place."""
+        return self._writer.queued() <= self._writer.max_queue // 2

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from functools import partial
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = ["MqttSource", "subscriptions"]
 log = logging.getLogger(__name__)
 
 _QUIET_WARNING_S = 60.0  # subscribed this long without one message: say what to check
+_WATCH_S = 1.0  # how often a connection's deferred messages and first-minute silence are looked at
 
 
 def subscriptions(prefix: str, group: str, *, shared: bool) -> list[tuple[str, int]]:
@@ -71,6 +73,7 @@ class _Session:
         self.down = asyncio.Event()  # the connection ended, or was refused
         self.reason = ""
         self.received = 0
+        self.deferred = 0  # QoS 1 messages left unacknowledged because the writer's queue was full
         self._ended = False
         self._v5 = cfg.protocol == "5"
         client = paho.Client(
@@ -146,7 +149,8 @@ class _Session:
         self.received += 1
         ack = partial(self._ack, msg.mid, msg.qos) if msg.qos else None
         payload = msg.payload
-        self._intake.on_message(msg.topic, payload if isinstance(payload, bytes) else bytes(payload), ack)
+        if not self._intake.on_message(msg.topic, payload if isinstance(payload, bytes) else bytes(payload), ack):
+            self.deferred += ack is not None
 
     def _ack(self, mid: int, qos: int) -> None:
         """From the writer's thread, after the commit. A connection that has ended is not acknowledged on: its
@@ -185,14 +189,17 @@ class MqttSource:
                 self.subscribed.set()
                 how = f"shared group {self._cfg.group}" if self._cfg.shared else "not shared"
                 log.info("recording from MQTT %s (MQTT %s, %s)", server, self._cfg.protocol, how)
-                await self._watch(session)
+                again = await self._watch(session)
                 log.warning("MQTT server %s: %s", server, session.reason)
             except (OSError, TimeoutError, ConnectionError) as exc:
+                again = False
                 log.warning("MQTT server %s: %s", server, exc or type(exc).__name__)
             finally:
                 self._session = None
                 self.subscribed.clear()
                 await session.close()
+            if again:
+                continue  # the same server at once: nothing failed
             failures = 0 if was_up else failures + 1
             order.advance()
             delay = backoff.after_drop(rng) if was_up else backoff.delay(failures, len(order.servers), rng)
@@ -215,17 +222,27 @@ class MqttSource:
         if not session.up.is_set():
             raise ConnectionError(session.reason)
 
-    async def _watch(self, session: _Session) -> None:
-        """Until the connection ends; one warning if nothing at all arrives at first (a wrong prefix, or a broker
-        that does not know ``$share``)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(session.down.wait(), _QUIET_WARNING_S)
-            return
-        if session.received == 0:
-            log.warning("no fleet message in %.0f s since subscribing to %s/+/...: is the fleet publishing under "
-                        "that prefix? A broker without shared subscriptions needs EDGE_RECORD__SHARED=false (NATS: "
-                        "EDGE_RECORD__NATS_SERVERS)", _QUIET_WARNING_S, self._prefix)  # fmt: skip
-        await session.down.wait()
+    async def _watch(self, session: _Session) -> bool:
+        """Until the connection ends, or until it must be made again: an MQTT broker sends an unacknowledged QoS 1
+        message again only to a new connection of the session, so messages the full queue left unacknowledged
+        would otherwise wait for the next network failure (and hold the broker's in-flight window meanwhile).
+        One warning if nothing at all arrives at first (a wrong prefix, or a broker that does not know
+        ``$share``). True: connect again to the same server."""
+        started = time.monotonic()
+        warned = False
+        while not session.down.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.down.wait(), _WATCH_S)
+            if session.deferred and self._intake.has_room():
+                session.reason = (f"{session.deferred} QoS 1 messages were not queued (the database fell behind); "
+                                  "connecting again so that the broker sends them again")  # fmt: skip
+                return True
+            if not warned and session.received == 0 and time.monotonic() - started > _QUIET_WARNING_S:
+                warned = True
+                log.warning("no fleet message in %.0f s since subscribing to %s/+/...: is the fleet publishing "
+                            "under that prefix? A broker without shared subscriptions needs EDGE_RECORD__SHARED="
+                            "false (NATS: EDGE_RECORD__NATS_SERVERS)", _QUIET_WARNING_S, self._prefix)  # fmt: skip
+        return False
 
     async def publish(self, topic: str, payload: bytes) -> None:
         session = self._session

@@ -213,3 +213,35 @@ def test_a_recorder_killed_before_its_commit_loses_no_qos1_message(
         assert _count(pg_fresh, "SELECT count(*) FROM events") == 5
     finally:
         rec.stop()
+
+
+def test_qos1_messages_a_full_queue_turned_away_are_sent_again_once_it_has_room(
+    tmp_path: Path, mosquitto: Mosquitto, bus: Collector, pg_fresh: str
+) -> None:
+    """The database stalls (a table lock), predictions fill the writer's queue, and QoS 1 events arrive: they are
+    left unacknowledged. An MQTT broker sends those again only to a new connection of the session, so once the
+    queue has room the recorder connects again and records them. (Before, they waited for the next network
+    failure or restart, and held the broker's in-flight window meanwhile.)"""
+    env = {"EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(mosquitto.port), "EDGE_RECORD__DSN": pg_fresh}
+    env["EDGE_RECORD__MAX_QUEUE"] = "100"
+    rec = RecorderProcess(tmp_path / "rec", "solo", env).start()
+    node, now = Topics(PREFIX, "door"), time.time()
+    sim = SimNode("door", rng=random.Random(7))
+    try:
+        _wait_subscribed(bus, [rec])
+        with psycopg.connect(pg_fresh) as holder:
+            holder.execute(b"LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # held until the rollback below
+            bus.publish(node.events, json.dumps({"id": "first", "cmd": "ping", "ok": True, "ts": now}), qos=1)
+            wait_until(lambda: _waiting_on_a_lock(pg_fresh), 30, "the recorder's commit to wait on the lock", rec)
+            for _ in range(150):
+                bus.publish(node.predictions, sim.prediction(), qos=0)
+            wait_until(lambda: _beats(bus, "solo")[-1].queued >= 100, 30, "a full queue", rec)
+            for i in range(10):
+                bus.publish(node.events, json.dumps({"id": f"e{i}", "cmd": "ping", "ok": True, "ts": now + i}), qos=1)
+            wait_until(lambda: _beats(bus, "solo")[-1].dropped.get("deferred", 0) >= 10, 30, "deferred events", rec)
+            holder.rollback()
+        wait_until(lambda: _count(pg_fresh, "SELECT count(*) FROM events") >= 11, 60, "all 11 events", rec)
+        assert _count(pg_fresh, "SELECT count(*) FROM events") == 11
+        assert "connecting again so that the broker sends them again" in rec.log()
+    finally:
+        rec.stop()
