@@ -42,5 +42,4 @@ class Intake:
         return self._writer.put(row, ack)
 
     def has_room(self) -> bool:
-        """The writer's queue is at most half full: messages sent again would find a place."""
-        return self._writer.queued() <= self._writer.max_queue // 2
+        return self._writer.has_room()

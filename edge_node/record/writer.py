@@ -107,13 +107,10 @@ class BatchWriter:
         """A batch is ready without waiting out the commit interval (called under the lock)."""
         return len(self._queue) >= self._cfg.batch_rows or self._unacked >= ACK_BATCH
 
-    @property
-    def max_queue(self) -> int:
-        return self._cfg.max_queue
-
-    def queued(self) -> int:
+    def has_room(self) -> bool:
+        """The queue is at most half full: messages a broker sends again would find a place."""
         with self._cond:
-            return len(self._queue)
+            return len(self._queue) <= self._cfg.max_queue // 2
 
     def count(self, reason: str) -> None:
         """A message the ingest side could not turn into a row (bad payload, unknown topic)."""
