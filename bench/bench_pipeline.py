@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,8 @@ from edge_node.vision.timing import time_variant  # noqa: E402
 from tests.support.brokers import Mosquitto  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+# The venv's py-spy when the bench runs as .venv/bin/python without the venv on PATH.
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
 FORMAT = ("-F", "%U %t %p")  # mosquitto_sub: receive time, topic, payload
 
 
@@ -193,7 +196,7 @@ def node_run(
 def _thread_names(pid: int) -> dict[int, str]:
     """Python thread names by OS thread id, from ``py-spy dump`` (a dev tool); empty without it."""
     try:
-        dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+        dump = subprocess.run([PY_SPY, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return {}
     return {int(m[1]): m[2] for m in re.finditer(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump.stdout)}
