@@ -11,4 +11,4 @@ bash "$ROOT/scripts/lint.sh"  # stops here on any finding (set -e)
 echo "== pytest" >&2
 # Two workers, a test file each at a time (module fixtures stay in one process): half the suite waits on brokers,
 # nodes and subprocesses, so two halve its time on 2 cores. `scripts/test.sh -n 0 ...` runs in one process.
-exec python -m pytest -q -ra -n 2 --dist loadfile "$@"
+exec python -m pytest -q -ra -n 2 --dist loadfile --durations=25 "$@"
