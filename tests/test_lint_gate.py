@@ -105,4 +105,4 @@ def test_a_clean_tree_goes_on_to_pytest_with_the_arguments(tmp_path: Path) -> No
     status, output, calls = _test_sh(tmp_path, {})
     assert status == 0, output
     assert "== mypy" in output and "Success: no issues found" in output
-    assert "python -m pytest -q -ra -n 2 --dist loadfile -k marker" in calls, calls
+    assert "python -m pytest -q -ra -n 2 --dist loadfile --durations=25 -k marker" in calls, calls
