@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 600.0  # checks and timings take seconds; a Pi Zero with a big bundle takes minutes
 NICE = 10  # during an update the old model keeps serving: the choice must not starve it of CPU
 _LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# The child imports this module as itself: run as ``-m`` it would be imported twice (through the package, which
+# imports it, and as __main__), which runpy warns about on every start.
+_CHILD = f"from {__name__} import child_main; child_main()"
 
 
 def choose_isolated(
@@ -46,15 +49,15 @@ def choose_isolated(
 ) -> Choice:
     """:func:`edge_node.vision.selection.choose` in a child process (same arguments, same errors).
 
-    The child is this module run by this interpreter: the arguments go in pickled on stdin, the choice or the
-    error comes back pickled on stdout, and the child logs to the node's stderr at the node's level.
+    The child is this interpreter running :func:`child_main`: the arguments go in pickled on stdin, the choice
+    or the error comes back pickled on stdout, and the child logs to the node's stderr at the node's level.
     """
     level = logging.getLogger().getEffectiveLevel()
     request = pickle.dumps((bundle, cfg, resolution, frame, cache, strict, level))
     started = time.monotonic()
     try:
         run = subprocess.run(
-            [sys.executable, "-m", __name__], input=request, stdout=subprocess.PIPE, timeout=timeout, check=False
+            [sys.executable, "-c", _CHILD], input=request, stdout=subprocess.PIPE, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
         raise InferenceError(
@@ -87,8 +90,9 @@ def _portable(exc: EdgeError) -> EdgeError:
     return exc
 
 
-def _child() -> None:
-    """The child's side: nothing but the answer reaches stdout (runtimes print to fd 1, so it goes to stderr)."""
+def child_main() -> None:
+    """The child's side, run by :func:`choose_isolated`: nothing but the answer reaches stdout (runtimes print to
+    fd 1, so it goes to stderr)."""
     answer = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     os.nice(NICE)  # before any runtime starts a thread: they all inherit it
@@ -104,7 +108,3 @@ def _child() -> None:
         result = ("error", InferenceError(f"the device choice failed: {type(exc).__name__}: {exc}"))
     answer.write(pickle.dumps(result))
     answer.close()
-
-
-if __name__ == "__main__":
-    _child()

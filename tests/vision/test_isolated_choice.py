@@ -44,6 +44,9 @@ def test_choosing_loads_no_runtime_into_the_node(tmp_path: Path) -> None:
     assert out["trials"] == 4 and out["serves"].startswith("onnxruntime"), out
     assert out["loaded"] == [], f"the choice loaded {out['loaded']} into the node: {run.stderr[-2000:]}"
     assert "chosen on this device" in run.stderr  # the child logs where the node logs, at the node's level
+    # Run as ``-m edge_node.vision.isolated``, the child imported its own module twice (once through the package,
+    # once as __main__), and every node start printed runpy's RuntimeWarning about it.
+    assert "Warning" not in run.stderr, run.stderr[-2000:]
 
 
 def test_the_childs_errors_reach_the_node_as_they_were(tmp_path: Path) -> None:
