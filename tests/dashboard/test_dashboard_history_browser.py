@@ -197,3 +197,44 @@ def test_a_shown_range_refreshes_itself_while_the_page_is_visible(mosquitto: Mos
     finally:
         feed.close()
         dash.close()
+
+
+def test_a_failed_refresh_keeps_the_chart_says_so_and_tries_again(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The dashboard server gone while 1 h is shown (refreshed every second): the chart stays drawn, its legend
+    says the refresh failed, and the page keeps trying."""
+    db = tmp_path / "history.db"
+    store = SqliteStore(db)
+    filled = time.time()
+    fill(store, filled)
+    store.close()
+    beats = [("heartbeat", {"ts": filled - 30 * k, "fps": 5.0, "inference_ms_avg": 40.0}) for k in range(1, 20)]
+    _write(
+        db, *beats
+    )  # every 30 s for 10 min: a line on the 1 h chart (1-min buckets), the fps one below the latency one
+    dash = DashboardProcess(
+        mosquitto.port, tmp_path, EDGE_DASHBOARD__HISTORY="true", EDGE_RECORD__PATH=str(db),
+        EDGE_DASHBOARD__HISTORY_REFRESH="1",
+    )  # fmt: skip
+    feed = Collector(mosquitto.port, ("ghostpi/none",))
+    legend = "last 1 h · recorder · max 10.0 fps, 40.0 ms"
+    try:
+        feed.publish("ghostpi/door/heartbeat", SimNode("door").heartbeat())
+        with chromium() as browser:
+            page = browser.new_page()
+            page.goto(f"{dash.base}/")
+            _until(page, f"() => !!document.querySelector('{CARD}')")
+            _until(page, f"() => !document.querySelector('{CARD} button[data-range=\"1h\"]').hidden")
+            page.click(f'{CARD} button[data-range="1h"]')
+            _until(page, f"() => {SPAN} === '{legend}'")
+            _until(page, "() => ghostpiStats.history.refreshes >= 1")  # refreshing
+            drawn = page.evaluate(GREEN)
+            assert drawn > 100
+
+            dash.close()
+            _until(page, f"() => {SPAN} === '{legend} · refresh failed: dashboard server unreachable'")
+            _until(page, "() => ghostpiStats.history.refreshFailures >= 3")  # and again, a second apart
+            assert page.evaluate(GREEN) == drawn  # the old chart, as it was
+            assert page.evaluate(SPAN) == f"{legend} · refresh failed: dashboard server unreachable"
+    finally:
+        feed.close()
+        dash.close()
