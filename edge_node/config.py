@@ -343,6 +343,13 @@ class DashboardConfig(_Section):
         description="read the recorder's database (the one `edge-node history` reads: EDGE_RECORD__DSN or its "
         "SQLite file): the timeline reaches back as far as it does, the charts show 1 h, 24 h and 7 days",
     )
+    history_refresh: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="seconds between two fetches of a recorder range a card shows: 1 h's (its buckets are 1 min); "
+        "24 h and 7 days wait 5 times as long (12 and 84 min buckets)",
+    )
     detection_thumbnail_bytes: int = Field(
         32_000_000, ge=0, le=1_000_000_000, description="bytes of detection snapshots kept (the oldest go first)"
     )

@@ -158,3 +158,13 @@ def test_model_spin_is_off_unless_set_and_must_be_a_boolean(monkeypatch: pytest.
     monkeypatch.setenv("EDGE_MODEL__SPIN", "sometimes")
     with pytest.raises(ConfigError, match="EDGE_MODEL__SPIN: Input should be a valid boolean"):
         load_settings()
+
+
+def test_dashboard_history_refresh_has_a_default_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().dashboard.history_refresh == 60.0
+    monkeypatch.setenv("EDGE_DASHBOARD__HISTORY_REFRESH", "1")
+    assert load_settings().dashboard.history_refresh == 1.0
+    for bad in ("0.5", "3601", "soon"):
+        monkeypatch.setenv("EDGE_DASHBOARD__HISTORY_REFRESH", bad)
+        with pytest.raises(ConfigError, match="EDGE_DASHBOARD__HISTORY_REFRESH"):
+            load_settings()

@@ -352,6 +352,10 @@ class Dashboard:
                 "stale_after": self.cfg.stale_after,
                 "history_seconds": self.cfg.history_seconds,
                 "history_ranges": list(RANGES) if self.history is not None else [],  # the recorder's, for charts
+                # seconds between refreshes of a range a card shows (only while shown and the page visible)
+                "history_refresh_seconds": {
+                    name: self.cfg.history_refresh * (1 if name == "1h" else 5) for name in RANGES
+                },
                 "push_interval": self.cfg.push_interval,
                 "token_ok": verdict == "ok",
                 "broker": self.broker_status(),

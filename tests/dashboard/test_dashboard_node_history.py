@@ -64,6 +64,7 @@ def test_a_nodes_chart_and_hourly_labels_come_from_the_recorder(
         try:
             status, config = _get(dash, "/api/config")
             assert status == 200 and config["history_ranges"] == ["1h", "24h", "7d"]
+            assert config["history_refresh_seconds"] == {"1h": 60.0, "24h": 300.0, "7d": 300.0}  # the defaults
 
             status, day = _get(dash, "/api/nodes/door/history?range=24h")
             assert status == 200, day

@@ -139,7 +139,12 @@ function applyFull(msg) {
   window.ghostpiStats.fulls++;
   const names = new Set(msg.nodes.map((n) => n.node));
   for (const [name, node] of app.nodes) {
-    if (!names.has(name)) { node.el.remove(); app.nodes.delete(name); }
+    if (!names.has(name)) {
+      node.el.remove();
+      app.nodes.delete(name);
+      ranged.delete(node); // no more refreshes of a card that is gone
+      if (node.asking) node.asking.abort();
+    }
   }
   for (const card of msg.nodes) {
     const node = ensureNode(card.node);
@@ -200,6 +205,7 @@ const observer = new IntersectionObserver((entries) => {
     if (!node) continue;
     node.visible = entry.isIntersecting;
     if (node.visible && node.chartDirty) { app.dirty.add(node.name); schedule(); }
+    if (node.visible) refreshDue(node); // a recorder's range that went stale off screen
   }
 });
 
@@ -217,7 +223,9 @@ function ensureNode(name) {
   refs.name.textContent = name;
   refs.name.title = name;
   node = { name, el, refs, data: { events: [], history: [] }, visible: false, chartDirty: true, snapVersion: 0,
-    range: "live", past: null }; // past: the recorder's answer for the chosen range
+    range: "live", past: null, asking: null, askedAt: 0, refreshError: null };
+  // past: the recorder's answer for the chosen range; asking: the AbortController of its request on its way;
+  // askedAt: when the last request ended (performance.now()); refreshError: why the last refresh failed
   wireCard(node);
   showRanges(node);
   app.nodes.set(name, node);
@@ -439,6 +447,7 @@ function drawPast(node, ctx, w, h) {
   node.refs["chart-span"].textContent = points.length
     ? `last ${RANGE_TEXT[past.range]} · recorder · max ${fmt(fpsMax)} fps, ${fmt(infMax)} ms`
     : `last ${RANGE_TEXT[past.range]} · the recorder has no heartbeats of this node`;
+  if (node.refreshError) node.refs["chart-span"].textContent += ` · refresh failed: ${node.refreshError}`;
 }
 
 // One line of points[i][index] against time (points[i][0]), scaled to its maximum; returns that maximum.
@@ -463,10 +472,20 @@ function plot(ctx, points, x, index, colour, h, maxGap) {
 }
 
 // --- the recorder's ranges: a card's chart and its node's label counts by hour ---------------------------
-// Fetched when a range button is pressed (never on the stream): at most 120 chart points and 169 hours.
+// Fetched when a range button is pressed (never on the stream): at most 120 chart points and 169 hours. While
+// a range is shown it is fetched again every history_refresh_seconds[range] (/api/config; the server's
+// defaults: 60 s for 1 h, 300 s for 24 h and 7 days, EDGE_DASHBOARD__HISTORY_REFRESH), only for cards on
+// screen in a visible page, one request per card at a time; the old chart stays until the new answer is drawn.
 
 const RANGE_TEXT = { "1h": "1 h", "24h": "24 h", "7d": "7 days" };
-window.ghostpiStats.history = { fetches: 0 };
+const REFRESH_FALLBACK = { "1h": 60, "24h": 300, "7d": 300 }; // seconds, should the config not say
+window.ghostpiStats.history = { fetches: 0, refreshes: 0, refreshFailures: 0 };
+const ranged = new Set(); // the cards showing a recorder's range
+
+function refreshSeconds(range) {
+  const table = app.config && app.config.history_refresh_seconds;
+  return (table && table[range]) || REFRESH_FALLBACK[range] || 300;
+}
 
 function showRanges(node) {
   const ranges = (app.config && app.config.history_ranges) || [];
@@ -482,40 +501,79 @@ function showRanges(node) {
 }
 
 async function chooseRange(node, range) {
+  if (node.asking) node.asking.abort(); // a refresh (or the previous range's first fetch) on its way: not wanted
+  node.asking = null;
   node.range = range;
   node.past = null;
+  node.refreshError = null;
   showRanges(node);
   if (node.range !== range) return; // not a range this dashboard has (showRanges went back to live)
   if (range === "live") {
+    ranged.delete(node);
     node.chartDirty = true;
     app.dirty.add(node.name);
     schedule();
     return;
   }
+  ranged.add(node);
   const canvas = node.refs.chart;
   canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
   node.refs["chart-span"].textContent = `asking the recorder for the last ${RANGE_TEXT[range]}…`;
+  await fetchRange(node, range);
+}
+
+// One request for the range a card shows: its first (the caller said "asking…") or a refresh, which leaves
+// the chart and the hourly table as they are until the answer, and on an error keeps them and says so.
+async function fetchRange(node, range) {
+  const asking = new AbortController();
+  node.asking = asking;
+  const refresh = node.past !== null;
+  const current = () => node.range === range && node.asking === asking; // not switched, not superseded
   let text;
   try {
     const response = await fetch(`/api/nodes/${encodeURIComponent(node.name)}/history?range=${range}`,
-      { headers: authHeaders(), cache: "no-store" });
-    if (node.range !== range) return; // another button was pressed meanwhile
+      { headers: authHeaders(), cache: "no-store", signal: asking.signal });
+    if (!current()) return; // another button was pressed meanwhile
     if (response.ok) {
-      node.past = await response.json();
-      if (node.range !== range) return;
+      const past = await response.json();
+      if (!current()) return;
+      node.asking = null;
+      node.askedAt = performance.now(); // the next one after a wait from here
+      node.past = past;
+      node.refreshError = null;
       window.ghostpiStats.history.fetches++;
+      if (refresh) window.ghostpiStats.history.refreshes++;
       drawChart(node);
       if (hourly.node === node && $("#node-history").open) renderHourly(node);
       return;
     }
     text = response.status === 401 ? "viewing needs the operator token: enter it above" : await errorText(response);
   } catch (err) {
-    text = "dashboard server unreachable";
+    text = "dashboard server unreachable"; // or aborted: then no longer current
   }
-  if (node.range !== range) return;
+  if (!current()) return;
+  node.asking = null;
+  node.askedAt = performance.now(); // tried again after the same wait
+  if (node.past) { // a refresh failed: the old answer stays, with a word
+    window.ghostpiStats.history.refreshFailures++;
+    node.refreshError = text;
+    drawChart(node);
+    if (hourly.node === node && $("#node-history").open) renderHourly(node);
+    return;
+  }
   node.refs["chart-span"].textContent = text;
   if (hourly.node === node && $("#node-history").open) $("#nh-state").textContent = text;
 }
+
+// A card whose range is due asks again, unless it is off screen, the page hidden, or a request is on its way.
+function refreshDue(node) {
+  if (node.range === "live" || node.asking || !node.visible || document.visibilityState !== "visible") return;
+  if (performance.now() - (node.askedAt || 0) < refreshSeconds(node.range) * 1000) return;
+  fetchRange(node, node.range);
+}
+
+setInterval(() => { if (document.visibilityState === "visible") for (const node of ranged) refreshDue(node); }, 1000);
+document.addEventListener("visibilitychange", () => { for (const node of ranged) refreshDue(node); });
 
 const hourly = { node: null };
 
@@ -545,6 +603,7 @@ function renderHourly(node) {
   $("#nh-state").textContent = rows.length ? `the recorder's predictions since ${hourText(past.hours_since)}: ` +
     `${rows.length} hours with some, the ${past.labels.length} most frequent labels`
     : "the recorder has no predictions of this node in this range";
+  if (node.refreshError) $("#nh-state").textContent += ` (refresh failed: ${node.refreshError})`;
   const tr = document.createElement("tr");
   for (const name of ["hour", ...past.labels, "other", "all"]) {
     tr.append(Object.assign(document.createElement("th"), { textContent: name, title: name }));
