@@ -61,7 +61,8 @@ TARGETS = {
 
 
 def requirements() -> list[str]:
-    """What a node installs: the package's runtime dependencies, plus the optional runtime add-ons."""
+    """What the roles install: the package's runtime dependencies, plus the add-ons of optional.in (a node's
+    LiteRT runtime, a recorder's PostgreSQL and NATS clients)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     optional = [line.split("#")[0].strip() for line in OPTIONAL.read_text().splitlines()]
     return [*project["dependencies"], *(line for line in optional if line)]
@@ -130,7 +131,7 @@ def refresh(target: Target, *, upgrade: bool, upgrade_packages: set[str]) -> int
     header = [
         f"# GhostPi pinned versions for {target.name}: {target.about}.",
         f"# Python {target.python}, {target.arch}, glibc 2.{target.glibc}, wheels only, as pip resolves them there.",
-        "# The edge_node role installs with 'pip install -c <this file>' on hosts of this target.",
+        "# The edge_node and recorder roles install with 'pip install -c <this file>' on hosts of this target.",
         "# Regenerate with scripts/constraints.py;"
         " tests/deploy/test_constraints.py downloads every pin (docs/deploy.md).",
     ]

@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,42 @@ def local_recorder_role(tmp: Path, **variables: object) -> tuple[Path, Path]:
     return extra, playbook
 
 
+def _pins(path: Path) -> dict[str, str]:
+    """name -> version of a deploy/constraints file, numpy included where the file leaves it to apt (its
+    ``# system-numpy:`` header: the version the pins were resolved with)."""
+    text = path.read_text()
+    pins = dict(re.findall(r"^([a-z0-9-]+)==(\S+)$", text, flags=re.MULTILINE))
+    if numpy := re.search(r"^# system-numpy: (\S+)$", text, flags=re.MULTILINE):
+        pins["numpy"] = numpy.group(1)
+    return pins
+
+
+def _stub_wheel(out: Path, name: str, version: str, metadata: str = "") -> None:
+    """A wheel of ``name`` ``version`` that installs only its metadata: a package index for the test that pip
+    resolves like the real one, in no time and offline."""
+    dist = f"{name.replace('-', '_')}-{version}"
+    files = {
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{metadata}",
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{path},,\n" for path in files) + f"{dist}.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(out / f"{dist}-py3-none-any.whl", "w") as wheel:
+        for path, text in {**files, f"{dist}.dist-info/RECORD": record}.items():
+            wheel.writestr(path, text)
+
+
+def _stub_index(out: Path, pins: dict[str, str]) -> Path:
+    """Every pinned package at its pin and at a newer 999.0, which pip takes unless the pins hold it back."""
+    out.mkdir()
+    for name, pinned in pins.items():
+        for version in (pinned, "999.0"):
+            extra = ""
+            if name == "psycopg":  # psycopg[binary] is psycopg-binary of the same version, as on PyPI
+                extra = f'Provides-Extra: binary\nRequires-Dist: psycopg-binary=={version}; extra == "binary"\n'
+            _stub_wheel(out, name, version, extra)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_recorder_role_installs_idempotently(tmp_path: Path) -> None:
@@ -291,12 +328,18 @@ def test_recorder_role_installs_idempotently(tmp_path: Path) -> None:
     files.mkdir()
     for name in ("ca.crt", "recorder.crt", "recorder.key"):
         (files / name).write_text(f"-----BEGIN TEST {name}-----\n")
+    # The pinned versions of this machine's target (Debian 12 x86_64 here); the wheel's dependencies come from
+    # a stub index holding each pin and a newer release, so the venv shows which ones pip was allowed to take.
+    release = platform.freedesktop_os_release().get("VERSION_CODENAME", "")
+    target = REPO / "deploy" / "constraints" / f"{release}-{platform.machine()}.txt"
+    pins = _pins(target)
+    index = _stub_index(tmp_path / "index", pins)
     pgpass = f"db.lan:5432:ghostpi:recorder:{SECRET}"
     extra, playbook = local_recorder_role(
         tmp_path,
         recorder_root=str(root),
         recorder_wheel=str(wheel),
-        recorder_pip_extra_args="--no-deps --no-index",
+        recorder_pip_extra_args=f"--no-index --find-links {index}",
         recorder_ca_cert_src=str(files / "ca.crt"),
         recorder_client_cert_src=str(files / "recorder.crt"),
         recorder_client_key_src=str(files / "recorder.key"),
@@ -331,6 +374,22 @@ def test_recorder_role_installs_idempotently(tmp_path: Path) -> None:
     # the venv: its own (no system site packages), holds the wheel's entry point
     venv = root / "opt" / "ghostpi-record" / "venv"
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
+    # ... and the target's pinned versions, the record extra's included, copied beside it
+    install = root / "opt" / "ghostpi-record"
+    assert (install / "constraints.txt").read_text() == target.read_text()
+    numpy_pin = install / "constraints-numpy.txt"  # only where the node's numpy comes from apt (arm64)
+    if "# system-numpy:" in target.read_text():
+        assert numpy_pin.read_text() == f"numpy=={pins['numpy']}\n"
+    else:
+        assert not numpy_pin.exists()
+    listing = "import importlib.metadata as m, json; print(json.dumps({d.name: d.version for d in m.distributions()}))"
+    ask = subprocess.run([str(venv / "bin" / "python"), "-c", listing], capture_output=True, text=True, timeout=60)
+    installed = {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in json.loads(ask.stdout).items()}
+    installed.pop("ghostpi-edge-node")
+    for tool in ("pip", "setuptools"):
+        installed.pop(tool, None)
+    assert {"psycopg", "psycopg-binary", "nats-py", "pydantic", "numpy"} <= set(installed), installed
+    assert installed == {name: pins[name] for name in installed}, installed
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "project-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # deps of the test venv
     version = subprocess.run([str(venv / "bin" / "edge-node"), "--version"], capture_output=True, text=True, timeout=60)
@@ -376,14 +435,37 @@ def test_recorder_role_installs_idempotently(tmp_path: Path) -> None:
         ({"recorder_dsn": "postgresql://r:x@db.lan/ghostpi"}, "goes in recorder_pgpass"),
         ({"recorder_env": {"edge_record__dsn": "host=db.lan"}}, "not recorder_env"),
         ({"recorder_mqtt_host": ""}, "and the broker"),
+        # a host whose target has no pinned versions (probed with a stand-in python3), or another Python's
+        ({"probe": {"codename": "bullseye", "python": "3.9"}}, "No pinned versions for bullseye-aarch64 (Python 3.9)"),
+        ({"probe": {"codename": "trixie", "machine": "x86_64"}}, "or set recorder_constraints: false"),
+        ({"probe": {"python": "3.12"}}, "bookworm-aarch64.txt pins versions for another Python"),
+        ({"probe": {"python": "3.12"}, "recorder_constraints_target": "trixie-x86_64"}, "No pinned versions for tri"),
     ],
-    ids=["no-identity", "not-a-recorder-identity", "group", "dsn-password", "url-password", "env-dsn", "no-broker"],
+    ids=[
+        "no-identity",
+        "not-a-recorder-identity",
+        "group",
+        "dsn-password",
+        "url-password",
+        "env-dsn",
+        "no-broker",
+        "unknown-release",
+        "no-file-for-target",
+        "other-python",
+        "override-without-file",
+    ],
 )
 def test_recorder_role_refuses_what_cannot_work_before_installing_anything(
     tmp_path: Path, variables: dict[str, object], message: str
 ) -> None:
     if not PLAYBOOK.exists():
         pytest.skip("ansible-playbook is not installed (pip install 'ghostpi-edge-node[dev]')")
+    if "probe" in variables:  # a stand-in python3 answers the role's probe
+        probe = variables["probe"]
+        assert isinstance(probe, dict)
+        variables = {k: v for k, v in variables.items() if k != "probe"} | {
+            "recorder_python": _fake_python(tmp_path, probe)
+        }
     settings = {"recorder_root": str(tmp_path / "root"), "recorder_wheel": "x.whl", **variables}
     extra, playbook = local_recorder_role(tmp_path, **settings)
     with pytest.raises(AssertionError, match=re.escape(message)):

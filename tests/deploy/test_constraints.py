@@ -11,6 +11,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
@@ -50,6 +51,24 @@ def test_one_file_per_target_with_the_targets_python_and_numpy() -> None:
         for requirement in constraints.requirements():  # every direct dependency is pinned
             name_only = constraints._norm(re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0])
             assert name_only in pins or (name_only == "numpy" and target.numpy), f"{name}: {name_only} is not pinned"
+
+
+def test_the_recorders_extra_is_pinned_for_every_target() -> None:
+    """The recorder role installs edge-node[record] with its target's file: psycopg (and the psycopg-binary its
+    [binary] extra pulls in) and nats-py must be pinned there too, or a recorder gets whatever is newest."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    record = [Requirement(r) for r in project["optional-dependencies"]["record"]]
+    wanted = {constraints._norm(r.name) for r in record} | {
+        constraints._norm(f"{r.name}-{extra}") for r in record for extra in r.extras
+    }
+    assert wanted >= {"psycopg", "psycopg-binary", "nats-py"}
+    for name in constraints.TARGETS:
+        pins = constraints.read_pins(REPO / "deploy" / "constraints" / f"{name}.txt")
+        assert wanted <= set(pins), f"{name}: {sorted(wanted - set(pins))} not pinned"
+        for requirement in record:
+            assert requirement.specifier.contains(pins[constraints._norm(requirement.name)]), (name, str(requirement))
 
 
 def test_system_numpy_targets_keep_a_numpy_the_project_accepts() -> None:
