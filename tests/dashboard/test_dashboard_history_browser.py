@@ -4,12 +4,14 @@ store) and "labels by hour" shows the node's counts per hour and label; back to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,114 +129,103 @@ HOURLY_TOTAL = (
 )
 
 
-def test_a_shown_range_refreshes_itself_while_the_page_is_visible(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    """1 h shown, refreshed every second (EDGE_DASHBOARD__HISTORY_REFRESH=1): heartbeats and predictions the
-    recorder writes afterwards reach the chart and the open hourly table without a button, the old chart stays
-    while a refresh is on its way; a hidden page asks nothing, and asks at once when shown again."""
+@contextlib.contextmanager
+def _one_hour_shown(
+    mosquitto: Mosquitto, tmp_path: Path, *rows: tuple[str, Mapping[str, float | str]]
+) -> Iterator[tuple[Any, DashboardProcess, Path, float]]:
+    """A recorder's SQLite file filled for door (and ``rows``), a dashboard reading it that refreshes a shown
+    range every second, and a page showing door's 1 h: (page, dashboard, database, when it was filled)."""
     db = tmp_path / "history.db"
     store = SqliteStore(db)
     filled = time.time()  # door's heartbeats: filled - 1, - 301, - 601, ...: each in its own 1-min bucket
     fill(store, filled)
     store.close()
+    if rows:
+        _write(db, *rows)
     dash = DashboardProcess(
         mosquitto.port, tmp_path, EDGE_DASHBOARD__HISTORY="true", EDGE_RECORD__PATH=str(db),
         EDGE_DASHBOARD__HISTORY_REFRESH="1",
     )  # fmt: skip
     feed = Collector(mosquitto.port, ("ghostpi/none",))
-    fetches = "() => ghostpiStats.history.fetches"
     try:
         feed.publish("ghostpi/door/heartbeat", SimNode("door").heartbeat())
         with chromium() as browser:
             page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"{dash.base}/")
             _until(page, f"() => !!document.querySelector('{CARD}')")
             _until(page, f"() => !document.querySelector('{CARD} button[data-range=\"1h\"]').hidden")
             assert page.evaluate("() => ghostpiStats.history.fetches") == 0
-
             page.click(f'{CARD} button[data-range="1h"]')
-            _until(page, f"() => {SPAN} === 'last 1 h · recorder · max 10.0 fps, 40.0 ms'")
-            page.evaluate(WATCH_SPAN)
-            page.click(f"{CARD} .hourly-open")
-            _until(page, "() => document.querySelector('#node-history').open")
-            _until(page, "() => document.querySelectorAll('#nh-table tbody tr').length > 0")
-            before = page.evaluate(HOURLY_TOTAL)
-            asked = page.evaluate(fetches)
-
-            now = time.time()
-            cats: list[tuple[str, Mapping[str, float | str]]] = [
-                ("predictions", {"ts": now - 1 + i / 10, "seq": 1000 + i, "label": "cat"}) for i in range(3)
-            ]
-            # a heartbeat in a bucket of its own, 2.5 min from door's others, so its peak is the chart's
-            _write(db, ("heartbeat", {"ts": filled - 150, "fps": 30.0, "inference_ms_avg": 70.0}), *cats)
-            _until(page, f"() => {SPAN} === 'last 1 h · recorder · max 30.0 fps, 70.0 ms'")  # nothing pressed
-            assert page.evaluate(fetches) > asked
-            assert page.evaluate("() => ghostpiStats.history.refreshes") >= 1
-            _until(page, f"() => ({HOURLY_TOTAL})() === {before + 3}")  # the open table with it
-            texts = page.evaluate("() => window.spanTexts")
-            assert all(t.startswith("last 1 h · recorder · max ") for t in texts), texts  # never cleared or "asking"
-            page.click("#nh-close")
-
-            page.evaluate(HIDE, True)  # a background tab
-            hidden_at = page.evaluate(fetches)
-            _write(db, ("heartbeat", {"ts": filled - 450, "fps": 50.0, "inference_ms_avg": 80.0}))
-            _until(page, "() => performance.now() - window.visibilityAt > 4000")  # four refresh periods, hidden
-            assert page.evaluate(fetches) == hidden_at
-            assert page.evaluate(SPAN) == "last 1 h · recorder · max 30.0 fps, 70.0 ms"
-
-            page.evaluate(HIDE, False)  # shown again: overdue, so at once
-            _until(page, f"() => {SPAN} === 'last 1 h · recorder · max 50.0 fps, 80.0 ms'")
-            assert page.evaluate(fetches) == hidden_at + 1
-
-            page.click(f'{CARD} button[data-range="live"]')  # live: no more refreshes
-            _until(page, f"() => !{SPAN}.includes('recorder')")
-            back = page.evaluate(fetches)
-            page.evaluate(HIDE, False)
-            _until(page, "() => performance.now() - window.visibilityAt > 3000")
-            assert page.evaluate(fetches) == back
-            assert errors == [], errors
+            yield page, dash, db, filled
     finally:
         feed.close()
         dash.close()
+
+
+def test_a_shown_range_refreshes_itself_while_the_page_is_visible(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """1 h shown, refreshed every second (EDGE_DASHBOARD__HISTORY_REFRESH=1): heartbeats and predictions the
+    recorder writes afterwards reach the chart and the open hourly table without a button, the old chart stays
+    while a refresh is on its way; a hidden page asks nothing, and asks again once shown."""
+    fetches = "() => ghostpiStats.history.fetches"
+    with _one_hour_shown(mosquitto, tmp_path) as (page, _, db, filled):
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        _until(page, f"() => {SPAN} === 'last 1 h · recorder · max 10.0 fps, 40.0 ms'")
+        page.evaluate(WATCH_SPAN)
+        page.click(f"{CARD} .hourly-open")
+        _until(page, "() => document.querySelector('#node-history').open")
+        _until(page, "() => document.querySelectorAll('#nh-table tbody tr').length > 0")
+        before = page.evaluate(HOURLY_TOTAL)
+        asked = page.evaluate(fetches)
+
+        now = time.time()
+        cats: list[tuple[str, Mapping[str, float | str]]] = [
+            ("predictions", {"ts": now - 1 + i / 10, "seq": 1000 + i, "label": "cat"}) for i in range(3)
+        ]
+        # a heartbeat in a bucket of its own, 2.5 min from door's others, so its peak is the chart's
+        _write(db, ("heartbeat", {"ts": filled - 150, "fps": 30.0, "inference_ms_avg": 70.0}), *cats)
+        _until(page, f"() => {SPAN} === 'last 1 h · recorder · max 30.0 fps, 70.0 ms'")  # nothing pressed
+        assert page.evaluate(fetches) > asked
+        assert page.evaluate("() => ghostpiStats.history.refreshes") >= 1
+        _until(page, f"() => ({HOURLY_TOTAL})() === {before + 3}")  # the open table with it
+        texts = page.evaluate("() => window.spanTexts")
+        assert all(t.startswith("last 1 h · recorder · max ") for t in texts), texts  # never cleared or "asking"
+        page.click("#nh-close")
+
+        page.evaluate(HIDE, True)  # a background tab
+        hidden_at = page.evaluate(fetches)
+        _write(db, ("heartbeat", {"ts": filled - 450, "fps": 50.0, "inference_ms_avg": 80.0}))
+        _until(page, "() => performance.now() - window.visibilityAt > 4000")  # four refresh periods, hidden
+        assert page.evaluate(fetches) == hidden_at
+        assert page.evaluate(SPAN) == "last 1 h · recorder · max 30.0 fps, 70.0 ms"
+
+        page.evaluate(HIDE, False)  # shown again: overdue, so it asks (a second later it may have asked again)
+        _until(page, f"() => {SPAN} === 'last 1 h · recorder · max 50.0 fps, 80.0 ms'")
+        assert page.evaluate(fetches) > hidden_at
+
+        page.click(f'{CARD} button[data-range="live"]')  # live: no more refreshes
+        _until(page, f"() => !{SPAN}.includes('recorder')")
+        back = page.evaluate(fetches)
+        page.evaluate(HIDE, False)
+        _until(page, "() => performance.now() - window.visibilityAt > 3000")
+        assert page.evaluate(fetches) == back
+        assert errors == [], errors
 
 
 def test_a_failed_refresh_keeps_the_chart_says_so_and_tries_again(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """The dashboard server gone while 1 h is shown (refreshed every second): the chart stays drawn, its legend
     says the refresh failed, and the page keeps trying."""
-    db = tmp_path / "history.db"
-    store = SqliteStore(db)
-    filled = time.time()
-    fill(store, filled)
-    store.close()
-    beats = [("heartbeat", {"ts": filled - 30 * k, "fps": 5.0, "inference_ms_avg": 40.0}) for k in range(1, 20)]
-    _write(
-        db, *beats
-    )  # every 30 s for 10 min: a line on the 1 h chart (1-min buckets), the fps one below the latency one
-    dash = DashboardProcess(
-        mosquitto.port, tmp_path, EDGE_DASHBOARD__HISTORY="true", EDGE_RECORD__PATH=str(db),
-        EDGE_DASHBOARD__HISTORY_REFRESH="1",
-    )  # fmt: skip
-    feed = Collector(mosquitto.port, ("ghostpi/none",))
+    # door's heartbeats every 30 s for 10 min: a line on the 1 h chart (1-min buckets), fps below latency
+    beats = [("heartbeat", {"ts": time.time() - 30 * k, "fps": 5.0, "inference_ms_avg": 40.0}) for k in range(1, 20)]
     legend = "last 1 h · recorder · max 10.0 fps, 40.0 ms"
-    try:
-        feed.publish("ghostpi/door/heartbeat", SimNode("door").heartbeat())
-        with chromium() as browser:
-            page = browser.new_page()
-            page.goto(f"{dash.base}/")
-            _until(page, f"() => !!document.querySelector('{CARD}')")
-            _until(page, f"() => !document.querySelector('{CARD} button[data-range=\"1h\"]').hidden")
-            page.click(f'{CARD} button[data-range="1h"]')
-            _until(page, f"() => {SPAN} === '{legend}'")
-            _until(page, "() => ghostpiStats.history.refreshes >= 1")  # refreshing
-            drawn = page.evaluate(GREEN)
-            assert drawn > 100
+    with _one_hour_shown(mosquitto, tmp_path, *beats) as (page, dash, _, _):
+        _until(page, f"() => {SPAN} === '{legend}'")
+        _until(page, "() => ghostpiStats.history.refreshes >= 1")  # refreshing
+        drawn = page.evaluate(GREEN)
+        assert drawn > 100
 
-            dash.close()
-            _until(page, f"() => {SPAN} === '{legend} · refresh failed: dashboard server unreachable'")
-            _until(page, "() => ghostpiStats.history.refreshFailures >= 3")  # and again, a second apart
-            assert page.evaluate(GREEN) == drawn  # the old chart, as it was
-            assert page.evaluate(SPAN) == f"{legend} · refresh failed: dashboard server unreachable"
-    finally:
-        feed.close()
         dash.close()
+        _until(page, f"() => {SPAN} === '{legend} · refresh failed: dashboard server unreachable'")
+        _until(page, "() => ghostpiStats.history.refreshFailures >= 3")  # and again, a second apart
+        assert page.evaluate(GREEN) == drawn  # the old chart, as it was
+        assert page.evaluate(SPAN) == f"{legend} · refresh failed: dashboard server unreachable"
