@@ -229,3 +229,28 @@ def test_a_failed_refresh_keeps_the_chart_says_so_and_tries_again(mosquitto: Mos
         _until(page, "() => ghostpiStats.history.refreshFailures >= 3")  # and again, a second apart
         assert page.evaluate(GREEN) == drawn  # the old chart, as it was
         assert page.evaluate(SPAN) == f"{legend} · refresh failed: dashboard server unreachable"
+
+
+def test_a_card_scrolled_off_screen_asks_nothing_until_it_is_back(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Only cards on screen refresh their range (a fleet page of 1 h charts would otherwise ask the recorder for
+    every card): scrolled away, door asks nothing; scrolled back, its overdue range is asked for again."""
+    fetches = "() => ghostpiStats.history.fetches"
+    with _one_hour_shown(mosquitto, tmp_path) as (page, _, db, filled):
+        _until(page, f"() => {SPAN} === 'last 1 h · recorder · max 10.0 fps, 40.0 ms'")
+        _until(page, "() => ghostpiStats.history.refreshes >= 1")  # refreshing while on screen
+        # a page long enough to scroll the card away, as a fleet's cards below it would make it
+        page.evaluate(
+            "() => { const s = document.createElement('div'); s.id = 'spacer'; s.style.height = '6000px';"
+            " document.body.append(s); window.scrollTo(0, document.body.scrollHeight); }"
+        )
+        _until(page, f"() => document.querySelector('{CARD}').getBoundingClientRect().bottom < 0")
+        page.evaluate("() => { window.awayAt = performance.now(); }")
+        away = page.evaluate(fetches)
+        _write(db, ("heartbeat", {"ts": filled - 150, "fps": 30.0, "inference_ms_avg": 70.0}))
+        _until(page, "() => performance.now() - window.awayAt > 4000")  # four refresh periods off screen
+        assert page.evaluate(fetches) == away
+        assert page.evaluate(SPAN) == "last 1 h · recorder · max 10.0 fps, 40.0 ms"
+
+        page.evaluate("() => window.scrollTo(0, 0)")  # back: overdue, so it asks
+        _until(page, f"() => {SPAN} === 'last 1 h · recorder · max 30.0 fps, 70.0 ms'")
+        assert page.evaluate(fetches) > away
