@@ -26,6 +26,9 @@ from pathlib import Path
 import pytest
 
 from edge_node.bundle.archive import pack
+from tests.support.constraints import DIR as CONSTRAINTS
+from tests.support.constraints import constraints
+from tests.support.constraints import pins as target_pins
 from tests.support.paths import REPO
 
 ANSIBLE = REPO / "deploy" / "ansible"
@@ -281,16 +284,6 @@ def local_recorder_role(tmp: Path, **variables: object) -> tuple[Path, Path]:
     return extra, playbook
 
 
-def _pins(path: Path) -> dict[str, str]:
-    """name -> version of a deploy/constraints file, numpy included where the file leaves it to apt (its
-    ``# system-numpy:`` header: the version the pins were resolved with)."""
-    text = path.read_text()
-    pins = dict(re.findall(r"^([a-z0-9-]+)==(\S+)$", text, flags=re.MULTILINE))
-    if numpy := re.search(r"^# system-numpy: (\S+)$", text, flags=re.MULTILINE):
-        pins["numpy"] = numpy.group(1)
-    return pins
-
-
 def _stub_wheel(out: Path, name: str, version: str, metadata: str = "") -> None:
     """A wheel of ``name`` ``version`` that installs only its metadata: a package index for the test that pip
     resolves like the real one, in no time and offline."""
@@ -331,8 +324,8 @@ def test_recorder_role_installs_idempotently(tmp_path: Path) -> None:
     # The pinned versions of this machine's target (Debian 12 x86_64 here); the wheel's dependencies come from
     # a stub index holding each pin and a newer release, so the venv shows which ones pip was allowed to take.
     release = platform.freedesktop_os_release().get("VERSION_CODENAME", "")
-    target = REPO / "deploy" / "constraints" / f"{release}-{platform.machine()}.txt"
-    pins = _pins(target)
+    target = CONSTRAINTS / f"{release}-{platform.machine()}.txt"
+    pins = target_pins(target)
     index = _stub_index(tmp_path / "index", pins)
     pgpass = f"db.lan:5432:ghostpi:recorder:{SECRET}"
     extra, playbook = local_recorder_role(
@@ -384,7 +377,7 @@ def test_recorder_role_installs_idempotently(tmp_path: Path) -> None:
         assert not numpy_pin.exists()
     listing = "import importlib.metadata as m, json; print(json.dumps({d.name: d.version for d in m.distributions()}))"
     ask = subprocess.run([str(venv / "bin" / "python"), "-c", listing], capture_output=True, text=True, timeout=60)
-    installed = {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in json.loads(ask.stdout).items()}
+    installed = {constraints._norm(k): v for k, v in json.loads(ask.stdout).items()}
     installed.pop("ghostpi-edge-node")
     for tool in ("pip", "setuptools"):
         installed.pop(tool, None)

@@ -7,45 +7,26 @@ cannot be reached.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.support.constraints import DIR as CONSTRAINTS
+from tests.support.constraints import constraints, header
 from tests.support.paths import REPO
-
-SCRIPT = REPO / "scripts" / "constraints.py"
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ghostpi_constraints", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-constraints = _script()
-
-
-def _header(path: Path) -> dict[str, str]:
-    return dict(re.findall(r"^# (python|platform|system-numpy): (.+)$", path.read_text(), flags=re.MULTILINE))
 
 
 def test_one_file_per_target_with_the_targets_python_and_numpy() -> None:
-    files = sorted(p.stem for p in (REPO / "deploy" / "constraints").glob("*.txt"))
+    files = sorted(p.stem for p in (CONSTRAINTS).glob("*.txt"))
     assert files == sorted(constraints.TARGETS)
     for name, target in constraints.TARGETS.items():
-        path = REPO / "deploy" / "constraints" / f"{name}.txt"
-        header = _header(path)
-        assert header["python"] == target.python
-        assert header.get("system-numpy") == target.numpy
+        path = CONSTRAINTS / f"{name}.txt"
+        found = header(path)
+        assert found["python"] == target.python
+        assert found.get("system-numpy") == target.numpy
         pins = constraints.read_pins(path)
         assert ("numpy" in pins) is (target.numpy is None), "numpy is pinned only where it does not come from apt"
         for requirement in constraints.requirements():  # every direct dependency is pinned
@@ -65,7 +46,7 @@ def test_the_recorders_extra_is_pinned_for_every_target() -> None:
     }
     assert wanted >= {"psycopg", "psycopg-binary", "nats-py"}
     for name in constraints.TARGETS:
-        pins = constraints.read_pins(REPO / "deploy" / "constraints" / f"{name}.txt")
+        pins = constraints.read_pins(CONSTRAINTS / f"{name}.txt")
         assert wanted <= set(pins), f"{name}: {sorted(wanted - set(pins))} not pinned"
         for requirement in record:
             assert requirement.specifier.contains(pins[constraints._norm(requirement.name)]), (name, str(requirement))
@@ -85,8 +66,9 @@ def test_system_numpy_targets_keep_a_numpy_the_project_accepts() -> None:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("target", sorted(constraints.TARGETS))
 def test_every_pin_downloads_as_a_wheel_for_its_platform(target: str) -> None:
+    script = REPO / "scripts" / "constraints.py"
     out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--check", target], capture_output=True, text=True, timeout=540, check=False
+        [sys.executable, str(script), "--check", target], capture_output=True, text=True, timeout=540, check=False
     )
     if out.returncode == constraints.UNREACHABLE:
         pytest.skip(f"the package index cannot be reached: {out.stderr.strip().splitlines()[-1][:200]}")

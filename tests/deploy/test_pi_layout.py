@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.test_ansible_role import PLAYBOOK, _build_wheel, _run, local_role
+from tests.support.constraints import constraints, header
 from tests.support.paths import REPO
 
 PINS = REPO / "deploy" / "constraints" / "bookworm-aarch64.txt"
@@ -40,15 +41,6 @@ print(json.dumps({"numpy": numpy.__version__, "numpy_file": numpy.__file__, "cv2
 """
 
 
-def _pins() -> dict[str, str]:
-    return dict(line.split("==") for line in PINS.read_text().splitlines() if "==" in line and line[0] != "#")
-
-
-def _system_numpy() -> str:
-    [version] = [line.split(": ")[1] for line in PINS.read_text().splitlines() if line.startswith("# system-numpy:")]
-    return version
-
-
 def _pip(python: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(python), "-m", "pip", "--disable-pip-version-check", *args],
@@ -61,7 +53,7 @@ def _pip(python: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_role_gives_a_venv_whose_numpy_is_the_system_one(tmp_path: Path, tiny_bundle: Path) -> None:
     if not PLAYBOOK.exists():
         pytest.skip("ansible-playbook is not installed (pip install 'ghostpi-edge-node[dev]')")
-    numpy_version = _system_numpy()
+    numpy_version = header(PINS)["system-numpy"]
     system = tmp_path / "system-site"
     out = _pip(sys.executable, "install", "--quiet", "--only-binary=:all:", "--target", str(system),
                f"numpy=={numpy_version}")  # fmt: skip
@@ -97,7 +89,7 @@ def test_the_role_gives_a_venv_whose_numpy_is_the_system_one(tmp_path: Path, tin
     assert check.returncode == 0, check.stderr[-3000:]
     result = json.loads(check.stdout)
     assert result["numpy"] == numpy_version and result["numpy_file"].startswith(str(system))
-    pins = _pins()
+    pins = constraints.read_pins(PINS)
     assert result["onnxruntime"] == pins["onnxruntime"]
     assert result["cv2"] == pins["opencv-python-headless"].rsplit(".", 1)[0]  # 4.11.0.86 reports 4.11.0
     assert result["label"] and 0 < result["confidence"] <= 1
